@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""GenStudio launcher: `python launch.py [--host H] [--port P] [--share] [--auth user:pass] ...`
+
+Serving beyond this machine (a non-loopback --host or --share) needs credentials: without them
+the launcher refuses with one line, since the studio runs models, writes files and executes code
+(Run & fix) for whoever reaches it.
+"""
+from __future__ import annotations
+
+import os
+
+# Before anything can import torch: passive OpenMP threads (spinning ones slow generation 10-50x
+# on a small shared CPU) and no telemetry calls from a machine that may have no network.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def parse_auth(values: list[str], auth_file: str | None) -> tuple[tuple[str, str], ...]:
+    entries = list(values)
+    if auth_file:
+        path = Path(auth_file)
+        if not path.is_file():
+            raise SystemExit(f"--auth-file {auth_file}: no such file")
+        # One user:pass per line or comma-separated, like A1111's --gradio-auth-path.
+        for line in path.read_text().splitlines():
+            entries += [part.strip() for part in line.split(",") if part.strip()]
+    pairs = []
+    for entry in entries:
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"--auth expects user:password, got {entry!r}")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str, start: int, tries: int = 100) -> int:
+    """The first port from `start` on that nothing listens on (7860 taken -> 7861 ...)."""
+    for port in range(start, start + tries):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+                return port
+            except OSError:
+                continue
+    raise SystemExit(f"no free port in {start}..{start + tries - 1} on {host}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Start the GenStudio web app.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port, or the next free one (default 7860)")
+    parser.add_argument("--data-dir", default="data", help="database, outputs, user models (default ./data)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (needs --auth)")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="a login for the UI and the APIs; repeatable")
+    parser.add_argument("--auth-file", help="file of user:pass entries, one per line or comma-separated")
+    parser.add_argument("--offline", action="store_true", help="never contact a model hub")
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0,
+                        help="unload least recently used models above this (default 8)")
+    parser.add_argument("--no-queue-worker", action="store_true",
+                        help="do not run queued jobs in this process")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    auth = parse_auth(args.auth, args.auth_file)
+    if (args.share or not is_loopback(args.host)) and not auth:
+        where = "a share link" if args.share else f"host {args.host}"
+        print(f"Refusing to serve {where} without a login: add --auth user:password "
+              "(or serve on 127.0.0.1).", file=sys.stderr)
+        raise SystemExit(2)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+    from studio.app import serve
+    from studio.config import StudioConfig
+
+    config = StudioConfig(
+        data_dir=Path(args.data_dir).expanduser().resolve(), host=args.host,
+        port=free_port(args.host, args.port), share=args.share, auth=auth, device=args.device,
+        offline=args.offline, memory_budget_gb=args.memory_budget_gb,
+        queue_worker=not args.no_queue_worker)
+    serve(config)
+
+
+if __name__ == "__main__":
+    main()

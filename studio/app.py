@@ -1,0 +1,156 @@
+"""The one wiring place: config -> database -> gallery -> engines -> queue -> UI + HTTP APIs.
+
+Nothing here loads a model: engines are registered by import path and load on first use, so the
+page is served within seconds of start.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from engines.base import EngineManager, EngineSpec
+from studio.config import StudioConfig
+from studio.context import StudioContext
+from studio.gallery.db import Database
+from studio.gallery.store import GalleryStore
+
+log = logging.getLogger("genstudio")
+
+ENGINES = (
+    EngineSpec("llm", "engines.llm:LLMEngine", "smollm2-135m-instruct"),
+    EngineSpec("diffusion", "engines.diffusion:DiffusionEngine", "genstudio-tiny-sd"),
+    EngineSpec("style", "engines.style:StyleEngine", "vintage"),
+)
+
+# Tab order is the order users see. Each module: TAB_ID, TITLE, build(ctx), optional wire(...).
+TAB_MODULES = (
+    "studio.ui.chat",
+    "studio.ui.code",
+    "studio.ui.txt2img",
+    "studio.ui.inpaint",
+    "studio.ui.style",
+    "studio.ui.queue",
+    "studio.ui.gallery",
+)
+
+API_MODULES = (
+    "studio.api.gallery",
+    "studio.api.openai",
+    "studio.api.queue",
+    "studio.api.a1111",
+)
+
+CSS = """
+.gs-muted { opacity: 0.75; font-size: 0.9em; }
+footer { display: none !important; }
+"""
+
+
+def build_context(config: StudioConfig) -> StudioContext:
+    # 1. Storage: migrate (after a backup) and repair what an earlier crash left behind.
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(config.database_path)
+    applied = db.migrate()
+    if applied:
+        log.info("database migrated to version %s", applied[-1])
+    gallery = GalleryStore(db, config.data_dir)
+    repaired = gallery.sweep()
+    if any(repaired.values()):
+        log.warning("start-up sweep repaired %s", repaired)
+    # 2. Engines: registered, not loaded.
+    engines = EngineManager(config.device, int(config.memory_budget_gb * (1 << 30)))
+    for spec in ENGINES:
+        engines.register(spec)
+    ctx = StudioContext(config=config, db=db, gallery=gallery, engines=engines)
+    # 3. The persistent queue, when its package is present.
+    if _module_exists("studio.jobs.queue"):
+        from studio.jobs.queue import JobQueue
+
+        ctx.queue = JobQueue(ctx)
+    return ctx
+
+
+def build_ui(ctx: StudioContext):
+    import gradio as gr
+
+    handles: dict[str, dict[str, Any]] = {}
+    modules = [importlib.import_module(name) for name in TAB_MODULES]
+    with gr.Blocks(title="GenStudio") as demo:
+        gr.Markdown("## GenStudio", elem_id="gs-title")
+        with gr.Tabs() as tabs:
+            for module in modules:
+                with gr.Tab(module.TITLE, id=module.TAB_ID) as tab:
+                    handles[module.TAB_ID] = module.build(ctx) or {}
+                handles[module.TAB_ID]["_tab"] = tab
+        # "Send to" buttons reach across tabs, so they are connected once all tabs exist.
+        for module in modules:
+            if hasattr(module, "wire"):
+                module.wire(ctx, tabs, handles)
+            if hasattr(module, "on_load"):  # refresh on page load (e.g. the gallery grid)
+                module.on_load(ctx, demo, handles[module.TAB_ID])
+    return demo
+
+
+def mount_apis(app, ctx: StudioContext) -> list[str]:
+    mounted = []
+    for name in API_MODULES:
+        if _module_exists(name):
+            app.include_router(importlib.import_module(name).router(ctx))
+            mounted.append(name)
+    # Gradio registered its routes first; ours go in front so no catch-all can shadow them.
+    ours = [r for r in app.router.routes if getattr(r, "path", "").startswith(("/v1", "/sdapi", "/api/"))]
+    others = [r for r in app.router.routes if r not in ours]
+    app.router.routes[:] = ours + others
+    return mounted
+
+
+def serve(config: StudioConfig, block: bool = True):
+    """Start the studio; returns (demo, ctx, local_url, share_url)."""
+    import gradio as gr
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    ctx = build_context(config)
+    demo = build_ui(ctx)
+    demo.queue(default_concurrency_limit=4)  # engines serialise on the device lock themselves
+    launch_kwargs = dict(
+        server_name=config.host, server_port=config.port,
+        auth=list(config.auth) or None, auth_message="GenStudio: sign in",
+        prevent_thread_lock=True, show_error=False, quiet=True,
+        allowed_paths=[str(config.data_dir.resolve()), str(Path(__file__).resolve().parent.parent / "assets")],
+        app_kwargs={"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"},
+        theme=gr.themes.Soft(), css=CSS,
+    )
+    share_url = None
+    try:
+        app, local_url, share_url = demo.launch(share=config.share, **launch_kwargs)
+    except Exception as error:  # no network for the tunnel: keep serving locally and say why
+        if not config.share:
+            raise
+        print(f"Share link could not be created ({error}); the studio runs locally only.")
+        demo.close()
+        app, local_url, share_url = demo.launch(share=False, **launch_kwargs)
+    if config.share and not share_url:
+        print("Share link could not be created (no network to the share server); "
+              "the studio runs locally only.")
+    mount_apis(app, ctx)
+    if ctx.queue is not None and config.queue_worker:
+        ctx.queue.start_worker()
+    print(f"GenStudio running at {local_url}" + (f"  (public: {share_url})" if share_url else ""), flush=True)
+    if block:
+        try:
+            demo.block_thread()
+        finally:
+            if ctx.queue is not None:
+                ctx.queue.stop()
+    return demo, ctx, local_url, share_url
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False

@@ -1,0 +1,46 @@
+"""Settings of one studio process: a frozen dataclass of plain values, filled by launch.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    data_dir: Path = Path("data")  # database, outputs, thumbnails, user models and styles
+    host: str = "127.0.0.1"  # loopback only unless asked: the studio runs code and reads files
+    port: int = 7860  # first free port from here on is used
+    share: bool = False  # a public gradio.live link; needs auth
+    auth: tuple[tuple[str, str], ...] = ()  # (user, password) pairs for the UI and the APIs
+    device: str = "auto"  # auto | cpu | cuda | mps
+    offline: bool = False  # never try a model hub; set automatically when none is reachable
+    memory_budget_gb: float = 8.0  # loaded models above this are unloaded, least recent first
+    queue_worker: bool = True  # run the persistent queue's worker in this process
+    extra_models_dirs: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "studio.sqlite3"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.data_dir / "thumbnails"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def styles_dir(self) -> Path:
+        return self.data_dir / "styles"
+
+    @property
+    def wildcards_dir(self) -> Path:
+        return self.data_dir / "wildcards"

@@ -1,0 +1,61 @@
+-- Gallery items: every output of the studio, text or image. Files live on disk under the data
+-- dir; the row holds the relative paths. created_at is UTC, ISO text (SQLAlchemy DateTime).
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('image', 'text')),
+    task TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',
+    prompt TEXT NOT NULL DEFAULT '',
+    negative_prompt TEXT NOT NULL DEFAULT '',
+    text TEXT,
+    params_json TEXT NOT NULL DEFAULT '{}',
+    seed INTEGER,
+    width INTEGER,
+    height INTEGER,
+    duration_s REAL,
+    parent_id INTEGER REFERENCES items(id) ON DELETE SET NULL,
+    favourite INTEGER NOT NULL DEFAULT 0,
+    file_path TEXT,
+    thumb_path TEXT,
+    created_at DATETIME NOT NULL
+);
+CREATE INDEX ix_items_kind ON items(kind, id);
+CREATE INDEX ix_items_engine ON items(engine, id);
+CREATE INDEX ix_items_model ON items(model, id);
+CREATE INDEX ix_items_favourite ON items(favourite, id);
+CREATE INDEX ix_items_created ON items(created_at);
+CREATE INDEX ix_items_parent ON items(parent_id);
+
+CREATE TABLE tags (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE item_tags (
+    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+    PRIMARY KEY (item_id, tag_id)
+);
+CREATE INDEX ix_item_tags_tag ON item_tags(tag_id, item_id);
+
+-- Full-text search over what people type and what text models wrote. External content: the
+-- text is stored once, in items; triggers keep the index in step.
+CREATE VIRTUAL TABLE items_fts USING fts5(
+    prompt, negative_prompt, text, content='items', content_rowid='id',
+    tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER items_fts_insert AFTER INSERT ON items BEGIN
+    INSERT INTO items_fts(rowid, prompt, negative_prompt, text)
+    VALUES (new.id, new.prompt, new.negative_prompt, new.text);
+END;
+CREATE TRIGGER items_fts_delete AFTER DELETE ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, prompt, negative_prompt, text)
+    VALUES ('delete', old.id, old.prompt, old.negative_prompt, old.text);
+END;
+CREATE TRIGGER items_fts_update AFTER UPDATE OF prompt, negative_prompt, text ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, prompt, negative_prompt, text)
+    VALUES ('delete', old.id, old.prompt, old.negative_prompt, old.text);
+    INSERT INTO items_fts(rowid, prompt, negative_prompt, text)
+    VALUES (new.id, new.prompt, new.negative_prompt, new.text);
+END;

@@ -1,0 +1,101 @@
+"""Generation metadata inside PNG files.
+
+Two text chunks: `parameters`, in AUTOMATIC1111's exact infotext layout so that A1111, ComfyUI,
+Civitai and friends read our images, and `genstudio`, our own JSON with every parameter.
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model hash: ..., Model: ...
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+PARAMETERS_CHUNK = "parameters"
+JSON_CHUNK = "genstudio"
+
+# One "Key: value" pair of the last line; values with commas or colons are JSON-quoted (A1111's
+# own rule), so a quoted value may hold anything.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_infotext(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
+    """settings keeps A1111's key names and order, e.g. {"Steps": 20, "Sampler": "Euler a", ...}.
+    None values are left out."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = [f"{key}: {_quote(value)}" for key, value in settings.items() if value is not None]
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def parse_infotext(infotext: str) -> dict[str, Any]:
+    """Inverse of format_infotext, tolerant like A1111's parser: returns {"Prompt", "Negative
+    prompt", and each key of the last line}; "Size" also gives "Size-1"/"Size-2"."""
+    lines = infotext.strip().split("\n")
+    last = lines[-1] if lines else ""
+    if len(_PAIR.findall(last)) < 3:  # no settings line: everything is prompt
+        lines.append("")
+        last = ""
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines[:-1]:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt_lines),
+                              "Negative prompt": "\n".join(negative_lines)}
+    for key, value in _PAIR.findall(last):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"'):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        result[key] = value
+        size = _SIZE.match(value) if key == "Size" and isinstance(value, str) else None
+        if size:
+            result["Size-1"], result["Size-2"] = size.group(1), size.group(2)
+    return result
+
+
+def png_bytes_with_metadata(image: Image.Image, infotext: str | None, data: dict | None) -> bytes:
+    """Encode as PNG with our two chunks. Returned as bytes so the caller decides where it lands."""
+    info = PngImagePlugin.PngInfo()
+    if infotext is not None:
+        info.add_text(PARAMETERS_CHUNK, infotext)
+    if data is not None:
+        info.add_text(JSON_CHUNK, json.dumps(data, ensure_ascii=False, default=str))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_metadata(source: Image.Image | bytes | str) -> dict[str, Any]:
+    """Both chunks of a PNG: {"parameters": str|None, "parsed": dict, "genstudio": dict|None}."""
+    image = source if isinstance(source, Image.Image) else Image.open(
+        io.BytesIO(source) if isinstance(source, bytes) else source)
+    chunks = getattr(image, "text", None) or image.info
+    infotext = chunks.get(PARAMETERS_CHUNK)
+    ours = chunks.get(JSON_CHUNK)
+    try:
+        ours_parsed = json.loads(ours) if ours else None
+    except json.JSONDecodeError:
+        ours_parsed = None
+    return {"parameters": infotext,
+            "parsed": parse_infotext(infotext) if infotext else {},
+            "genstudio": ours_parsed}
