@@ -295,6 +295,10 @@ class GalleryStore:
                     path.unlink(missing_ok=True)
                     report["orphan_files"] += 1
         missing = [uid for uid, (f, _) in known.items() if not f or not (self.data_dir / f).exists()]
+        for uid in missing:  # its thumbnail goes with it
+            thumb = known[uid][1]
+            if thumb:
+                (self.data_dir / thumb).unlink(missing_ok=True)
         if missing:
             with self.db.transaction() as session:
                 for chunk in range(0, len(missing), 500):

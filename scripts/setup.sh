@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up for ./run.sh and ./test.sh: a virtual environment at .venv with everything
+# the studio needs (embedded model packages included); for tests also Debian's Chromium.
+# Fast when nothing changed: a stamp of the requirement files skips pip entirely.
+set -euo pipefail
+mode=${1:-run}
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      python=$candidate; break
+    fi
+  done
+fi
+[ -n "$python" ] || { echo "GenStudio needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+extras=""; [ "$mode" = test ] && extras="[test]"
+stamp_file=.venv/.genstudio-setup-$mode
+stamp=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
+  echo "Installing GenStudio ($mode) into .venv ..."
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".$extras"
+  .venv/bin/python -m pip install -q --no-deps -r requirements/nodeps.txt
+  for req in requirements/*.txt; do
+    [ "$req" = requirements/nodeps.txt ] && continue
+    # CMAKE_BUILD_PARALLEL_LEVEL keeps source builds (llama-cpp-python) within a small machine.
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -r "$req"
+  done
+  echo "$stamp" > "$stamp_file"
+fi
+
+if [ "$mode" = test ] && [ ! -x /usr/bin/chromium ]; then
+  echo "Installing Chromium from Debian packages for the browser tests ..."
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
