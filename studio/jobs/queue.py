@@ -1,0 +1,223 @@
+"""JobQueue: what tabs, the Queue tab and the REST API use. Built once in studio/app.py:
+
+    queue = JobQueue(ctx); ctx.queue = queue; queue.start_worker()   # at start
+    queue.stop()                                                     # at shutdown
+
+Every job is validated when it is queued (task known, engine registered, parameters accepted
+by the task, JSON-able and not huge), so a bad job is refused with a clear message instead of
+failing hours later. Jobs left running by a crash are recovered in `start_worker`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+from studio.jobs.models import FINISHED, PAUSED, PENDING, RUNNING
+from studio.jobs.store import JobStore, JobView, NewJob
+from studio.jobs.worker import InProcessWorker, LiveProgress, Worker
+
+if TYPE_CHECKING:
+    from studio.context import StudioContext
+
+MAX_ATTEMPTS = 3  # a job that was running during this many crashes fails instead of looping
+MAX_PARAMS_BYTES = 4 << 20  # 4 MiB of JSON: room for a base64 init image, not for a dataset
+MAX_JOBS_PER_REQUEST = 10_000  # one enqueue call; expansions are capped the same way
+PRIORITY_RANGE = (-1000, 1000)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    task: str
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+
+
+class JobQueue:
+    def __init__(self, ctx: "StudioContext", max_attempts: int = MAX_ATTEMPTS,
+                 max_params_bytes: int = MAX_PARAMS_BYTES,
+                 max_jobs_per_request: int = MAX_JOBS_PER_REQUEST) -> None:
+        self.ctx = ctx
+        self.store = JobStore(ctx.db)
+        self.max_attempts = max_attempts
+        self.max_params_bytes = max_params_bytes
+        self.max_jobs_per_request = max_jobs_per_request
+        self.worker: Worker | None = None
+        self.recovered: dict[str, int] = {}
+        self._paused = self.store.is_paused()  # the row is the truth; this saves a query per job
+
+    # ------------------------------------------------------------ enqueue
+    def enqueue(self, task_name: str, params: dict, priority: int = 0) -> int:
+        """Validate and queue one job; returns its id. Raises ValueError naming what is wrong."""
+        return self.enqueue_batch([JobRequest(task_name, params, priority)])[0]
+
+    def enqueue_many(self, task_name: str, params_list: Iterable[dict], priority: int = 0) -> list[int]:
+        """Many jobs of one task, all or none (one bad one refuses the lot, naming its index)."""
+        return self.enqueue_batch([JobRequest(task_name, p, priority) for p in params_list])
+
+    def enqueue_batch(self, requests: Iterable[JobRequest]) -> list[int]:
+        """Jobs of any tasks, all or none, in the given order."""
+        requests = list(requests)
+        if len(requests) > self.max_jobs_per_request:
+            raise ValueError(f"{len(requests):,} jobs in one request; the limit is "
+                             f"{self.max_jobs_per_request:,}")
+        jobs = []
+        for index, request in enumerate(requests):
+            try:
+                jobs.append(self.check(request))
+            except ValueError as error:
+                raise ValueError(f"job {index + 1} of {len(requests)}: {error}" if len(requests) > 1
+                                 else str(error)) from None
+        ids = self.store.insert(jobs)
+        if self.worker is not None:
+            self.worker.wake()
+        return ids
+
+    def check(self, request: JobRequest) -> NewJob:
+        """The enqueue-time validation of one job; returns the row to insert."""
+        from studio.tasks import get_task, validate_task
+
+        if not isinstance(request.task, str) or not request.task:
+            raise ValueError(f"`task` must be a task name, got {request.task!r}")
+        spec = get_task(request.task)  # ValueError listing the known tasks
+        if spec.engine not in self.ctx.engines.kinds():
+            raise ValueError(f"task {request.task!r} needs the {spec.engine!r} engine, which this "
+                             f"studio does not have (engines: {', '.join(self.ctx.engines.kinds()) or 'none'})")
+        priority = request.priority
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
+            raise ValueError(f"`priority` must be a whole number from {PRIORITY_RANGE[0]} to "
+                             f"{PRIORITY_RANGE[1]}, got {priority!r}")
+        if not isinstance(request.params, dict):
+            raise ValueError(f"parameters must be an object, got {type(request.params).__name__}")
+        try:
+            size = len(json.dumps(request.params, allow_nan=False).encode())
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"parameters must be plain JSON values: {error}") from None
+        if size > self.max_params_bytes:
+            raise ValueError(f"parameters are {size / 1e6:.1f} MB; the limit is "
+                             f"{self.max_params_bytes / 1e6:.1f} MB per job (refer to gallery "
+                             f"images by id, e.g. `init_image_id`, instead of embedding them)")
+        validate_task(self.ctx, request.task, request.params)
+        return NewJob(task=request.task, engine=spec.engine, params=request.params,
+                      priority=priority, label=_label(request.params))
+
+    # ------------------------------------------------------------ worker
+    def start_worker(self, worker: Worker | None = None) -> Worker:
+        """Recover jobs a crash left running, then start the worker (in-process by default)."""
+        if self.worker is not None:
+            raise RuntimeError("the queue's worker is already running")
+        self.recovered = self.store.recover(self.max_attempts)
+        self.worker = worker or InProcessWorker(self.ctx, self.store, lambda: self._paused)
+        self.worker.start()
+        return self.worker
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker; a job it was running goes back to pending and runs at next start."""
+        if self.worker is not None:
+            self.worker.stop(timeout)
+            self.worker = None
+
+    # ------------------------------------------------------------ control
+    def pause(self) -> None:
+        """No new job starts until resume(); the running one finishes. Survives a restart."""
+        self.store.set_paused(True)
+        self._paused = True
+
+    def resume(self) -> None:
+        self.store.set_paused(False)
+        self._paused = False
+        if self.worker is not None:
+            self.worker.wake()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def cancel(self, job_id: int) -> JobView:
+        """A waiting job is canceled at once; a running one stops at its next step and saves
+        nothing (outputs of finished jobs are kept)."""
+        status = self.store.request_cancel(job_id)
+        if status == RUNNING and self.worker is not None:
+            self.worker.cancel(job_id)
+        return self.store.get(job_id)
+
+    def retry(self, job_id: int) -> JobView:
+        self.store.retry(job_id)
+        if self.worker is not None:
+            self.worker.wake()
+        return self.store.get(job_id)
+
+    def move(self, job_id: int, where: str) -> None:
+        self.store.move(job_id, where)
+
+    def hold(self, job_id: int, held: bool = True) -> None:
+        """Hold one waiting job back (status paused) or let it run again."""
+        self.store.hold(job_id, held)
+        if not held and self.worker is not None:
+            self.worker.wake()
+
+    def clear_finished(self) -> int:
+        """Delete completed, failed and canceled jobs; their gallery items stay."""
+        return self.store.clear_finished()
+
+    # ------------------------------------------------------------ reading
+    def get(self, job_id: int) -> JobView:
+        return self.store.get(job_id)
+
+    def list(self, statuses: Iterable[str] | None = None, limit: int = 200, offset: int = 0) -> list[JobView]:
+        return self.store.list(statuses, limit, offset)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def live(self) -> dict[int, LiveProgress]:
+        return self.worker.live() if self.worker is not None else {}
+
+    def etas(self, jobs: list[JobView]) -> dict[int, float]:
+        """Seconds until each running or waiting job in `jobs` finishes: the running job's own
+        estimate, plus the mean recent duration of each waiting job's task ahead of it."""
+        live = self.live()
+        means = self.store.recent_durations()
+        fallback = sum(means.values()) / len(means) if means else None
+        etas: dict[int, float] = {}
+        clock = 0.0
+        for job in jobs:  # list() gives running, then waiting in run order
+            if job.status == RUNNING:
+                progress = live.get(job.id)
+                left = progress.eta_s if progress is not None else None
+                if left is None and (mean := means.get(job.task, fallback)) is not None:
+                    left = max(0.0, mean - (job.duration_s or 0.0))
+                if left is not None:
+                    clock += left
+                    etas[job.id] = clock
+            elif job.status == PENDING:
+                mean = means.get(job.task, fallback)
+                if mean is None:
+                    break
+                clock += mean
+                etas[job.id] = clock
+        return etas
+
+    def wait_idle(self, timeout: float = 60.0, poll_s: float = 0.05) -> bool:
+        """Until nothing is pending or running (tests, benchmarks, scripts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.store.counts()
+            if counts[PENDING] == 0 and counts[RUNNING] == 0:
+                return True
+            time.sleep(poll_s)
+        return False
+
+
+def _label(params: dict) -> str:
+    for key in ("prompt", "message", "text", "code", "style"):
+        value = params.get(key)
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())[:200]
+    return ""
+
+
+__all__ = ["JobQueue", "JobRequest", "JobView", "FINISHED", "PAUSED", "PENDING", "RUNNING",
+           "MAX_ATTEMPTS", "MAX_PARAMS_BYTES"]

@@ -1,0 +1,327 @@
+"""JobStore: every read and write of the queue's rows, and nothing else (no threads, no tasks).
+
+Order: a worker takes the pending job with the highest `priority`, then the lowest `position`,
+then the lowest id. Positions are floats so that "move up" can slot a job between two others
+without renumbering the queue. Taking a job is one UPDATE ... RETURNING statement, so two
+workers can never take the same row.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from studio.gallery.db import Database
+from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, PENDING, RUNNING,
+                                Job, JobItem, QueueState)
+
+PAUSED_KEY = "paused"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    task: str
+    engine: str
+    params: dict[str, Any]
+    priority: int = 0
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A detached, read-only copy of a row plus the ids of the gallery items it produced."""
+    id: int
+    task: str
+    engine: str
+    params: dict[str, Any]
+    label: str
+    status: str
+    priority: int
+    position: float
+    progress: float
+    message: str
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    worker: str | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    item_ids: tuple[int, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for the REST API."""
+        iso = lambda t: t.replace(tzinfo=timezone.utc).isoformat() if t else None  # noqa: E731
+        return {"id": self.id, "task": self.task, "engine": self.engine, "params": self.params,
+                "label": self.label, "status": self.status, "priority": self.priority,
+                "progress": self.progress, "message": self.message, "error": self.error,
+                "attempts": self.attempts, "cancel_requested": self.cancel_requested,
+                "worker": self.worker, "result": self.result, "item_ids": list(self.item_ids),
+                "created_at": iso(self.created_at), "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at)}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored naive, always UTC
+
+
+_ORDER = (Job.priority.desc(), Job.position, Job.id)
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------ enqueue
+    def insert(self, jobs: list[NewJob]) -> list[int]:
+        """All rows in one transaction, after every job already queued; returns their ids."""
+        if not jobs:
+            return []
+        created = now()
+        with self.db.transaction() as session:
+            last = session.scalar(select(func.max(Job.position))) or 0.0
+            rows = [{"task": j.task, "engine": j.engine, "params_json": json.dumps(j.params),
+                     "label": j.label, "status": PENDING, "priority": j.priority,
+                     "position": float(int(last) + 1 + i), "progress": 0.0, "message": "",
+                     "attempts": 0, "cancel_requested": 0, "created_at": created}
+                    for i, j in enumerate(jobs)]
+            result = session.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows)
+            return [row[0] for row in result]
+
+    # ------------------------------------------------------------ the worker's side
+    def claim(self, worker: str) -> JobView | None:
+        """Mark the next pending job running (attempts + 1) and return it; None when none waits."""
+        next_id = (select(Job.id).where(Job.status == PENDING).order_by(*_ORDER).limit(1)
+                   .scalar_subquery())
+        moment = now()
+        with self.db.transaction() as session:
+            row = session.scalars(
+                update(Job).where(Job.id == next_id, Job.status == PENDING)
+                .values(status=RUNNING, worker=worker, started_at=moment, heartbeat_at=moment,
+                        finished_at=None, attempts=Job.attempts + 1, progress=0.0, message="",
+                        error=None, cancel_requested=0)
+                .returning(Job).execution_options(synchronize_session=False)).one_or_none()
+            return self._view(row, ()) if row is not None else None
+
+    def report_progress(self, job_id: int, progress: float, message: str) -> bool:
+        """Store progress and a heartbeat; returns whether someone asked to cancel the job."""
+        with self.db.transaction() as session:
+            flag = session.execute(
+                update(Job).where(Job.id == job_id)
+                .values(progress=progress, message=message[:500], heartbeat_at=now())
+                .returning(Job.cancel_requested)).scalar_one_or_none()
+            return bool(flag)
+
+    def finish(self, job_id: int, status: str, error: str | None = None,
+               result: dict[str, Any] | None = None) -> None:
+        if status not in FINISHED:
+            raise ValueError(f"finish() takes one of {FINISHED}, got {status!r}")
+        values: dict[str, Any] = {"status": status, "error": error, "finished_at": now()}
+        if status == COMPLETED:
+            values.update(progress=1.0, result_json=json.dumps(result or {}, default=str))
+        with self.db.transaction() as session:
+            session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(**values))
+
+    def release(self, job_id: int) -> None:
+        """Put a running job back as it was (the worker is shutting down): not an attempt."""
+        with self.db.transaction() as session:
+            session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(
+                status=PENDING, attempts=func.max(Job.attempts - 1, 0), progress=0.0, message="",
+                started_at=None, worker=None))
+
+    @staticmethod
+    def link_items(session: Session, job_id: int, item_ids: Iterable[int]) -> None:
+        """Inside the gallery's own transaction, so items and links commit together."""
+        for item_id in item_ids:
+            session.add(JobItem(job_id=job_id, item_id=item_id))
+
+    def recover(self, max_attempts: int) -> dict[str, int]:
+        """Jobs left `running` by a crash. A job whose outputs were committed did finish (tasks
+        write to the gallery once, at the end): it is completed. Others go back to pending, or
+        fail once they have been tried `max_attempts` times."""
+        report = {"completed": 0, "requeued": 0, "failed": 0}
+        with self.db.transaction() as session:
+            rows = session.scalars(select(Job).where(Job.status == RUNNING)).all()
+            linked = set(session.scalars(select(JobItem.job_id).where(
+                JobItem.job_id.in_([r.id for r in rows]))))
+            for row in rows:
+                row.worker, row.cancel_requested = None, 0
+                if row.id in linked:
+                    row.status, row.progress, row.finished_at = COMPLETED, 1.0, row.heartbeat_at or now()
+                    row.error = None
+                    report["completed"] += 1
+                elif row.attempts >= max_attempts:
+                    row.status, row.finished_at = FAILED, now()
+                    row.error = (f"the studio stopped while running this job {row.attempts} times "
+                                 f"(crash or kill); not retried again after {max_attempts} attempts")
+                    report["failed"] += 1
+                else:
+                    row.status, row.progress, row.message, row.started_at = PENDING, 0.0, "", None
+                    report["requeued"] += 1
+        return report
+
+    # ------------------------------------------------------------ user actions
+    def request_cancel(self, job_id: int) -> str:
+        """Pending or paused jobs are canceled at once; a running one is flagged for its worker.
+        Returns the job's status afterwards."""
+        with self.db.transaction() as session:
+            row = self._row(session, job_id)
+            if row.status in (PENDING, PAUSED):
+                row.status, row.finished_at, row.error = CANCELED, now(), "canceled before it started"
+            elif row.status == RUNNING:
+                row.cancel_requested = 1
+            else:
+                raise ValueError(f"job {job_id} is already {row.status}")
+            return row.status
+
+    def retry(self, job_id: int) -> None:
+        """A failed or canceled job goes to the end of the queue, as if new."""
+        with self.db.transaction() as session:
+            row = self._row(session, job_id)
+            if row.status not in (FAILED, CANCELED):
+                raise ValueError(f"only failed or canceled jobs can be retried; job {job_id} is {row.status}")
+            last = session.scalar(select(func.max(Job.position))) or 0.0
+            row.status, row.position, row.progress, row.message = PENDING, float(int(last) + 1), 0.0, ""
+            row.error, row.attempts, row.cancel_requested = None, 0, 0
+            row.started_at = row.finished_at = row.heartbeat_at = None
+
+    def hold(self, job_id: int, held: bool) -> None:
+        """Pause (hold back) or release one pending job."""
+        with self.db.transaction() as session:
+            row = self._row(session, job_id)
+            want_from, want_to = (PENDING, PAUSED) if held else (PAUSED, PENDING)
+            if row.status != want_from:
+                raise ValueError(f"job {job_id} is {row.status}, not {want_from}")
+            row.status = want_to
+
+    def move(self, job_id: int, where: str) -> None:
+        """`up`/`down` past the neighbouring waiting job, or to the `top`/`bottom` of the queue.
+        A job moved past one of another priority takes that priority."""
+        if where not in ("up", "down", "top", "bottom"):
+            raise ValueError(f"`where` must be up, down, top or bottom, got {where!r}")
+        with self.db.transaction() as session:
+            row = self._row(session, job_id)
+            if row.status not in (PENDING, PAUSED):
+                raise ValueError(f"only waiting jobs can be moved; job {job_id} is {row.status}")
+            waiting = select(Job).where(Job.status.in_((PENDING, PAUSED)), Job.id != job_id)
+            key = (row.priority, row.position, row.id)
+            ahead = lambda: waiting.where(  # noqa: E731 -- jobs that run before this one
+                (Job.priority > key[0]) | ((Job.priority == key[0]) & (
+                    (Job.position < key[1]) | ((Job.position == key[1]) & (Job.id < key[2])))))
+            behind = lambda: waiting.where(  # noqa: E731
+                (Job.priority < key[0]) | ((Job.priority == key[0]) & (
+                    (Job.position > key[1]) | ((Job.position == key[1]) & (Job.id > key[2])))))
+            reverse = (Job.priority.asc(), Job.position.desc(), Job.id.desc())
+            if where == "top":
+                first = session.scalars(waiting.order_by(*_ORDER).limit(1)).first()
+                if first is not None:
+                    row.priority, row.position = max(first.priority, row.priority), first.position - 1
+            elif where == "bottom":
+                last = session.scalars(waiting.order_by(*reverse).limit(1)).first()
+                if last is not None:
+                    row.priority, row.position = min(last.priority, row.priority), last.position + 1
+            elif where == "up":
+                two = session.scalars(ahead().order_by(*reverse).limit(2)).all()
+                if two:  # slot between the one ahead and the one before that
+                    n = two[0]
+                    before = two[1].position if len(two) > 1 and two[1].priority == n.priority else n.position - 2
+                    row.priority, row.position = n.priority, (before + n.position) / 2
+            else:
+                two = session.scalars(behind().order_by(*_ORDER).limit(2)).all()
+                if two:
+                    n = two[0]
+                    after = two[1].position if len(two) > 1 and two[1].priority == n.priority else n.position + 2
+                    row.priority, row.position = n.priority, (after + n.position) / 2
+
+    def clear_finished(self) -> int:
+        with self.db.transaction() as session:
+            return session.execute(delete(Job).where(Job.status.in_(FINISHED))).rowcount
+
+    def set_paused(self, paused: bool) -> None:
+        with self.db.transaction() as session:
+            session.merge(QueueState(key=PAUSED_KEY, value="1" if paused else "0"))
+
+    def is_paused(self) -> bool:
+        with self.db.session() as session:
+            return session.scalar(select(QueueState.value).where(QueueState.key == PAUSED_KEY)) == "1"
+
+    # ------------------------------------------------------------ reading
+    def get(self, job_id: int) -> JobView:
+        with self.db.session() as session:
+            row = self._row(session, job_id)
+            items = tuple(session.scalars(select(JobItem.item_id).where(JobItem.job_id == job_id)
+                                          .order_by(JobItem.item_id)))
+            return self._view(row, items)
+
+    def list(self, statuses: Iterable[str] | None = None, limit: int = 200, offset: int = 0) -> list[JobView]:
+        """Running first, then waiting jobs in the order they will run, then finished ones,
+        newest first."""
+        statuses = tuple(statuses) if statuses is not None else None
+        with self.db.session() as session:
+            def rows(query_statuses, order):
+                query = select(Job).where(Job.status.in_(query_statuses)).order_by(*order)
+                return session.scalars(query.limit(limit + offset)).all()
+            groups = [((RUNNING,), (Job.started_at, Job.id)), ((PENDING, PAUSED), _ORDER),
+                      (FINISHED, (Job.finished_at.desc(), Job.id.desc()))]
+            found: list[Job] = []
+            for group, order in groups:
+                wanted = tuple(s for s in group if statuses is None or s in statuses)
+                if wanted and len(found) < limit + offset:
+                    found += rows(wanted, order)
+            found = found[offset:offset + limit]
+            links: dict[int, list[int]] = {}
+            for job_id, item_id in session.execute(select(JobItem.job_id, JobItem.item_id).where(
+                    JobItem.job_id.in_([r.id for r in found])).order_by(JobItem.item_id)):
+                links.setdefault(job_id, []).append(item_id)
+            return [self._view(r, tuple(links.get(r.id, ()))) for r in found]
+
+    def counts(self) -> dict[str, int]:
+        with self.db.session() as session:
+            found = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {status: found.get(status, 0) for status in (PENDING, RUNNING, PAUSED, *FINISHED)}
+
+    def recent_durations(self, limit: int = 20) -> dict[str, float]:
+        """Mean run time of the last completed jobs, per task (for ETAs)."""
+        with self.db.session() as session:
+            rows = session.execute(select(Job.task, Job.started_at, Job.finished_at)
+                                   .where(Job.status == COMPLETED, Job.started_at.is_not(None))
+                                   .order_by(Job.finished_at.desc()).limit(limit)).all()
+        sums: dict[str, list[float]] = {}
+        for task, started, finished in rows:
+            sums.setdefault(task, []).append((finished - started).total_seconds())
+        return {task: sum(v) / len(v) for task, v in sums.items()}
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _row(session: Session, job_id: int) -> Job:
+        row = session.get(Job, job_id)
+        if row is None:
+            raise LookupError(f"no queued job with id {job_id}")
+        return row
+
+    @staticmethod
+    def _view(row: Job, item_ids: tuple[int, ...]) -> JobView:
+        return JobView(
+            id=row.id, task=row.task, engine=row.engine, params=json.loads(row.params_json),
+            label=row.label, status=row.status, priority=row.priority, position=row.position,
+            progress=row.progress, message=row.message, error=row.error, attempts=row.attempts,
+            cancel_requested=bool(row.cancel_requested), worker=row.worker,
+            result=json.loads(row.result_json) if row.result_json else None,
+            created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+            item_ids=item_ids)
