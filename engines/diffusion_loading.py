@@ -1,0 +1,166 @@
+"""Finding and loading a Stable Diffusion-family checkpoint, and the speed options.
+
+A model id is one of:
+  - "genstudio-tiny-sd": the embedded model under assets/sd-tiny;
+  - a local diffusers folder (model_index.json), loaded with safetensors only;
+  - a single `.safetensors` checkpoint (SD 1.x/2.x, SDXL, Turbo, LCM) via `from_single_file`;
+  - a hub id such as "stabilityai/sd-turbo" (needs the hub or its local cache).
+Pickled checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling runs arbitrary code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.base import EngineError
+from engines.diffusion_params import SCHEDULERS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "genstudio-tiny-sd"
+ALIASES = {DEFAULT_MODEL: REPO_ROOT / "assets" / "sd-tiny"}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the weights run. The CUDA ones are ignored on CPU."""
+    half_precision: bool | None = None  # fp16 weights; None = on for CUDA, off elsewhere
+    attention_slicing: bool = False  # CUDA: less memory, a little slower
+    vae_tiling: bool = False  # CUDA: decode large images tile by tile
+    cpu_offload: bool = False  # CUDA: keep idle sub-models in RAM (accelerate)
+    channels_last: bool = True  # NHWC convolutions: oneDNN's native layout on CPU
+    compile: bool = False  # torch.compile the UNet (slow first call); see docs/diffusion.md
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "folder" | "single_file" | "hub"
+    location: str
+    name: str  # shown in the infotext's "Model"
+
+
+def resolve_model(model_id: str) -> ModelSource:
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ValueError(f"`model_id` must be a model name, folder or file, got {model_id!r}")
+    if model_id in ALIASES:
+        folder = ALIASES[model_id]
+        if not (folder / "model_index.json").exists():
+            raise EngineError(f"the embedded model is missing: no {folder}/model_index.json")
+        return ModelSource("folder", str(folder), model_id)
+    path = Path(model_id).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise EngineError(f"refusing to load {path.name}: pickled checkpoints can run arbitrary "
+                          f"code when opened; convert it to .safetensors first")
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise EngineError(f"{path} is a folder but not a diffusers model (no model_index.json)")
+        return ModelSource("folder", str(path), path.name)
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise EngineError(f"no such checkpoint file: {path}")
+        return ModelSource("single_file", str(path), path.stem)
+    if path.exists():
+        raise EngineError(f"{path} is neither a diffusers folder nor a .safetensors file")
+    if model_id.count("/") == 1 and " " not in model_id:
+        return ModelSource("hub", model_id, model_id.split("/")[1])
+    raise EngineError(f"unknown model {model_id!r}: not a known name, folder, .safetensors file "
+                      f"or hub id")
+
+
+def model_hash(source: ModelSource) -> str | None:
+    """A1111's "Model hash": the first 10 hex digits of the checkpoint's sha256. For a diffusers
+    folder, the UNet weights file stands in for the checkpoint."""
+    if source.kind == "single_file":
+        file = Path(source.location)
+    elif source.kind == "folder":
+        candidates = sorted((Path(source.location) / "unet").glob("*.safetensors"))
+        if not candidates:
+            return None
+        file = candidates[0]
+    else:
+        return None
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]
+
+
+def _is_sdxl(source: ModelSource) -> bool:
+    if source.kind == "folder":
+        index = json.loads((Path(source.location) / "model_index.json").read_text())
+        return "text_encoder_2" in index or "XL" in index.get("_class_name", "")
+    if source.kind == "single_file":
+        from safetensors import safe_open
+
+        with safe_open(source.location, framework="pt") as handle:
+            return any(k.startswith("conditioner.embedders.1") for k in handle.keys())
+    return "xl" in source.location.lower()
+
+
+def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
+    """The text-to-image pipeline, on its device, with the speed options applied."""
+    import torch
+    from diffusers import (AutoPipelineForText2Image, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline)
+
+    half = options.half_precision if options.half_precision is not None else device == "cuda"
+    dtype = torch.float16 if half and device != "cpu" else torch.float32
+    xl = _is_sdxl(source)
+    extra = {} if xl else {"safety_checker": None, "feature_extractor": None,
+                           "requires_safety_checker": False}
+    try:
+        if source.kind == "single_file":
+            cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+            pipe = cls.from_single_file(source.location, dtype=dtype, **extra)
+        else:
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                source.location, dtype=dtype, use_safetensors=True,
+                local_files_only=source.kind == "folder" or bool(os.environ.get("HF_HUB_OFFLINE")),
+                **extra)
+    except EngineError:
+        raise
+    except Exception as error:  # diffusers raises many kinds; the user needs one sentence
+        hint = (" (a single file needs its model config: from the hub, or its cache)"
+                if source.kind == "single_file" else "")
+        raise EngineError(f"could not load {source.name}: {error}{hint}") from error
+    pipe.set_progress_bar_config(disable=True)
+    if options.threads and device == "cpu":
+        torch.set_num_threads(options.threads)
+    if device == "cuda" and options.cpu_offload:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    if device == "cuda" and options.attention_slicing:
+        pipe.enable_attention_slicing()
+    if device == "cuda" and options.vae_tiling:
+        pipe.vae.enable_tiling()
+    if options.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if options.compile:
+        if device == "cpu":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True  # fold weights in: lets oneDNN pre-pack them
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
+
+
+def make_scheduler(base_config: dict, name: str):
+    """A fresh scheduler of the named kind from the checkpoint's own scheduler config (diffusers'
+    `from_config` way), so training settings such as the beta schedule carry over."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown `scheduler` {name!r}; known: {', '.join(SCHEDULERS)}")
+    class_name, overrides, _, _ = SCHEDULERS[name]
+    # Keep only the keys this class knows, so one scheduler's options do not leak into another.
+    cls = getattr(diffusers, class_name)
+    known = set(cls.__init__.__code__.co_varnames)
+    config = {k: v for k, v in base_config.items() if k in known or k.startswith("_")}
+    return cls.from_config(config, **overrides)

@@ -1,0 +1,198 @@
+"""Parameters of the diffusion engine: frozen dataclasses checked when they are built.
+
+No torch here: tasks and the queue build these to validate a request before any weights load
+(`ctx.engines.engine_class("diffusion").Txt2ImgParams(...)`). Every check raises ValueError naming
+the parameter and the bad value, in the spirit of diffusers' `check_inputs`.
+
+Names follow AUTOMATIC1111 where one exists: steps, guidance_scale (CFG scale), strength
+(denoising strength), mask_blur, inpaint_full_res (= "only masked"), inpaint_full_res_padding,
+inpainting_fill (masked content).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engines.base import check_int, check_range
+
+# Scheduler names as A1111 shows them -> (diffusers class, extra config, A1111 sampler, schedule).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], str, str | None]] = {
+    "Euler": ("EulerDiscreteScheduler", {}, "Euler", None),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, "Euler a", None),
+    "DDIM": ("DDIMScheduler", {}, "DDIM", None),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler",
+                 {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+                 "DPM++ 2M", None),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler",
+                        {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                         "use_karras_sigmas": True},
+                        "DPM++ 2M", "Karras"),
+    "UniPC": ("UniPCMultistepScheduler", {}, "UniPC", None),
+    "LCM": ("LCMScheduler", {}, "LCM", None),
+}
+DEFAULT_SCHEDULER = "DPM++ 2M"
+
+# "Masked content" (A1111 inpainting_fill): what the masked area holds before denoising.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+
+MIN_SIDE = 64  # A1111's minimum; the VAE needs at least a few latent pixels
+MAX_SIDE = 4096
+MAX_PIXELS = 2048 * 2048  # pixel budget per image; far beyond what a CPU does in reasonable time
+MAX_PROMPT_CHARS = 4000  # CLIP reads 77 tokens (~300 characters); beyond this is surely a mistake
+MAX_SEED = 2**32 - 1  # A1111's range; -1 means "pick one at random"
+MAX_IMAGES = 64  # batch_count * batch_size (or candidates) per request
+
+
+def check_size(name: str, value: int | None) -> None:
+    """Width or height: a whole number, a multiple of 8 (latents are 1/8 of the image), bounded."""
+    if value is None:
+        return
+    check_int(name, value, MIN_SIDE, MAX_SIDE)
+    if value % 8:
+        raise ValueError(f"`{name}` must be a multiple of 8, got {value}")
+
+
+def check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"`{name}` must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        words = len(value.split())
+        raise ValueError(f"`{name}` is {len(value)} characters ({words} words); at most "
+                         f"{MAX_PROMPT_CHARS} are accepted (the text encoder reads ~75 tokens)")
+
+
+def check_image(name: str, value: Any) -> None:
+    # PIL is imported lazily: params are built in processes that never open an image.
+    from PIL import Image
+
+    if not isinstance(value, Image.Image):
+        raise ValueError(f"`{name}` must be an image, got {type(value).__name__}")
+    if value.width < 8 or value.height < 8:
+        raise ValueError(f"`{name}` is {value.width}x{value.height}; at least 8x8 is needed")
+    if value.width * value.height > MAX_PIXELS:
+        raise ValueError(f"`{name}` is {value.width}x{value.height}, over the pixel budget of "
+                         f"{MAX_PIXELS} pixels")
+
+
+@dataclass(frozen=True, eq=False)
+class Txt2ImgParams:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 7.0  # A1111 "CFG scale"; <= 1 turns classifier-free guidance off
+    width: int | None = None  # None: the model's native size (64 for the embedded model)
+    height: int | None = None
+    seed: int = -1  # image i of a request gets seed + i; -1 picks a random seed
+    batch_size: int = 1  # images per denoising run
+    batch_count: int = 1  # runs, one after another
+    scheduler: str = DEFAULT_SCHEDULER
+    candidates: int = 0  # best-of-N: generate this many, keep `keep` by CLIP score (0 = off)
+    keep: int = 1
+    preview_every: int = 5  # a preview image every this many steps (0 = none)
+
+    def __post_init__(self) -> None:
+        self.check_inputs()
+
+    def check_inputs(self) -> None:
+        check_text("prompt", self.prompt)
+        check_text("negative_prompt", self.negative_prompt)
+        check_int("steps", self.steps, 1, 150)
+        check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        check_size("width", self.width)
+        check_size("height", self.height)
+        if self.width and self.height and self.width * self.height > MAX_PIXELS:
+            raise ValueError(f"`width` x `height` = {self.width}x{self.height} is over the pixel "
+                             f"budget of {MAX_PIXELS} pixels")
+        check_int("seed", self.seed, -1, MAX_SEED)
+        check_int("batch_size", self.batch_size, 1, 16)
+        check_int("batch_count", self.batch_count, 1, MAX_IMAGES)
+        if self.batch_size * self.batch_count > MAX_IMAGES:
+            raise ValueError(f"`batch_count` x `batch_size` = {self.batch_count}x{self.batch_size}"
+                             f" is more than {MAX_IMAGES} images")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown `scheduler` {self.scheduler!r}; known: "
+                             f"{', '.join(SCHEDULERS)}")
+        check_int("candidates", self.candidates, 0, MAX_IMAGES)
+        check_int("keep", self.keep, 1, MAX_IMAGES)
+        if self.candidates and self.keep > self.candidates:
+            raise ValueError(f"`keep` ({self.keep}) must not exceed `candidates` "
+                             f"({self.candidates})")
+        check_int("preview_every", self.preview_every, 0, 1000)
+
+    @property
+    def image_count(self) -> int:
+        """Images the engine denoises (best-of-N generates all candidates)."""
+        return self.candidates or self.batch_size * self.batch_count
+
+
+@dataclass(frozen=True, eq=False)
+class Img2ImgParams(Txt2ImgParams):
+    init_image: Any = None  # PIL image; resized to width x height when those are given
+    strength: float = 0.75  # A1111 "Denoising strength": 0 keeps the image, 1 replaces it
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        check_image("init_image", self.init_image)
+        check_range("strength", self.strength, 0.0, 1.0)
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(f"`strength` {self.strength} x `steps` {self.steps} leaves no "
+                             f"denoising step; raise either")
+
+
+@dataclass(frozen=True, eq=False)
+class InpaintParams(Img2ImgParams):
+    mask: Any = None  # PIL image the size of init_image; white (> 127) = repaint
+    mask_blur: int = 4  # feathering in pixels, inside the mask only: unmasked pixels stay exact
+    inpaint_full_res: bool = False  # A1111 "only masked": work on the mask's box at full size
+    inpaint_full_res_padding: int = 32  # context pixels around that box
+    inpainting_fill: str = "original"  # masked content: fill, original, latent noise, nothing
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        check_image("mask", self.mask)
+        if self.mask.size != self.init_image.size:
+            raise ValueError(f"`mask` is {self.mask.width}x{self.mask.height} but the image is "
+                             f"{self.init_image.width}x{self.init_image.height}; they must match")
+        check_int("mask_blur", self.mask_blur, 0, 64)
+        if not isinstance(self.inpaint_full_res, bool):
+            raise ValueError(f"`inpaint_full_res` must be true or false, got "
+                             f"{self.inpaint_full_res!r}")
+        check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
+        if self.inpainting_fill not in MASKED_CONTENT:
+            raise ValueError(f"unknown `inpainting_fill` {self.inpainting_fill!r}; known: "
+                             f"{', '.join(MASKED_CONTENT)}")
+
+
+@dataclass(frozen=True, eq=False)
+class OutpaintParams(Img2ImgParams):
+    sides: tuple[str, ...] = ("left", "right", "up", "down")
+    pixels: int = 64  # added on each chosen side; a multiple of 8
+    mask_blur: int = 8
+    inpainting_fill: str = "fill"
+    strength: float = 1.0
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        sides = tuple(self.sides) if isinstance(self.sides, (list, tuple)) else ()
+        if not sides or any(s not in OUTPAINT_SIDES for s in sides):
+            raise ValueError(f"`sides` must be some of {', '.join(OUTPAINT_SIDES)}, got "
+                             f"{self.sides!r}")
+        check_int("pixels", self.pixels, 8, 1024)
+        if self.pixels % 8:
+            raise ValueError(f"`pixels` must be a multiple of 8, got {self.pixels}")
+        check_int("mask_blur", self.mask_blur, 0, 64)
+        if self.inpainting_fill not in MASKED_CONTENT:
+            raise ValueError(f"unknown `inpainting_fill` {self.inpainting_fill!r}; known: "
+                             f"{', '.join(MASKED_CONTENT)}")
+        w = self.init_image.width + self.pixels * (("left" in sides) + ("right" in sides))
+        h = self.init_image.height + self.pixels * (("up" in sides) + ("down" in sides))
+        if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+            raise ValueError(f"outpainting to {w}x{h} is over the size budget "
+                             f"({MAX_SIDE} per side, {MAX_PIXELS} pixels)")
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        w = self.init_image.width + self.pixels * (("left" in self.sides) + ("right" in self.sides))
+        h = self.init_image.height + self.pixels * (("up" in self.sides) + ("down" in self.sides))
+        return w, h
