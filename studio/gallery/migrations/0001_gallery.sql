@@ -22,6 +22,7 @@ CREATE TABLE items (
     created_at DATETIME NOT NULL
 );
 CREATE INDEX ix_items_kind ON items(kind, id);
+CREATE INDEX ix_items_task ON items(task, id);
 CREATE INDEX ix_items_engine ON items(engine, id);
 CREATE INDEX ix_items_model ON items(model, id);
 CREATE INDEX ix_items_favourite ON items(favourite, id);
