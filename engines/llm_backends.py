@@ -1,0 +1,334 @@
+"""The two ways a language model runs here, behind one small interface:
+
+  LlamaCppBackend     GGUF files through llama.cpp (llama-cpp-python): ~4x faster on CPU.
+  TransformersBackend transformers folders and hub ids, and GGUF files when llama.cpp is not
+                      installed (transformers dequantises them to float32).
+
+Both give: tokenize, the chat template and special tokens, and `tokens(prompt_ids, sampling,
+cancel)`, a generator of token ids that checks `cancel` before each step (prompt processing
+included, in chunks), so Stop costs at most one token step. Libraries are imported in load().
+"""
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from engines.base import CancelToken, EngineError
+from engines.llm_catalog import ModelSource, check_gguf_file, verify_sha256
+
+DEFAULT_CONTEXT = 4096  # tokens; capped by what the model was trained on
+PROMPT_CHUNK = 256  # prompt tokens evaluated between two cancel checks
+REPEAT_LAST_N = 64  # the repetition penalty looks this far back (llama.cpp's default)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float  # 0 = greedy
+    top_p: float
+    top_k: int  # 0 = off
+    repetition_penalty: float  # 1 = off
+    seed: int
+    max_new_tokens: int
+
+
+def cpu_threads() -> int:
+    """Threads for llama.cpp and torch: GENSTUDIO_LLM_THREADS, else the CPUs we may use."""
+    if os.environ.get("GENSTUDIO_LLM_THREADS"):
+        return max(1, int(os.environ["GENSTUDIO_LLM_THREADS"]))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class Utf8Decoder:
+    """Token byte pieces to text, holding back a split multi-byte character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class Backend:
+    name = "?"
+    context_length: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def single_token(self, text: str) -> int | None:
+        """The id of `text` if the vocabulary has it as one special token (FIM markers)."""
+        ids = self.tokenize(text, special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    def is_end(self, token: int) -> bool:
+        raise NotImplementedError
+
+    def decoder(self) -> "TokenDecoder":
+        raise NotImplementedError
+
+    def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class TokenDecoder:
+    """Feeds generated ids, returns the new text each time (never half a character)."""
+
+    def push(self, token: int) -> str:
+        raise NotImplementedError
+
+    def flush(self) -> str:
+        return ""
+
+
+# ---------------------------------------------------------------- llama.cpp
+class LlamaCppBackend(Backend):
+    name = "llama.cpp"
+
+    def __init__(self, source: ModelSource, context_length: int | None = None) -> None:
+        from llama_cpp import Llama
+
+        check_gguf_file(source.path)
+        if source.sha256:
+            verify_sha256(source.path, source.sha256)
+        trained = _gguf_context_length(source.path)
+        self.context_length = min(context_length or DEFAULT_CONTEXT, trained or DEFAULT_CONTEXT)
+        try:
+            self.llm = Llama(model_path=str(source.path), n_ctx=self.context_length,
+                             n_batch=PROMPT_CHUNK, n_threads=cpu_threads(),
+                             n_threads_batch=cpu_threads(), verbose=False)
+        except (ValueError, RuntimeError) as error:
+            raise EngineError(f"llama.cpp could not load {source.path.name}: {error}") from error
+        meta = self.llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        self.bos_token = self._piece(self.llm.token_bos())
+        self.eos_token = self._piece(self.llm.token_eos())
+        self._size = source.path.stat().st_size
+
+    def _piece(self, token: int) -> str:
+        if token is None or token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def is_end(self, token: int) -> bool:
+        from llama_cpp import llama_cpp as lib
+
+        return bool(lib.llama_vocab_is_eog(self.llm._model.vocab, token)) or token == self.llm.token_eos()
+
+    def decoder(self) -> TokenDecoder:
+        llm, utf8 = self.llm, Utf8Decoder()
+
+        class _Decoder(TokenDecoder):
+            def push(self, token: int) -> str:
+                return utf8.feed(llm.detokenize([token]))
+
+            def flush(self) -> str:
+                return utf8.flush()
+
+        return _Decoder()
+
+    def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
+        llm = self.llm
+        # 1. A fresh context every time: the same seed and prompt always give the same text.
+        llm.reset()
+        llm.set_seed(sampling.seed)
+        # 2. The prompt in chunks, checking for Stop between them; the last token goes through
+        #    generate() so that it samples from its logits.
+        for start in range(0, len(prompt) - 1, PROMPT_CHUNK):
+            cancel.raise_if_cancelled()
+            llm.eval(prompt[start:min(start + PROMPT_CHUNK, len(prompt) - 1)])
+        cancel.raise_if_cancelled()
+        # 3. One token per step; the caller stops iterating to stop computing.
+        generator = llm.generate(
+            prompt[-1:], reset=False, temp=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k, min_p=0.0, repeat_penalty=sampling.repetition_penalty)
+        try:
+            for count, token in enumerate(generator):
+                yield token
+                if count + 1 >= sampling.max_new_tokens or self.is_end(token):
+                    return
+                cancel.raise_if_cancelled()
+        finally:
+            generator.close()
+
+    def memory_bytes(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+def _gguf_context_length(path: Path) -> int | None:
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        arch = reader.fields["general.architecture"].contents()
+        field = reader.fields.get(f"{arch}.context_length")
+        return int(field.contents()) if field is not None else None
+    except Exception:  # a missing key only means "use the default"
+        return None
+
+
+# ---------------------------------------------------------------- transformers
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, source: ModelSource, device: str = "cpu",
+                 context_length: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(cpu_threads())
+        self.device = device
+        if source.format == "gguf":
+            check_gguf_file(source.path)
+            if source.sha256:
+                verify_sha256(source.path, source.sha256)
+            where, extra = str(source.path.parent), {"gguf_file": source.path.name}
+        else:
+            where = str(source.path) if source.path else source.hub_id
+            extra = {"local_files_only": source.path is not None or
+                     os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true")}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+            self.model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise EngineError(f"transformers could not load {source.model_id!r}: {error}") from error
+        self.model.to(device).eval()
+        trained = getattr(self.model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
+        self.context_length = min(context_length or DEFAULT_CONTEXT, trained)
+        self.chat_template = self.tokenizer.chat_template
+        self.bos_token = self.tokenizer.bos_token or ""
+        self.eos_token = self.tokenizer.eos_token or ""
+        ends = {self.tokenizer.eos_token_id}
+        generation_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ends |= set(generation_eos if isinstance(generation_eos, list) else [generation_eos])
+        for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
+            if name in self.tokenizer.get_vocab():
+                ends.add(self.tokenizer.convert_tokens_to_ids(name))
+        self._ends = {e for e in ends if e is not None}
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        if special:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        # Special-looking text typed by a user stays plain text.
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def is_end(self, token: int) -> bool:
+        return token in self._ends
+
+    def decoder(self) -> TokenDecoder:
+        tokenizer = self.tokenizer
+
+        class _Decoder(TokenDecoder):
+            # Decoding the whole reply each time is the only exact way for every tokenizer
+            # (SentencePiece spaces, byte-level BPE); replies are short enough for it.
+            def __init__(self) -> None:
+                self.ids: list[int] = []
+                self.sent = 0
+
+            def push(self, token: int) -> str:
+                self.ids.append(token)
+                text = tokenizer.decode(self.ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):
+                    return ""
+                new, self.sent = text[self.sent:], len(text)
+                return new
+
+        return _Decoder()
+
+    def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
+        import torch
+
+        generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        history = list(prompt)
+        past = None
+        with torch.inference_mode():
+            # 1. The prompt in chunks, a cancel check between them; keep the last logits.
+            for start in range(0, len(prompt), PROMPT_CHUNK):
+                cancel.raise_if_cancelled()
+                ids = torch.tensor([prompt[start:start + PROMPT_CHUNK]], device=self.device)
+                out = self.model(input_ids=ids, cache=past, use_cache=True, logits_to_keep=1)
+                past = out.cache
+            # 2. Sample, yield, feed the token back.
+            for count in range(sampling.max_new_tokens):
+                token = sample_token(out.logits[0, -1].float().cpu(), history, sampling, generator)
+                history.append(token)
+                yield token
+                if count + 1 >= sampling.max_new_tokens or self.is_end(token):
+                    return
+                cancel.raise_if_cancelled()
+                ids = torch.tensor([[token]], device=self.device)
+                out = self.model(input_ids=ids, cache=past, use_cache=True)
+                past = out.cache
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+
+def sample_token(logits, history: list[int], sampling: Sampling, generator) -> int:
+    """llama.cpp's sampler order: repetition penalty, then greedy or top-k, top-p, temperature."""
+    import torch
+
+    if sampling.repetition_penalty != 1.0 and history:
+        recent = torch.tensor(sorted(set(history[-REPEAT_LAST_N:])), dtype=torch.long)
+        chosen = logits[recent]
+        logits[recent] = torch.where(chosen > 0, chosen / sampling.repetition_penalty,
+                                     chosen * sampling.repetition_penalty)
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(ordered, dim=-1) > sampling.top_p  # keep the first over
+        logits = logits.index_fill(0, order[drop], float("-inf"))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def open_backend(source: ModelSource, device: str, context_length: int | None = None) -> Backend:
+    """llama.cpp for GGUF files when it is installed (and the device is the CPU), else
+    transformers. GENSTUDIO_LLM_BACKEND=transformers forces the latter."""
+    forced = os.environ.get("GENSTUDIO_LLM_BACKEND", "")
+    if forced not in ("", "llama.cpp", "transformers"):
+        raise EngineError(f"GENSTUDIO_LLM_BACKEND must be llama.cpp or transformers, got {forced!r}")
+    use_llama = source.format == "gguf" and forced != "transformers" and llama_cpp_available()
+    if forced == "llama.cpp" and not use_llama:
+        raise EngineError("GENSTUDIO_LLM_BACKEND=llama.cpp, but llama-cpp-python is not installed "
+                          "or the model is not a GGUF file")
+    if use_llama:
+        return LlamaCppBackend(source, context_length)
+    return TransformersBackend(source, device, context_length)

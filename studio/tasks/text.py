@@ -1,0 +1,296 @@
+"""Text tasks: "chat" (one reply to a conversation) and "code" (write, complete, explain, fix,
+optionally run & fix), plus the streaming helper the chat tab and the OpenAI API share.
+
+`LiveGeneration` runs one generation on its own thread, which holds the device lock from start
+to end, and hands text chunks to whoever iterates it (a Gradio handler, an HTTP response) from
+any thread. Leaving the iteration early sets the cancel token: the engine stops within one token.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
+
+from engines.base import CancelToken, ProgressCallback
+from studio.tasks import TaskResult, TaskSpec, register
+
+if TYPE_CHECKING:
+    from engines.llm import GenerationStats, LLMParams
+    from studio.context import StudioContext
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CODE_MODES = ("write", "complete", "explain", "fix")
+LANGUAGES = ("python", "javascript", "typescript", "bash", "c", "cpp", "go", "rust", "java", "sql",
+             "html", "css")
+MAX_FIX_ROUNDS = 5
+_DONE = object()
+
+
+# ---------------------------------------------------------------- parameters
+def llm_params(params: dict[str, Any]) -> tuple[str, "LLMParams"]:
+    """Split a JSON-able request into (model id, LLMParams); ValueError names a bad field."""
+    from engines.llm import LLMParams
+    from engines.llm_catalog import resolve
+
+    values = dict(params)
+    model = values.pop("model", None) or DEFAULT_MODEL
+    resolve(model)  # unknown id or a file that is not GGUF: a clear error before any loading
+    return model, LLMParams.from_dict(values)
+
+
+# ---------------------------------------------------------------- streaming
+class LiveGeneration:
+    """One streamed generation on a worker thread: `for chunk in live: ...` (sync) or
+    `async for chunk in live.achunks()`. `stats`, `text` and `error` are final once it ends."""
+
+    def __init__(self, ctx: "StudioContext", model: str, params: "LLMParams",
+                 cancel: CancelToken | None = None) -> None:
+        from engines.llm import GenerationStats
+
+        self.ctx, self.model, self.params = ctx, model, params
+        self.cancel = cancel or CancelToken()
+        self.stats: GenerationStats = GenerationStats()
+        self.error: BaseException | None = None
+        self.parts: list[str] = []
+        self.ready = threading.Event()  # set once the prompt is checked (or it failed)
+        self.done = threading.Event()
+        self._chunks: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="llm-generation", daemon=True)
+
+    def start(self) -> "LiveGeneration":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            with self.ctx.engines.use("llm", self.model) as engine:
+                engine.prepare(self.params)  # too long for the context: fail before streaming
+                self.ready.set()
+                for chunk in engine.stream(self.params, self.cancel, self.stats):
+                    self._chunks.put(chunk)
+        except BaseException as error:  # handed to the reader, re-raised there
+            self.error = error
+        finally:
+            self.ready.set()
+            self.done.set()
+            self._chunks.put(_DONE)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stats.finish_reason == "cancelled"
+
+    def __iter__(self) -> Iterator[str]:
+        finished = False
+        try:
+            while True:
+                chunk = self._chunks.get()
+                if chunk is _DONE:
+                    finished = True
+                    break
+                self.parts.append(chunk)
+                yield chunk
+            if self.error is not None:
+                raise self.error
+        finally:
+            if not finished:  # the reader went away (Stop, closed connection): stop computing
+                self.cancel.cancel()
+
+    async def achunks(self) -> AsyncIterator[str]:
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = self._chunks.get_nowait()
+                except queue.Empty:
+                    await asyncio.sleep(0.005)
+                    continue
+                if chunk is _DONE:
+                    finished = True
+                    break
+                self.parts.append(chunk)
+                yield chunk
+            if self.error is not None:
+                raise self.error
+        finally:
+            if not finished:
+                self.cancel.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+
+def reply_params(params: "LLMParams", stats: "GenerationStats", **extra: Any) -> dict[str, Any]:
+    """What a gallery text item records about its generation (tokens/s included)."""
+    data = params.sampling_dict()
+    data.update(stats.as_params())
+    if params.system_prompt:
+        data["system_prompt"] = params.system_prompt
+    data.update(extra)
+    return data
+
+
+def record_reply(ctx: "StudioContext", task: str, model: str, prompt: str, params: "LLMParams",
+                 text: str, stats: "GenerationStats", tags: tuple[str, ...] = (), **extra: Any):
+    return ctx.gallery.add_text(
+        text, task=task, engine="llm", model=model, prompt=prompt,
+        params=reply_params(params, stats, **extra), seed=stats.seed,
+        duration_s=round(stats.duration_s, 3), tags=tags)
+
+
+def last_user_message(params: "LLMParams") -> str:
+    users = [m.content for m in params.messages if m.role == "user"]
+    return users[-1] if users else (params.prompt or "")
+
+
+# ---------------------------------------------------------------- chat task
+def validate_chat(ctx: "StudioContext", params: dict) -> None:
+    llm_params(params)
+
+
+def run_chat(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
+             cancel: CancelToken) -> TaskResult:
+    model, request = llm_params(params)
+    with ctx.engines.use("llm", model) as engine:
+        result = engine.generate(request, on_progress, cancel)
+    item = record_reply(ctx, "chat", model, last_user_message(request), request, result.text,
+                        result.stats)
+    return TaskResult(item_ids=[item.id], text=result.text, info=result.stats.as_params())
+
+
+# ---------------------------------------------------------------- code task
+@dataclass(frozen=True)
+class CodeRequest:
+    mode: str  # write | complete | explain | fix
+    language: str = "python"
+    description: str = ""  # write
+    code: str = ""  # explain, fix
+    prefix: str = ""  # complete
+    suffix: str = ""  # complete
+    error: str = ""  # fix: the error message, optional
+
+    def __post_init__(self) -> None:
+        if self.mode not in CODE_MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(CODE_MODES)}, got {self.mode!r}")
+        if self.language not in LANGUAGES:
+            raise ValueError(f"`language` must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
+        needed = {"write": ("description", self.description), "explain": ("code", self.code),
+                  "fix": ("code", self.code), "complete": ("prefix", self.prefix + self.suffix)}
+        name, value = needed[self.mode]
+        if not value.strip():
+            raise ValueError(f"`{name}` is empty: the {self.mode} mode needs it")
+
+
+SYSTEM_CODER = "You are a careful senior programmer. Answer precisely and briefly."
+
+
+def code_llm_params(request: CodeRequest, sampling: dict[str, Any]) -> "LLMParams":
+    """The prompt for each mode. Complete uses fill-in-the-middle (the engine picks the model's
+    FIM tokens, or asks in words when it has none)."""
+    from engines.llm import ChatMessage, LLMParams
+
+    lang = request.language
+    if request.mode == "complete":
+        return LLMParams(prompt=request.prefix, suffix=request.suffix, **sampling)
+    if request.mode == "write":
+        ask = (f"Write {lang} code for this task:\n{request.description}\n\nReply with the complete "
+               f"code in one ```{lang} code block.")
+    elif request.mode == "explain":
+        ask = f"Explain what this {lang} code does, step by step:\n```{lang}\n{request.code}\n```"
+    else:
+        error = f"\nIt fails with this error:\n```\n{request.error.strip()}\n```" if request.error.strip() else ""
+        ask = (f"Fix this {lang} code.{error}\n```{lang}\n{request.code}\n```\n\nReply with the "
+               f"corrected code in one ```{lang} code block.")
+    return LLMParams(messages=(ChatMessage("user", ask),), system_prompt=SYSTEM_CODER, **sampling)
+
+
+def extract_code(text: str) -> str:
+    """The first fenced block of a reply, or the reply itself when it has none."""
+    match = re.search(r"```[\w+#.-]*[ \t]*\n(.*?)(?:```|\Z)", text, re.S)
+    return (match.group(1) if match else text).strip("\n")
+
+
+def split_code_params(params: dict) -> tuple[str, CodeRequest, dict, bool, int]:
+    values = dict(params)
+    model = values.pop("model", None) or DEFAULT_MODEL
+    run_and_fix = bool(values.pop("run_and_fix", False))
+    rounds = values.pop("rounds", 3)
+    request_fields = {k: values.pop(k) for k in list(values) if k in CodeRequest.__dataclass_fields__}
+    request = CodeRequest(**request_fields)
+    if run_and_fix and request.language != "python":
+        raise ValueError("run & fix runs Python only; pick python as the language")
+    if run_and_fix and request.mode not in ("write", "fix"):
+        raise ValueError("run & fix needs the write or fix mode")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_FIX_ROUNDS:
+        raise ValueError(f"`rounds` must be a whole number from 1 to {MAX_FIX_ROUNDS}, got {rounds!r}")
+    from engines.llm_catalog import resolve
+
+    resolve(model)
+    code_llm_params(request, values)  # validates the sampling values
+    return model, request, values, run_and_fix, rounds
+
+
+@dataclass
+class CodeRound:
+    round: int
+    code: str
+    reply: str
+    run: Any = None  # studio.code_runner.RunResult, when run & fix is on
+    stats: Any = None  # engines.llm.GenerationStats
+
+
+@dataclass
+class CodeOutcome:
+    text: str  # the final code, or the explanation
+    rounds: list[CodeRound] = field(default_factory=list)
+    stats: Any = None
+
+
+def code_rounds(ctx: "StudioContext", params: dict, cancel: CancelToken | None = None,
+                on_progress: ProgressCallback | None = None) -> Iterator[CodeRound]:
+    """Generate (and with run & fix: run, then feed the error back) round by round."""
+    from studio.code_runner import run_python
+
+    cancel = cancel or CancelToken()
+    model, request, sampling, run_and_fix, rounds = split_code_params(params)
+    for number in range(1, (rounds if run_and_fix else 1) + 1):
+        with ctx.engines.use("llm", model) as engine:
+            result = engine.generate(code_llm_params(request, sampling), on_progress, cancel)
+        code = result.text if request.mode in ("explain", "complete") else extract_code(result.text)
+        round_ = CodeRound(number, code, result.text, stats=result.stats)
+        if run_and_fix:
+            cancel.raise_if_cancelled()
+            round_.run = run_python(code)
+        yield round_
+        if not run_and_fix or round_.run.ok:
+            return
+        request = CodeRequest("fix", "python", code=code, error=round_.run.error_text())
+
+
+def validate_code(ctx: "StudioContext", params: dict) -> None:
+    split_code_params(params)
+
+
+def run_code(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
+             cancel: CancelToken) -> TaskResult:
+    model, request, sampling, run_and_fix, _ = split_code_params(params)
+    rounds = list(code_rounds(ctx, params, cancel, on_progress))
+    final = rounds[-1]
+    prompt = request.description or request.code or (request.prefix + "<CURSOR>" + request.suffix)
+    extra = {"mode": request.mode, "language": request.language, "rounds": len(rounds)}
+    if run_and_fix:
+        extra["runs"] = [r.run.summary() for r in rounds]
+    item = record_reply(ctx, "code", model, prompt, code_llm_params(request, sampling), final.code,
+                        final.stats, **extra)
+    return TaskResult(item_ids=[item.id], text=final.code, info=extra)
+
+
+register(TaskSpec("chat", "llm", validate_chat, run_chat, "One reply from a language model"))
+register(TaskSpec("code", "llm", validate_code, run_code,
+                  "Write, complete, explain or fix code; optionally run & fix Python"))
