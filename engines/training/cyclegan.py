@@ -251,7 +251,9 @@ def load_checkpoint(path: Path) -> dict:
 def train(config: TrainConfig, style_images: list[Image.Image], content_images: list[Image.Image],
           out_dir: Path, on_progress: ProgressCallback = no_progress,
           cancel: CancelToken | None = None, max_seconds: float | None = None,
-          log: Callable[[str], None] | None = None) -> tuple[CycleGAN, TrainState]:
+          log: Callable[[str], None] | None = None,
+          on_losses: Callable[[int, dict[str, float]], None] | None = None,
+          ) -> tuple[CycleGAN, TrainState]:
     """Train (or resume) in out_dir: checkpoint.pt, samples/*.png, losses.json.
 
     Raises Cancelled after writing a checkpoint when `cancel` is set, so the run can resume.
@@ -273,7 +275,10 @@ def train(config: TrainConfig, style_images: list[Image.Image], content_images: 
     # data order depends on the resume point so a resumed run does not replay the same crops
     content = CropSampler(content_images, config.size, config.load_side, config.seed + state.iteration)
     style = CropSampler(style_images, config.size, config.load_side, config.seed + 7 + state.iteration)
-    fixed = CropSampler(content_images, config.size, config.load_side, 12345).batch(4)
+    # fixed preview crops from four content images spread over the list (photos and scenes)
+    picks = [content_images[int(i)] for i in np.linspace(0, len(content_images) - 1, 4)]
+    fixed = torch.cat([CropSampler([image], config.size, config.load_side, 12345).batch(1)
+                       for image in picks])
 
     window: dict[str, list[float]] = {name: [] for name in LOSS_NAMES}
     started, start_seconds = time.perf_counter(), state.seconds
@@ -293,6 +298,8 @@ def train(config: TrainConfig, style_images: list[Image.Image], content_images: 
         state.iteration += 1
         for name, value in losses.items():
             window[name].append(value)
+        if on_losses:
+            on_losses(state.iteration, losses)
         preview = None
         if state.iteration % config.sample_every == 0 or state.iteration == config.iterations:
             for name in LOSS_NAMES:

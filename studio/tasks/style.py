@@ -1,0 +1,251 @@
+"""Style transfer task ("style", engine "style") and background training of new styles.
+
+Params of the "style" task (a JSON-able dict; the queue stores it as is):
+  style                    a style id from `engines.style.list_styles`: "vintage" (pretrained
+                           GAN), an embedded style ("ink"...), "user:<name>", or "arbitrary"
+                           (not a GAN; needs a style image). Default "vintage".
+  image_id | image         the photo: a gallery item id (becomes the parent), or a base64 / data
+                           URL string (or a PIL image from an in-process caller)
+  strength                 0..1, default 1: blends the result with the input
+  output_side              long side of the result in pixels, 16..4096; default the input's
+  style_image_id | style_image   arbitrary mode only: the painting whose style to take
+  save_input               default true: an uploaded photo (not from the gallery) is saved to
+                           the gallery too, as the result's parent, so lineage is kept
+
+Training (`TrainingRun`) is not a queue task: it runs for minutes on one CPU thread in a
+background thread of its own, never holding the device lock, so generation keeps working.
+Its checkpoint lives in <data_dir>/styles/.runs/<slug>/ (start again with the same name to
+resume); the finished style is written to <data_dir>/styles/<slug>/ and is listed at once.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engines.base import Cancelled, CancelToken
+from studio.gallery.pnginfo import format_infotext
+from studio.gallery.store import NewImage
+from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks.image import decode_image
+
+ENGINE = "style"
+FIELDS = ("style", "image", "image_id", "strength", "output_side", "style_image",
+          "style_image_id", "save_input")
+
+
+@dataclass
+class Prepared:
+    style: Any  # engines.style.StyleInfo
+    engine_params: Any  # engines.style.StyleParams
+    stored: dict  # what the gallery keeps (no image blobs)
+    parent_id: int | None
+    input_image: Image.Image  # kept to save an upload as the parent
+    save_input: bool
+
+
+def _image_param(ctx, params: dict, name: str) -> tuple[Image.Image | None, int | None]:
+    from engines.style import open_image
+
+    if params.get(f"{name}_id") is not None:
+        item_id = params[f"{name}_id"]
+        if isinstance(item_id, bool) or not isinstance(item_id, int):
+            raise ValueError(f"`{name}_id` must be a gallery item id, got {item_id!r}")
+        try:
+            item = ctx.gallery.get(item_id)
+        except LookupError:
+            raise ValueError(f"`{name}_id`: no gallery item with id {item_id}") from None
+        if item.file_path is None:
+            raise ValueError(f"`{name}_id`: item #{item_id} is text, not an image")
+        return open_image(item.file_path, name.replace("_", " ")), item_id
+    value = params.get(name)
+    if value is None:
+        return None, None
+    if isinstance(value, (Image.Image, bytes, Path)):
+        return open_image(value, name.replace("_", " ")), None
+    return open_image(decode_image(value, name), name.replace("_", " ")), None
+
+
+def prepare(ctx, params: dict) -> Prepared:
+    """Check and convert a request; raises ValueError naming the field. Loads no weights."""
+    from engines.style import StyleParams, find_style
+
+    if not isinstance(params, dict):
+        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) for style: {', '.join(unknown)}")
+    style_id = params.get("style", "vintage")
+    if not isinstance(style_id, str):
+        raise ValueError(f"`style` must be a style id, got {style_id!r}")
+    style = find_style(style_id, ctx.config.styles_dir)
+    image, parent_id = _image_param(ctx, params, "image")
+    if image is None:
+        raise ValueError("style needs `image_id` or `image`")
+    style_image, style_image_id = _image_param(ctx, params, "style_image")
+    if style.kind == "arbitrary" and style_image is None:
+        raise ValueError("the arbitrary style needs `style_image_id` or `style_image` (any painting)")
+    save_input = params.get("save_input", True)
+    if not isinstance(save_input, bool):
+        raise ValueError(f"`save_input` must be true or false, got {save_input!r}")
+    engine_params = StyleParams(image=image, strength=params.get("strength", 1.0),
+                                output_side=params.get("output_side"),
+                                style_image=style_image if style.kind == "arbitrary" else None)
+    engine_params.check()
+    stored = {"style": style.id, "style_name": style.name, "strength": engine_params.strength,
+              "output_side": engine_params.output_side}
+    if style_image_id is not None:
+        stored["style_image_id"] = style_image_id
+    return Prepared(style, engine_params, stored, parent_id, image, save_input)
+
+
+def validate(ctx, params: dict) -> None:
+    prepare(ctx, params)
+
+
+def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
+    # 1. Check and convert everything before the device is taken.
+    prepared = prepare(ctx, params)
+    started = time.perf_counter()
+    # 2. Stylise on the device lock.
+    with ctx.engines.use(ENGINE, prepared.style.model_id) as engine:
+        output = engine.generate(prepared.engine_params, on_progress, cancel)
+    seconds = time.perf_counter() - started
+    image = output.image
+    style = prepared.style
+    text = format_infotext(f"{style.name} style", "", {
+        "Style": style.name, "Style id": style.id, "Strength": prepared.engine_params.strength,
+        "Size": f"{image.width}x{image.height}", "Model": style.id, "Version": "GenStudio"})
+    stored = dict(prepared.stored, width=image.width, height=image.height)
+
+    # 3. Save: an uploaded photo first (the parent), then the result; undo the first if the
+    #    second fails, so nothing is left half-written.
+    parent_id = prepared.parent_id
+    saved_input = None
+    if parent_id is None and prepared.save_input:
+        saved_input = ctx.gallery.add_image(prepared.input_image, task="upload", engine="",
+                                            prompt="uploaded photo", params={"source": "style tab"})
+        parent_id = saved_input.id
+    stored["image_id"] = parent_id
+    try:
+        item = ctx.gallery.add_image(
+            image, task="style", engine=ENGINE, model=style.id, prompt=f"{style.name} style",
+            params=stored, duration_s=round(seconds, 3), parent_id=parent_id, infotext=text)
+    except BaseException:
+        if saved_input is not None:
+            ctx.gallery.delete(saved_input.id)
+        raise
+    info = dict(output.info, seconds=round(seconds, 3), parent_id=parent_id, infotext=text)
+    return TaskResult(item_ids=[item.id], images=[image], info=info)
+
+
+register(TaskSpec("style", ENGINE, validate, run,
+                  "Restyle a photo with a GAN style (or any painting, not a GAN)"))
+
+
+# ---------------------------------------------------------------- training new styles
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")[:40]
+    if not slug:
+        raise ValueError(f"`name` must contain letters or digits, got {name!r}")
+    return slug
+
+
+@dataclass
+class TrainingStatus:
+    state: str = "starting"  # starting, running, done, cancelled, failed
+    iteration: int = 0
+    total: int = 0
+    losses: list[dict[str, float]] = field(default_factory=list)  # one row per iteration
+    preview: Image.Image | None = None
+    message: str = ""
+    style_id: str | None = None  # "user:<slug>" once saved
+    seconds: float = 0.0
+
+
+class TrainingRun:
+    """One background CycleGAN training; poll `status`, stop with `cancel()`."""
+
+    def __init__(self, ctx, name: str, style_images: list[Image.Image],
+                 content_images: list[Image.Image], size: int = 128, iterations: int = 600,
+                 threads: int = 1) -> None:
+        from engines.training.cyclegan import TrainConfig
+
+        self.name, self.slug = name.strip(), slugify(name)
+        if len(style_images) < 1 or len(content_images) < 1:
+            raise ValueError("training needs at least one style image and one content image")
+        self.config = TrainConfig(size=size, iterations=iterations, threads=threads,
+                                  sample_every=max(10, min(100, iterations // 20)),
+                                  checkpoint_every=50)
+        self.config.check()
+        self.styles_dir = Path(ctx.config.styles_dir)
+        self.run_dir = self.styles_dir / ".runs" / self.slug
+        self.style_images = [im.convert("RGB") for im in style_images]
+        self.content_images = [im.convert("RGB") for im in content_images]
+        self.status = TrainingStatus(total=iterations)
+        self._cancel = CancelToken()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"style-train-{self.slug}",
+                                        daemon=True)
+
+    def start(self) -> "TrainingRun":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self._cancel.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from engines.training import cyclegan
+
+        status = self.status
+        started = time.perf_counter()
+
+        def on_losses(iteration: int, losses: dict[str, float]) -> None:
+            with self._lock:
+                status.iteration = iteration
+                status.losses.append({"iteration": iteration, **losses})
+                status.seconds = time.perf_counter() - started
+
+        def on_progress(progress) -> None:
+            status.state = "running"
+            status.message = f"iteration {progress.step}/{progress.total}"
+            if progress.preview is not None:
+                status.preview = progress.preview
+
+        try:
+            status.state = "running"
+            model, state = cyclegan.train(self.config, self.style_images, self.content_images,
+                                          self.run_dir, on_progress=on_progress,
+                                          cancel=self._cancel, on_losses=on_losses)
+            folder = cyclegan.export_style(
+                model, state, self.styles_dir / self.slug, self.name,
+                f"Trained here from {len(self.style_images)} style and "
+                f"{len(self.content_images)} content images", self.style_images,
+                self.content_images)
+            if status.preview is not None:
+                status.preview.convert("RGB").save(folder / "preview.jpg", quality=90)
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # the 40 MB checkpoint is done with
+            status.style_id = f"user:{self.slug}"
+            status.state = "done"
+            status.message = f"saved as style {status.style_id} after {state.iteration} iterations"
+        except Cancelled:
+            status.state = "cancelled"
+            status.message = (f"cancelled at iteration {status.iteration}; a checkpoint is kept: "
+                              f"start again with the name {self.name!r} to resume")
+        except Exception as error:  # shown in the UI; the checkpoint (if any) stays for a resume
+            status.state = "failed"
+            status.message = f"training failed: {error}"
