@@ -245,32 +245,41 @@ class CodeRound:
     stats: Any = None  # engines.llm.GenerationStats
 
 
-@dataclass
-class CodeOutcome:
-    text: str  # the final code, or the explanation
-    rounds: list[CodeRound] = field(default_factory=list)
-    stats: Any = None
-
-
-def code_rounds(ctx: "StudioContext", params: dict, cancel: CancelToken | None = None,
-                on_progress: ProgressCallback | None = None) -> Iterator[CodeRound]:
-    """Generate (and with run & fix: run, then feed the error back) round by round."""
+def code_events(ctx: "StudioContext", params: dict,
+                cancel: CancelToken | None = None) -> Iterator[tuple[str, int, Any]]:
+    """Generate, and with run & fix run the code and feed its error back, round by round.
+    Yields ("text", round, reply so far) while streaming and ("round", round, CodeRound) after
+    each round. Raises Cancelled on Stop."""
+    from engines.base import Cancelled
     from studio.code_runner import run_python
 
     cancel = cancel or CancelToken()
     model, request, sampling, run_and_fix, rounds = split_code_params(params)
     for number in range(1, (rounds if run_and_fix else 1) + 1):
-        with ctx.engines.use("llm", model) as engine:
-            result = engine.generate(code_llm_params(request, sampling), on_progress, cancel)
-        code = result.text if request.mode in ("explain", "complete") else extract_code(result.text)
-        round_ = CodeRound(number, code, result.text, stats=result.stats)
+        live = LiveGeneration(ctx, model, code_llm_params(request, sampling), cancel).start()
+        for _ in live:
+            yield "text", number, live.text
+        if live.cancelled:
+            raise Cancelled()
+        code = live.text if request.mode in ("explain", "complete") else extract_code(live.text)
+        round_ = CodeRound(number, code, live.text, stats=live.stats)
         if run_and_fix:
-            cancel.raise_if_cancelled()
             round_.run = run_python(code)
-        yield round_
+        yield "round", number, round_
         if not run_and_fix or round_.run.ok:
             return
         request = CodeRequest("fix", "python", code=code, error=round_.run.error_text())
+
+
+def record_code(ctx: "StudioContext", params: dict, rounds: list[CodeRound]):
+    """One gallery text item for a finished code request: the final code (or explanation)."""
+    model, request, sampling, run_and_fix, _ = split_code_params(params)
+    prompt = request.description or request.code or (request.prefix + "<CURSOR>" + request.suffix)
+    extra: dict[str, Any] = {"mode": request.mode, "language": request.language, "rounds": len(rounds)}
+    if run_and_fix:
+        extra["runs"] = [r.run.summary() for r in rounds]
+    return record_reply(ctx, "code", model, prompt, code_llm_params(request, sampling),
+                        rounds[-1].code, rounds[-1].stats, **extra)
 
 
 def validate_code(ctx: "StudioContext", params: dict) -> None:
@@ -279,16 +288,17 @@ def validate_code(ctx: "StudioContext", params: dict) -> None:
 
 def run_code(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
              cancel: CancelToken) -> TaskResult:
-    model, request, sampling, run_and_fix, _ = split_code_params(params)
-    rounds = list(code_rounds(ctx, params, cancel, on_progress))
-    final = rounds[-1]
-    prompt = request.description or request.code or (request.prefix + "<CURSOR>" + request.suffix)
-    extra = {"mode": request.mode, "language": request.language, "rounds": len(rounds)}
-    if run_and_fix:
-        extra["runs"] = [r.run.summary() for r in rounds]
-    item = record_reply(ctx, "code", model, prompt, code_llm_params(request, sampling), final.code,
-                        final.stats, **extra)
-    return TaskResult(item_ids=[item.id], text=final.code, info=extra)
+    from engines.base import Progress
+
+    rounds: list[CodeRound] = []
+    for kind, number, value in code_events(ctx, params, cancel):
+        if kind == "text":
+            on_progress(Progress(number, params.get("rounds", 1), value))
+        else:
+            rounds.append(value)
+    item = record_code(ctx, params, rounds)
+    info = {"rounds": len(rounds), "ok": [r.run.ok for r in rounds if r.run is not None]}
+    return TaskResult(item_ids=[item.id], text=rounds[-1].code, info=info)
 
 
 register(TaskSpec("chat", "llm", validate_chat, run_chat, "One reply from a language model"))
