@@ -10,6 +10,7 @@ Pickled checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling runs arbitr
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -161,6 +162,6 @@ def make_scheduler(base_config: dict, name: str):
     class_name, overrides, _, _ = SCHEDULERS[name]
     # Keep only the keys this class knows, so one scheduler's options do not leak into another.
     cls = getattr(diffusers, class_name)
-    known = set(cls.__init__.__code__.co_varnames)
+    known = set(inspect.signature(cls.__init__).parameters)
     config = {k: v for k, v in base_config.items() if k in known or k.startswith("_")}
     return cls.from_config(config, **overrides)

@@ -97,3 +97,16 @@ def build_random_sd(folder: str | Path, architecture: str = "tiny", seed: int = 
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def embedded_or_random(cache_dir: str | Path) -> str:
+    """The model id tests should use: the embedded model when it is present, else a random tiny
+    folder built (once) under cache_dir."""
+    from engines.diffusion_loading import ALIASES, DEFAULT_MODEL
+
+    if (ALIASES[DEFAULT_MODEL] / "model_index.json").exists():
+        return DEFAULT_MODEL
+    folder = Path(cache_dir) / "random-tiny-sd"
+    if not (folder / "model_index.json").exists():
+        build_random_sd(folder, "tiny")
+    return str(folder)

@@ -1,0 +1,273 @@
+"""Image tasks: txt2img, img2img, inpaint, outpaint (engine "diffusion").
+
+Every caller (the tabs, the queue, the A1111 API) passes a JSON-able dict. Names follow the
+diffusers engine; the meaning is AUTOMATIC1111's, and A1111's own names are accepted as aliases.
+
+Common to all four:
+  prompt, negative_prompt      text (at most 4,000 characters; CLIP reads ~75 tokens)
+  steps                        1..150, default 20
+  guidance_scale               A1111 "CFG scale" (alias cfg_scale), 0..30, default 7
+  scheduler                    A1111 sampler + schedule type in one name (alias sampler_name):
+                               Euler, Euler a, DDIM, DPM++ 2M, DPM++ 2M Karras, UniPC, LCM
+  seed                         -1 = random; image i of the request gets seed + i
+  batch_size, batch_count      images per run, runs (alias n_iter); at most 64 images in all
+  width, height                multiples of 8, 64..4096, pixel budget 2048x2048; default: the
+                               model's native size (txt2img) or the input image's (others)
+  model                        engine model id; default "genstudio-tiny-sd"
+  preview_every                a preview every N steps (0 = none), default 5
+txt2img only:
+  candidates, keep             DALL-E-style best-of-N: generate `candidates`, keep the `keep`
+                               best by CLIP score (0 = off)
+img2img, inpaint, outpaint:
+  init_image_id | init_image   a gallery item id (becomes the parent), or a base64 PNG/JPEG or
+                               data URL string (alias init_images: [str], as A1111)
+  strength                     A1111 "Denoising strength" (alias denoising_strength), 0..1
+inpaint:
+  mask_id | mask               white = repaint; the same size as the image (alias mask)
+  mask_blur                    feathering in pixels, inside the mask only (default 4)
+  inpaint_full_res             A1111 "Inpaint area: Only masked" (default false)
+  inpaint_full_res_padding     context pixels around the mask's box (default 32)
+  inpainting_fill              masked content: "fill", "original", "latent noise",
+                               "latent nothing" or A1111's 0..3 (default "original")
+outpaint:
+  sides                        some of left, right, up, down (default all four)
+  pixels                       added per side, a multiple of 8 (default 64)
+  mask_blur, inpainting_fill   as inpaint (defaults 8 and "fill"); strength default 1.0
+
+Results land in the gallery in one call once every image exists (a failure or a cancel writes
+nothing): full params with each image's own seed, `parent_id` lineage, and the A1111
+`parameters` PNG chunk.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from studio.gallery.pnginfo import format_infotext
+from studio.gallery.store import NewImage
+from studio.tasks import TaskResult, TaskSpec, register
+
+ENGINE = "diffusion"
+ALIASES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
+           "sampler_name": "scheduler", "n_iter": "batch_count"}
+FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
+          "batch_size", "batch_count", "scheduler", "preview_every")
+FIELDS = {
+    "txt2img": COMMON + ("candidates", "keep"),
+    "img2img": COMMON + ("strength",),
+    "inpaint": COMMON + ("strength", "mask_blur", "inpaint_full_res", "inpaint_full_res_padding",
+                         "inpainting_fill"),
+    "outpaint": COMMON + ("strength", "sides", "pixels", "mask_blur", "inpainting_fill"),
+}
+PARAMS_CLASS = {"txt2img": "Txt2ImgParams", "img2img": "Img2ImgParams",
+                "inpaint": "InpaintParams", "outpaint": "OutpaintParams"}
+MAX_UPLOAD_BYTES = 32 << 20
+# Written into saved params for the record; accepted back (and ignored) so saved params re-run.
+RECORD_ONLY = ("model_hash", "clip_score")
+
+
+@dataclass
+class Prepared:
+    engine_params: Any  # the engine's frozen params dataclass
+    stored: dict  # what the gallery keeps (images as ids or small masks, never big blobs)
+    parent_id: int | None
+    model: str | None
+
+
+# ------------------------------------------------------------------ images in params
+def decode_image(value: Any, name: str) -> Image.Image:
+    """A PIL image from a PIL image, a base64 string or a data URL; ValueError otherwise."""
+    if isinstance(value, Image.Image):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{name}` must be a base64 image or a data URL, got "
+                         f"{type(value).__name__}")
+    data = value.strip()
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    if len(data) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
+        raise ValueError(f"`{name}` is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"`{name}` is not valid base64: {error}") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"`{name}` is not a readable image ({error})") from None
+    return image
+
+
+def encode_image(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _gallery_image(ctx, item_id: Any, name: str) -> Image.Image:
+    if isinstance(item_id, bool) or not isinstance(item_id, int):
+        raise ValueError(f"`{name}` must be a gallery item id, got {item_id!r}")
+    try:
+        return ctx.gallery.open_image(item_id)
+    except LookupError:
+        raise ValueError(f"`{name}`: no gallery item with id {item_id}") from None
+
+
+def _resolve_image(ctx, params: dict, name: str) -> tuple[Image.Image | None, int | None]:
+    """(image, gallery id) from `<name>_id` or `<name>`; (None, None) when neither is given."""
+    if params.get(f"{name}_id") is not None:
+        item_id = params[f"{name}_id"]
+        return _gallery_image(ctx, item_id, f"{name}_id"), item_id
+    if params.get(name) is not None:
+        return decode_image(params[name], name), None
+    return None, None
+
+
+# ------------------------------------------------------------------ params -> engine params
+def _normalise(params: dict) -> dict:
+    out = dict(params)
+    for alias, name in ALIASES.items():
+        if alias in out and name not in out:
+            out[name] = out.pop(alias)
+    if "init_images" in out and "init_image" not in out and "init_image_id" not in out:
+        images = out.pop("init_images")
+        if not isinstance(images, list) or not images:
+            raise ValueError("`init_images` must be a list with one image")
+        out["init_image"] = images[0]
+    fill = out.get("inpainting_fill")
+    if isinstance(fill, int) and not isinstance(fill, bool):
+        if fill not in FILL_CODES:
+            raise ValueError(f"`inpainting_fill` code must be 0..3, got {fill}")
+        out["inpainting_fill"] = FILL_CODES[fill]
+    if isinstance(out.get("sides"), list):
+        out["sides"] = tuple(out["sides"])
+    return out
+
+
+def prepare(ctx, task: str, params: dict) -> Prepared:
+    """Check and convert a request; raises ValueError naming the field. Loads no weights."""
+    if not isinstance(params, dict):
+        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
+    p = {k: v for k, v in _normalise(params).items() if k not in RECORD_ONLY}
+    allowed = set(FIELDS[task]) | {"model", "init_image", "init_image_id", "mask", "mask_id"}
+    unknown = sorted(set(p) - allowed - set(ALIASES))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) for {task}: {', '.join(unknown)}")
+    if "prompt" not in p:
+        raise ValueError("`prompt` is required")
+    model = p.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"`model` must be a model name, got {model!r}")
+    kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
+    stored = {k: v for k, v in kwargs.items()}
+    parent_id = None
+    if task != "txt2img":
+        image, parent_id = _resolve_image(ctx, p, "init_image")
+        if image is None:
+            raise ValueError(f"{task} needs `init_image_id` or `init_image`")
+        kwargs["init_image"] = image
+        if parent_id is not None:
+            stored["init_image_id"] = parent_id
+    if task == "inpaint":
+        mask, mask_id = _resolve_image(ctx, p, "mask")
+        if mask is None:
+            raise ValueError("inpaint needs `mask_id` or `mask` (white = repaint)")
+        kwargs["mask"] = mask
+        if mask_id is not None:
+            stored["mask_id"] = mask_id
+        else:  # small once binarised: keep it so "reuse parameters" can repeat the edit
+            binary = mask.convert("L").point(lambda v: 255 if v > 127 else 0).convert("1")
+            stored["mask"] = encode_image(binary)
+    engine_class = _engine_class(ctx)
+    engine_params = getattr(engine_class, PARAMS_CLASS[task])(**kwargs)  # checks every value
+    if model:
+        stored["model"] = model
+    return Prepared(engine_params, stored, parent_id, model)
+
+
+def _engine_class(ctx):
+    try:
+        return ctx.engines.engine_class(ENGINE)
+    except ValueError:  # a manager without the diffusion engine registered (tools, tests)
+        from engines.diffusion import DiffusionEngine
+
+        return DiffusionEngine
+
+
+# ------------------------------------------------------------------ infotext
+def infotext(engine_info: dict, params, seed: int, width: int, height: int, task: str) -> str:
+    """A1111's `parameters` text: key names and order as A1111 writes them."""
+    settings: dict[str, Any] = {
+        "Steps": params.steps,
+        "Sampler": engine_info.get("sampler"),
+        "Schedule type": engine_info.get("schedule_type"),
+        "CFG scale": params.guidance_scale,
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": engine_info.get("model_hash"),
+        "Model": engine_info.get("model"),
+    }
+    if task != "txt2img":
+        settings["Denoising strength"] = params.strength
+    if task in ("inpaint", "outpaint"):
+        settings["Mask blur"] = params.mask_blur
+    if task == "inpaint" and params.inpaint_full_res:
+        settings["Inpaint area"] = "Only masked"
+        settings["Masked area padding"] = params.inpaint_full_res_padding
+    if task == "outpaint":
+        settings["Outpaint sides"] = " ".join(params.sides)
+        settings["Outpaint pixels"] = params.pixels
+    settings["Version"] = "GenStudio"
+    return format_infotext(params.prompt, params.negative_prompt, settings)
+
+
+# ------------------------------------------------------------------ run
+def _validate(task: str):
+    def validate(ctx, params: dict) -> None:
+        prepare(ctx, task, params)
+    return validate
+
+
+def _run(task: str):
+    def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
+        # 1. Check and convert everything before the device is taken.
+        prepared = prepare(ctx, task, params)
+        p = prepared.engine_params
+        # 2. Generate every image on the device lock.
+        with ctx.engines.use(ENGINE, prepared.model) as engine:
+            result = engine.generate(p, on_progress, cancel)
+        # 3. Save all of them in one call (all or nothing).
+        per_image = result.info.get("seconds", 0.0) / max(1, len(result.images))
+        entries = []
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            stored = dict(prepared.stored, seed=seed, width=image.width, height=image.height,
+                          scheduler=p.scheduler, steps=p.steps, guidance_scale=p.guidance_scale,
+                          model_hash=result.info.get("model_hash"))
+            if result.scores is not None:
+                stored["clip_score"] = round(result.scores[index], 4)
+            entries.append(NewImage(
+                image=image, task=task, engine=ENGINE, model=result.info.get("model", ""),
+                prompt=p.prompt, negative_prompt=p.negative_prompt, params=stored, seed=seed,
+                duration_s=round(per_image, 3), parent_id=prepared.parent_id,
+                infotext=infotext(result.info, p, seed, image.width, image.height, task)))
+        items = ctx.gallery.add_images(entries)
+        info = dict(result.info, seeds=result.seeds, infotexts=[e.infotext for e in entries],
+                    scores=result.scores)
+        return TaskResult(item_ids=[i.id for i in items], images=result.images, info=info)
+    return run
+
+
+DESCRIPTIONS = {
+    "txt2img": "Text to image with a Stable Diffusion-family model",
+    "img2img": "Image to image: re-draw an image guided by a prompt",
+    "inpaint": "Repaint the masked part of an image",
+    "outpaint": "Extend an image beyond its borders",
+}
+for _name in ("txt2img", "img2img", "inpaint", "outpaint"):
+    register(TaskSpec(_name, ENGINE, _validate(_name), _run(_name), DESCRIPTIONS[_name]))
