@@ -1,13 +1,269 @@
-"""Queue tab — placeholder until issue 6 lands. It says so plainly; it generates nothing."""
+"""Queue tab: add many jobs at once (prompt templates, prompt files), watch them run, control them.
+
+Thin: every action is one JobQueue call; expansion and file parsing live in studio.jobs.expand.
+The list refreshes itself every second (a gr.Timer) from the rows plus the worker's in-memory
+progress, so it also shows jobs queued from other tabs and from the REST API.
+"""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import gradio as gr
 
 TAB_ID = "queue"
 TITLE = "Queue"
+LIST_LIMIT = 200
+COLUMNS = ["#", "Status", "Priority", "Task", "Prompt", "Progress", "ETA", "Outputs", "Error"]
+STATUS_ICON = {"pending": "⏳ pending", "running": "▶ running", "completed": "✅ completed",
+               "failed": "❌ failed", "canceled": "⛔ canceled", "paused": "⏸ held"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _params(text: str) -> dict:
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise gr.Error(f"Parameters must be a JSON object like {{\"steps\": 20}}: {error}")
+    if not isinstance(value, dict):
+        raise gr.Error(f"Parameters must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_file(file) -> tuple[str, str]:
+    if file is None:
+        raise gr.Error("Choose a .txt or .csv file first.")
+    path = Path(file if isinstance(file, str) else file.name)
+    if path.stat().st_size > 5 << 20:
+        raise gr.Error("The prompt file is larger than 5 MB.")
+    try:
+        return path.read_text(encoding="utf-8-sig"), path.name
+    except UnicodeDecodeError:
+        raise gr.Error("The prompt file must be UTF-8 text.")
 
 
 def build(ctx) -> dict:
-    gr.Markdown("**Not available yet.** The batch prompt queue workbench arrives with issue 6; "
-                "nothing is generated on this tab until then.")
-    return {}
+    from studio.jobs import expand
+    from studio.tasks import task_names
+
+    names = task_names()
+    default_task = "txt2img" if "txt2img" in names else (names[0] if names else None)
+    wildcards = ctx.config.wildcards_dir
+    shown_ids = gr.State([])
+
+    # ------------------------------------------------------------------ adding jobs
+    with gr.Row(equal_height=True):
+        task = gr.Dropdown(names, value=default_task, label="Task", scale=1, elem_id="queue-task")
+        priority = gr.Number(0, label="Priority (higher runs first)", precision=0, scale=1)
+        matrix = gr.Checkbox(label="Prompt matrix (a|b|c: first part always, the others on/off)",
+                             scale=2)
+    prompt = gr.Textbox(
+        label="Prompt", lines=3, elem_id="queue-prompt",
+        placeholder="a {red|green|blue} car at __time_of_day__   ({a|b} = every option; "
+                    f"__name__ = each line of {wildcards}/name.txt)")
+    params = gr.Textbox(label="Other parameters for every job (JSON)", value="{}", lines=1,
+                        elem_id="queue-params", placeholder='{"steps": 20, "width": 512}')
+    with gr.Row(equal_height=True):
+        prompt_file = gr.File(label="Prompt file: one prompt per line (optional --steps 20 ... "
+                                    "after it), or CSV with a prompt column",
+                              file_types=[".txt", ".csv"], type="filepath", scale=3,
+                              elem_id="queue-file")
+        with gr.Column(scale=1):
+            add = gr.Button("Add prompt to queue", variant="primary", elem_id="queue-add")
+            add_file = gr.Button("Add file to queue", variant="primary", elem_id="queue-add-file")
+    count = gr.Markdown(elem_id="queue-count")
+
+    # ------------------------------------------------------------------ the queue
+    with gr.Row(equal_height=True):
+        summary = gr.Markdown(elem_id="queue-summary")
+        pause = gr.Button("⏸ Pause queue", size="sm", elem_id="queue-pause")
+        resume = gr.Button("▶ Resume queue", size="sm", elem_id="queue-resume")
+        clear = gr.Button("Clear finished", size="sm", elem_id="queue-clear")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="queue-list",
+                         max_height=480)
+    with gr.Row(equal_height=True):
+        job_id = gr.Number(label="Selected job # (click a row)", precision=0, scale=1,
+                           elem_id="queue-job-id")
+        cancel = gr.Button("Cancel", variant="stop", size="sm", elem_id="queue-cancel")
+        retry = gr.Button("Retry", size="sm", elem_id="queue-retry")
+        up = gr.Button("↑ Up", size="sm")
+        down = gr.Button("↓ Down", size="sm")
+        top = gr.Button("⤒ To top", size="sm")
+        hold = gr.Button("Hold / release", size="sm")
+    with gr.Row():
+        preview = gr.Image(label="Running job", interactive=False, height=256, scale=1)
+        outputs = gr.Gallery(label="Outputs of the selected job (in the Gallery tab: these #ids)",
+                             columns=6, height=256, allow_preview=True, scale=3,
+                             elem_id="queue-outputs")
+    timer = gr.Timer(1.0)
+
+    # ------------------------------------------------------------------ handlers
+    def refresh():
+        queue = ctx.queue
+        if queue is None:
+            return [], "**This studio runs without a queue.**", None, []
+        jobs = queue.list(limit=LIST_LIMIT)
+        live = queue.live()
+        etas = queue.etas(jobs)
+        rows = []
+        for job in jobs:
+            progress = live.get(job.id)
+            if job.status == "running" and progress is not None and progress.total:
+                shown = f"{progress.fraction:.0%} ({progress.step}/{progress.total})"
+            elif job.status == "running":
+                shown = f"{job.progress:.0%}"
+            elif job.status == "completed":
+                shown = f"100% in {_duration(job.duration_s)}"
+            else:
+                shown = ""
+            rows.append([job.id, STATUS_ICON.get(job.status, job.status), job.priority, job.task,
+                         job.label, shown, _duration(etas.get(job.id)),
+                         " ".join(f"#{i}" for i in job.item_ids), job.error or ""])
+        counts = queue.counts()
+        parts = [f"{counts[s]} {s}" for s in ("running", "pending", "paused", "completed",
+                                               "failed", "canceled") if counts[s]]
+        last_eta = max(etas.values(), default=None)
+        state = "**⏸ Paused** (the running job finishes; no new one starts)" if queue.paused \
+            else "**▶ Running**"
+        text = f"{state} · {', '.join(parts) or 'empty'}" + (
+            f" · all done in about {_duration(last_eta)}" if last_eta else "")
+        running = next(iter(live.values()), None)
+        return rows, text, running.preview if running is not None else None, [j.id for j in jobs]
+
+    refresh_outputs = [table, summary, preview, shown_ids]
+
+    def preview_count(task_name, text, use_matrix, file):
+        lines = []
+        try:
+            if text and text.strip():
+                n = expand.count_prompts(text, wildcards, bool(use_matrix))
+                lines.append(f"The prompt makes **{n:,}** job{'s' if n != 1 else ''}.")
+            if file is not None:
+                content, name = _read_file(file)
+                rows = expand.parse_prompt_file(content, name)
+                n = expand.count_jobs(rows, wildcards, bool(use_matrix))
+                lines.append(f"The file **{name}** has {len(rows)} prompt line"
+                             f"{'s' if len(rows) != 1 else ''}, making **{n:,}** job"
+                             f"{'s' if n != 1 else ''}.")
+        except (ValueError, gr.Error) as error:
+            lines.append(f"⚠ {error}")
+        limit = ctx.queue.max_jobs_per_request if ctx.queue is not None else expand.MAX_EXPANSION
+        return "\n\n".join(lines) + (f"\n\n(At most {limit:,} jobs per request.)" if lines else "")
+
+    def enqueue(task_name, rows, base, use_matrix, level):
+        queue = ctx.queue
+        if queue is None:
+            raise gr.Error("This studio runs without a queue.")
+        if not task_name:
+            raise gr.Error("Choose a task.")
+        try:
+            jobs = expand.expand_jobs(base, rows, wildcards, bool(use_matrix), queue.max_jobs_per_request)
+            ids = queue.enqueue_many(task_name, jobs, priority=int(level or 0))
+        except ValueError as error:
+            raise gr.Error(str(error))
+        gr.Info(f"Queued {len(ids):,} job{'s' if len(ids) != 1 else ''} (#{ids[0]}–#{ids[-1]}).")
+
+    def add_prompt(task_name, text, base_text, use_matrix, level):
+        if not (text or "").strip():
+            raise gr.Error("Type a prompt first.")
+        enqueue(task_name, [{"prompt": text}], _params(base_text), use_matrix, level)
+        return refresh()
+
+    def add_prompt_file(task_name, file, base_text, use_matrix, level):
+        content, name = _read_file(file)
+        try:
+            rows = expand.parse_prompt_file(content, name)
+        except ValueError as error:
+            raise gr.Error(f"{name}: {error}")
+        enqueue(task_name, rows, _params(base_text), use_matrix, level)
+        return refresh()
+
+    def act(action):
+        def handler(selected):
+            if selected is None or ctx.queue is None:
+                raise gr.Error("Select a job first (click its row).")
+            try:
+                action(ctx.queue, int(selected))
+            except (ValueError, LookupError) as error:
+                raise gr.Error(str(error))
+            return refresh()
+        return handler
+
+    def toggle_hold(queue, selected):
+        queue.hold(selected, queue.get(selected).status == "pending")
+
+    def select_row(ids, event: gr.SelectData):
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        if row is None or row >= len(ids):
+            return gr.update(), []
+        return ids[row], job_outputs(ids[row])
+
+    def job_outputs(selected):
+        if selected is None or ctx.queue is None:
+            return []
+        try:
+            job = ctx.queue.get(int(selected))
+        except LookupError:
+            return []
+        shown = []
+        for item_id in job.item_ids:
+            try:
+                item = ctx.gallery.get(item_id)
+            except LookupError:
+                continue
+            if item.thumb_path is not None:
+                shown.append((str(item.thumb_path), f"#{item.id}"))
+        return shown
+
+    def set_paused(value):
+        def handler():
+            if ctx.queue is None:
+                raise gr.Error("This studio runs without a queue.")
+            ctx.queue.pause() if value else ctx.queue.resume()
+            return refresh()
+        return handler
+
+    def clear_finished():
+        if ctx.queue is not None:
+            gr.Info(f"Cleared {ctx.queue.clear_finished()} finished jobs (their gallery items stay).")
+        return refresh()
+
+    count_inputs = [task, prompt, matrix, prompt_file]
+    for component in (prompt, matrix, prompt_file):
+        component.change(preview_count, count_inputs, count, show_progress="hidden")
+    add_inputs = [task, prompt, params, matrix, priority]
+    add.click(add_prompt, add_inputs, refresh_outputs)
+    prompt.submit(add_prompt, add_inputs, refresh_outputs)
+    add_file.click(add_prompt_file, [task, prompt_file, params, matrix, priority], refresh_outputs)
+    timer.tick(refresh, None, refresh_outputs, show_progress="hidden")
+    pause.click(set_paused(True), None, refresh_outputs)
+    resume.click(set_paused(False), None, refresh_outputs)
+    clear.click(clear_finished, None, refresh_outputs)
+    table.select(select_row, [shown_ids], [job_id, outputs])
+    job_id.submit(job_outputs, [job_id], outputs)
+    cancel.click(act(lambda q, i: q.cancel(i)), [job_id], refresh_outputs)
+    retry.click(act(lambda q, i: q.retry(i)), [job_id], refresh_outputs)
+    up.click(act(lambda q, i: q.move(i, "up")), [job_id], refresh_outputs)
+    down.click(act(lambda q, i: q.move(i, "down")), [job_id], refresh_outputs)
+    top.click(act(lambda q, i: q.move(i, "top")), [job_id], refresh_outputs)
+    hold.click(act(toggle_hold), [job_id], refresh_outputs)
+
+    return {"prompt": prompt, "_refresh": (refresh, refresh_outputs)}
+
+
+def on_load(ctx, demo, own: dict) -> None:
+    handler, outputs = own["_refresh"]
+    demo.load(handler, None, outputs)

@@ -1,0 +1,48 @@
+"""The real studio in Chromium: upload a three-line prompt file on the Queue tab, watch the three
+jobs finish (real txt2img on the embedded tiny model, or a random tiny one while the embedded
+model is absent), and find the three images in the Gallery tab."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from playwright.sync_api import expect
+
+from helpers import open_tab
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PROMPTS = ["a red circle", "a green square --seed 7", "a blue triangle on the sea"]
+
+
+def test_prompt_file_jobs_finish_and_land_in_the_gallery(page, studio_server, tmp_path):
+    from engines.diffusion_random import embedded_or_random
+
+    model = embedded_or_random(tmp_path / "models")
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(PROMPTS) + "\n")
+
+    open_tab(page, "Queue")
+    expect(page.locator("#queue-task input")).to_have_value("txt2img")
+    page.locator("#queue-params textarea").fill(json.dumps(
+        {"steps": 2, "width": 64, "height": 64, "model": model, "preview_every": 0}))
+    page.locator("#queue-file input[type=file]").set_input_files(str(prompt_file))
+    page.locator("#queue-count").get_by_text("making 3 jobs").wait_for()
+    page.locator("#queue-add-file").click()
+
+    summary = page.locator("#queue-summary")
+    summary.get_by_text("3 completed").wait_for(timeout=240_000)
+    listing = page.locator("#queue-list")
+    for prompt in ("a red circle", "a green square", "a blue triangle on the sea"):
+        listing.get_by_text(prompt, exact=True).filter(visible=True).first.wait_for()
+    assert "failed" not in summary.inner_text()
+
+    # The finished job links to its gallery item: select it, its output shows.
+    listing.get_by_text("a red circle", exact=True).filter(visible=True).first.click()
+    page.locator("#queue-outputs img").first.wait_for()
+
+    open_tab(page, "Gallery")
+    page.locator("#gallery-page-info").get_by_text("3 items").wait_for()
+    page.locator("#gallery-search textarea, #gallery-search input").first.fill("triangle")
+    page.locator("#gallery-refresh").click()
+    page.locator("#gallery-page-info").get_by_text("1 item").wait_for()
