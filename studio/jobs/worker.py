@@ -164,7 +164,7 @@ class InProcessWorker:
         live, token = LiveProgress(job.id), CancelToken()
         with self._lock:
             self.busy, self._current, self._user_canceled = True, (live, token), False
-        last_write = 0.0
+        last_write = time.monotonic()  # the claim wrote the row; short jobs write no progress
 
         def on_progress(progress: Progress) -> None:
             nonlocal last_write
