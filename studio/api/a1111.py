@@ -1,0 +1,349 @@
+"""AUTOMATIC1111-compatible HTTP API (/sdapi/v1/...), so A1111 clients (editor plugins, bots,
+scripts) use GenStudio's engines, gallery and queue unchanged. Same server and credentials as
+the UI (HTTP Basic, as A1111's --api-auth).
+
+    POST /sdapi/v1/txt2img, /sdapi/v1/img2img   -> {images: [base64 PNG], parameters, info}
+    GET  /sdapi/v1/sd-models, samplers, schedulers, options     POST /sdapi/v1/options
+    GET  /sdapi/v1/progress    POST /sdapi/v1/interrupt, /sdapi/v1/skip, /sdapi/v1/png-info
+
+Design:
+- A request becomes task params (A1111 names -> the image tasks' names) and goes through
+  `studio.tasks` like a UI generation: txt2img, img2img, or inpaint when a mask is given. So
+  every image lands in the gallery with its parameters and A1111 infotext, and the same params
+  give the same pixels as the UI.
+- It runs through the persistent queue when the studio has a running one (high priority jobs,
+  visible in the Queue tab, on the one worker that owns the device), else directly on the
+  engine manager's device lock; either way a UI user and an API client never run a model at
+  once. See studio/api/a1111_runs.py for both paths and how progress/interrupt/skip reach them.
+- Errors: a wrong type is pydantic's 422 naming the field; a value the task refuses is a 422
+  in the same shape whose `loc` names the A1111 field (`cfg_scale`, not `guidance_scale`); an
+  engine failure while generating is a 500 with the message.
+- The returned PNGs are the gallery files themselves, so they carry the `parameters` chunk
+  and /png-info on them gives the generation parameters back.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
+                                     PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
+                                     Scheduler, SDModel, Txt2ImgRequest)
+from studio.api.a1111_options import Checkpoints, Options
+from studio.api.a1111_runs import Run, RunFailed, Runs
+from studio.api.auth import require_auth
+
+# The task's names -> A1111's, for 422s that name the field the client sent.
+FIELD_NAMES = {"guidance_scale": "cfg_scale", "strength": "denoising_strength",
+               "scheduler": "sampler_name", "batch_count": "n_iter", "init_image": "init_images",
+               "init_image_id": "init_images", "mask_id": "mask", "model": "sd_model_checkpoint"}
+SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
+MAX_SEED = 2**32 - 1
+
+
+def unprocessable(field: str | None, message: str, value: Any = None) -> RequestValidationError:
+    loc = ("body", field) if field else ("body",)
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error",
+                                    "input": value}])
+
+
+def _field_of(message: str) -> str | None:
+    match = re.search(r"`(\w+)`", message)
+    if not match:
+        return None
+    return FIELD_NAMES.get(match.group(1), match.group(1))
+
+
+# ------------------------------------------------------------------ samplers
+def _schedulers_table() -> dict[str, tuple[str, str, str | None]]:
+    from engines.diffusion_params import SCHEDULERS
+
+    return {name: (name, sampler, schedule) for name, (_, _, sampler, schedule) in SCHEDULERS.items()}
+
+
+def scheduler_name(sampler: str | None, schedule: str | None) -> str | None:
+    """A1111 sampler_name + scheduler -> the engine's scheduler name (None = the default)."""
+    table = _schedulers_table()
+    automatic = schedule is None or schedule.strip().lower() in ("", "automatic")
+    if sampler is None and automatic:
+        return None
+    if sampler is None:
+        from engines.diffusion_params import DEFAULT_SCHEDULER
+
+        sampler = table[DEFAULT_SCHEDULER][1]
+    if sampler in table and table[sampler][1] != sampler:  # "DPM++ 2M Karras": old combined name
+        if automatic or SCHEDULE_TYPES.get(schedule.strip().lower()) == table[sampler][2]:
+            return sampler
+    samplers = {s for _, s, _ in table.values()}
+    if sampler not in samplers:
+        raise unprocessable("sampler_name", f"unknown sampler {sampler!r}; known: "
+                            f"{', '.join(sorted(samplers))}", sampler)
+    wanted = None if automatic else SCHEDULE_TYPES.get(schedule.strip().lower(), schedule)
+    for name, s, schedule_type in table.values():
+        if s == sampler and schedule_type == wanted:
+            return name
+    if wanted is None:  # only scheduled variants of this sampler exist
+        return next(name for name, s, _ in table.values() if s == sampler)
+    options = sorted({t or "Automatic" for _, s, t in table.values() if s == sampler})
+    raise unprocessable("scheduler", f"schedule type {schedule!r} is not available with "
+                        f"{sampler}; available: {', '.join(options)}", schedule)
+
+
+# ------------------------------------------------------------------ request -> task params
+def _decode(value: str, field: str):
+    from studio.tasks.image import decode_image
+
+    try:
+        return decode_image(value, field)
+    except ValueError as error:
+        raise unprocessable(field, str(error).replace(f"`{field}`", field), None) from None
+
+
+def _encode_png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> Run:
+    """The task and per-iteration params of a request; raises 422s naming A1111 fields."""
+    if request.n_iter < 1:
+        raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
+    if request.batch_size < 1:
+        raise unprocessable("batch_size", "batch_size must be at least 1", request.batch_size)
+    seed = request.seed
+    total = request.n_iter * request.batch_size
+    if seed == -1:
+        seed = secrets.randbelow(MAX_SEED - total + 2)
+    params: dict[str, Any] = {
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": seed,
+        "steps": request.steps, "guidance_scale": request.cfg_scale,
+        "batch_size": request.batch_size}
+    scheduler = scheduler_name(request.sampler_name or request.sampler_index, request.scheduler)
+    if scheduler is not None:
+        params["scheduler"] = scheduler
+    for name in ("width", "height"):
+        if getattr(request, name) is not None:
+            params[name] = getattr(request, name)
+    if model_id is not None:
+        params["model"] = model_id
+    task = "txt2img"
+    if isinstance(request, Img2ImgRequest):
+        task = "img2img"
+        params["strength"] = request.denoising_strength
+        init = _decode(request.init_images[0], "init_images")
+        params["init_image"] = request.init_images[0]
+        if request.mask is not None:
+            task = "inpaint"
+            mask = _decode(request.mask, "mask")
+            changed = False
+            if mask.mode in ("RGBA", "LA"):  # A1111 reads painted alpha as the mask
+                mask, changed = mask.getchannel("A"), True
+            if request.inpainting_mask_invert:
+                from PIL import ImageOps
+
+                mask, changed = ImageOps.invert(mask.convert("L")), True
+            if mask.size != init.size:  # A1111 resizes both to the target size
+                mask, changed = mask.convert("L").resize(init.size), True
+            if not any(value > 127 for value in mask.convert("L").getdata()):
+                raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
+            params["mask"] = _encode_png(mask) if changed else request.mask
+            if not 0 <= request.inpainting_fill <= 3:
+                raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
+                                    request.inpainting_fill)
+            params.update(inpainting_fill=request.inpainting_fill,
+                          inpaint_full_res=request.inpaint_full_res,
+                          inpaint_full_res_padding=request.inpaint_full_res_padding)
+            if request.mask_blur is not None:
+                params["mask_blur"] = request.mask_blur
+    # One check of the whole request (n_iter as batch_count: the image count limit), then the
+    # per-run params: same except the seed.
+    from studio.tasks import get_task
+
+    whole = dict(params, batch_count=request.n_iter)
+    try:
+        get_task(task).validate(ctx, whole)
+    except ValueError as error:
+        raise unprocessable(_field_of(str(error)), str(error)) from None
+    iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
+    return Run(kind=kind, task=task, iterations=iterations)
+
+
+# ------------------------------------------------------------------ router
+def router(ctx) -> APIRouter:
+    api = APIRouter(prefix="/sdapi/v1", tags=["A1111-compatible"],
+                    dependencies=[Depends(require_auth(ctx))])
+    checkpoints = Checkpoints(ctx)
+    options = Options(ctx, checkpoints)
+    runs = Runs(ctx)
+
+    def model_for(request: Txt2ImgRequest) -> str | None:
+        override = (request.override_settings or {}).get("sd_model_checkpoint")
+        if override is not None:
+            try:
+                model_id = options.resolve(override).model_id
+            except ValueError as error:
+                raise unprocessable("override_settings", str(error), override) from None
+        else:
+            model_id = options.model_id
+        return None if model_id == checkpoints.default_id() else model_id
+
+    def generate(request: Txt2ImgRequest, kind: str) -> GenerationResponse:
+        model_id = model_for(request)
+        run = build_run(ctx, request, kind, model_id)
+        try:
+            outcomes = runs.execute(run)
+        except ValueError as error:  # refused at enqueue (checked above; a race at most)
+            raise unprocessable(_field_of(str(error)), str(error)) from None
+        except RunFailed as error:
+            raise HTTPException(500, detail=str(error)) from None
+        item_ids = [i for outcome in outcomes for i in outcome.item_ids]
+        images = []
+        for item_id in item_ids:
+            item = ctx.gallery.get(item_id)
+            if request.send_images:
+                images.append(base64.b64encode(item.file_path.read_bytes()).decode("ascii"))
+        for outcome in outcomes:
+            checkpoints.remember_hash(model_id or checkpoints.default_id(),
+                                      outcome.info.get("model_hash"))
+        parameters = request.model_dump()
+        if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return GenerationResponse(images=images, parameters=parameters,
+                                  info=json.dumps(_info(ctx, request, run, outcomes, item_ids)))
+
+    @api.post("/txt2img", response_model=GenerationResponse)
+    def txt2img(request: Txt2ImgRequest) -> GenerationResponse:
+        """Text to image. Runs through the queue at high priority when there is one."""
+        return generate(request, "txt2img")
+
+    @api.post("/img2img", response_model=GenerationResponse)
+    def img2img(request: Img2ImgRequest) -> GenerationResponse:
+        """Image to image; with `mask` (white = repaint) it inpaints."""
+        return generate(request, "img2img")
+
+    @api.get("/progress", response_model=ProgressResponse)
+    def progress(skip_current_image: bool = False) -> ProgressResponse:
+        run = runs.current()
+        if run is None:
+            return ProgressResponse(progress=0, eta_relative=0, state=ProgressState())
+        fraction = run.fraction()
+        eta = 0.0
+        if run.started is not None and fraction > 0:
+            import time
+
+            elapsed = time.time() - run.started
+            eta = elapsed / fraction - elapsed
+        preview = None
+        if run.preview is not None and not skip_current_image:
+            preview = _encode_png(run.preview)
+        state = ProgressState(
+            skipped=run.skipped, interrupted=run.interrupted, job=f"{run.kind} {run.job_no + 1}",
+            job_count=run.job_count, job_timestamp=run.timestamp, job_no=run.job_no,
+            sampling_step=run.step, sampling_steps=run.total)
+        text = (f"step {run.step}/{run.total}" if run.running
+                else "waiting for the device (queued)" if run.mode == "queue" else "starting")
+        return ProgressResponse(progress=round(fraction, 4), eta_relative=round(eta, 3),
+                                state=state, current_image=preview, textinfo=text)
+
+    @api.post("/interrupt")
+    def interrupt() -> dict:
+        """Stop the request in progress; it answers with the images finished so far."""
+        return {"interrupted": runs.interrupt()}
+
+    @api.post("/skip")
+    def skip() -> dict:
+        """Drop the current run (of n_iter) of the request in progress and go on to the next."""
+        return {"skipped": runs.skip()}
+
+    @api.get("/sd-models", response_model=list[SDModel])
+    def sd_models() -> list[SDModel]:
+        return [SDModel(title=c.title, model_name=c.model_name, hash=c.hash, sha256=None,
+                        filename=c.filename) for c in checkpoints.list()]
+
+    @api.get("/samplers", response_model=list[Sampler])
+    def samplers() -> list[Sampler]:
+        names: dict[str, list[str]] = {}
+        for name, sampler, _ in _schedulers_table().values():
+            names.setdefault(sampler, [])
+            if name != sampler:
+                names[sampler].append(name)
+        return [Sampler(name=n, aliases=a, options={}) for n, a in names.items()]
+
+    @api.get("/schedulers", response_model=list[Scheduler])
+    def schedulers() -> list[Scheduler]:
+        return [Scheduler(name=name, label=label) for name, label in SCHEDULE_TYPES.items()]
+
+    @api.get("/options")
+    def get_options() -> dict[str, Any]:
+        return options.get()
+
+    @api.post("/options")
+    def set_options(changes: dict[str, Any] = Body(..., examples=[{"sd_model_checkpoint": "genstudio-tiny-sd"}])) -> dict:
+        """Change options; `sd_model_checkpoint` (a title, name or file from /sd-models) picks
+        the checkpoint later requests use (loaded on first use)."""
+        try:
+            options.set(changes)
+        except ValueError as error:
+            raise unprocessable("sd_model_checkpoint", str(error),
+                                changes.get("sd_model_checkpoint")) from None
+        return {"sd_model_checkpoint": options.get()["sd_model_checkpoint"]}
+
+    @api.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(request: PNGInfoRequest) -> PNGInfoResponse:
+        from studio.gallery.pnginfo import PARAMETERS_CHUNK, read_png_metadata
+
+        image = _decode(request.image, "image")
+        metadata = read_png_metadata(image)
+        chunks = getattr(image, "text", None) or image.info
+        items = {k: v for k, v in chunks.items() if k != PARAMETERS_CHUNK and isinstance(v, str)}
+        return PNGInfoResponse(info=metadata["parameters"] or "", items=items,
+                               parameters=metadata["parsed"])
+
+    return api
+
+
+def _info(ctx, request: Txt2ImgRequest, run: Run, outcomes, item_ids: list[int]) -> dict:
+    """A1111's `info` object (sent as a JSON string)."""
+    seeds = [s for o in outcomes for s in (o.info.get("seeds") or [])]
+    infotexts = [t for o in outcomes for t in (o.info.get("infotexts") or [])]
+    first = outcomes[0].info if outcomes else {}
+    n = len(seeds)
+    width = height = None
+    if item_ids:
+        item = ctx.gallery.get(item_ids[0])
+        width, height = item.width, item.height
+    schedule = first.get("schedule_type")
+    return {
+        "prompt": request.prompt, "all_prompts": [request.prompt] * n,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * n,
+        "seed": run.iterations[0]["seed"], "all_seeds": seeds,
+        "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+        "width": width or request.width, "height": height or request.height,
+        "sampler_name": first.get("sampler") or request.sampler_name,
+        "scheduler": schedule or "Automatic",
+        "cfg_scale": request.cfg_scale, "steps": request.steps,
+        "batch_size": request.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": first.get("model"), "sd_model_hash": first.get("model_hash"),
+        "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if run.task != "txt2img" else None,
+        "extra_generation_params": {"Schedule type": schedule} if schedule else {},
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": request.styles or [],
+        "job_timestamp": run.timestamp, "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": "GenStudio",
+        # GenStudio's own: where the images went, and what happened to the runs.
+        "task": run.task, "gallery_ids": item_ids, "interrupted": run.interrupted,
+        "skipped_runs": run.skips, "queued": run.mode == "queue",
+        "job_ids": list(run.job_ids),
+        "warnings": sorted({w for o in outcomes for w in (o.info.get("warnings") or [])}),
+    }
