@@ -135,11 +135,12 @@ def test_cancel_waiting_job_and_retry_failed_job(queue):
     assert failed.status == FAILED and "failed at step 2" in failed.error
     with pytest.raises(ValueError, match="already failed"):
         queue.cancel(failing)
+    queue.pause()  # so that the worker does not take them before we look
     assert queue.retry(failing).status == PENDING
+    assert queue.retry(waiting).status == PENDING
+    queue.resume()
     assert queue.wait_idle(20)
     assert queue.get(failing).status == FAILED
-    assert queue.retry(waiting).status == PENDING
-    assert queue.wait_idle(20)
     assert queue.get(waiting).status == COMPLETED
     with pytest.raises(ValueError, match="only failed or canceled"):
         queue.retry(waiting)
