@@ -90,13 +90,13 @@ def test_moves_change_the_order(queue):
 def test_cancel_mid_job_stops_within_one_step_and_keeps_finished_outputs(queue, qctx):
     queue.start_worker()
     first = queue.enqueue("queue_test", {"prompt": "done before", "steps": 2})
-    long = queue.enqueue("queue_test", {"prompt": "long", "steps": 500, "step_s": 0.01})
+    long = queue.enqueue("queue_test", {"prompt": "long", "steps": 500, "step_s": 0.02})
     after = queue.enqueue("queue_test", {"prompt": "after", "steps": 2})
 
     wait_for(lambda: long in queue.live() and queue.live()[long].step >= 5, what="long job running")
     live = queue.live()[long]
-    step_at_cancel = live.step
     view = queue.cancel(long)
+    step_at_cancel = live.step  # read once the token is set: the engine may finish this step
     assert view.status == RUNNING and view.cancel_requested
     assert queue.wait_idle(20)
 
@@ -245,3 +245,15 @@ def test_deleting_a_gallery_item_keeps_the_job(queue, qctx):
     assert queue.get(job).item_ids == (second,)
     queue.clear_finished()
     assert qctx.gallery.get(second).file_path.exists()
+
+
+def test_ui_prompt_mapping_and_labels(queue):
+    from studio.jobs.queue import _label
+    from studio.ui.queue import _for_task
+
+    assert _for_task("chat", {"prompt": "hi", "max_new_tokens": 8}) == {
+        "max_new_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    assert _for_task("code", {"prompt": "fizzbuzz"}) == {"mode": "write", "description": "fizzbuzz"}
+    assert _for_task("txt2img", {"prompt": "a cat"}) == {"prompt": "a cat"}
+    assert _label({"messages": [{"role": "user", "content": "  hello\n there "}]}) == "hello there"
+    assert _label({"steps": 3}) == ""

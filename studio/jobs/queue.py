@@ -99,7 +99,11 @@ class JobQueue:
             raise ValueError(f"parameters are {size / 1e6:.1f} MB; the limit is "
                              f"{self.max_params_bytes / 1e6:.1f} MB per job (refer to gallery "
                              f"images by id, e.g. `init_image_id`, instead of embedding them)")
-        validate_task(self.ctx, request.task, request.params)
+        try:
+            validate_task(self.ctx, request.task, request.params)
+        except (TypeError, KeyError) as error:  # a task whose validate let a wrong shape through
+            raise ValueError(f"parameters for {request.task!r} are incomplete or of the wrong "
+                             f"shape: {error}") from None
         return NewJob(task=request.task, engine=spec.engine, params=request.params,
                       priority=priority, label=_label(request.params))
 
@@ -212,7 +216,12 @@ class JobQueue:
 
 
 def _label(params: dict) -> str:
-    for key in ("prompt", "message", "text", "code", "style"):
+    messages = params.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        content = messages[-1].get("content")
+        if isinstance(content, str) and content.strip():
+            return " ".join(content.split())[:200]
+    for key in ("prompt", "description", "message", "text", "code", "prefix", "style"):
         value = params.get(key)
         if isinstance(value, str) and value.strip():
             return " ".join(value.split())[:200]

@@ -43,6 +43,17 @@ def _params(text: str) -> dict:
     return value
 
 
+def _for_task(task: str, params: dict) -> dict:
+    """The queue tab speaks in prompts; chat and code take theirs under other names."""
+    if task == "chat" and "prompt" in params and "messages" not in params:
+        rest = {k: v for k, v in params.items() if k != "prompt"}
+        return {**rest, "messages": [{"role": "user", "content": params["prompt"]}]}
+    if task == "code" and "prompt" in params and "description" not in params:
+        rest = {k: v for k, v in params.items() if k != "prompt"}
+        return {"mode": "write", **rest, "description": params["prompt"]}
+    return params
+
+
 def _read_file(file) -> tuple[str, str]:
     if file is None:
         raise gr.Error("Choose a .txt or .csv file first.")
@@ -171,7 +182,8 @@ def build(ctx) -> dict:
             raise gr.Error("Choose a task.")
         try:
             jobs = expand.expand_jobs(base, rows, wildcards, bool(use_matrix), queue.max_jobs_per_request)
-            ids = queue.enqueue_many(task_name, jobs, priority=int(level or 0))
+            ids = queue.enqueue_many(task_name, [_for_task(task_name, j) for j in jobs],
+                                     priority=int(level or 0))
         except ValueError as error:
             raise gr.Error(str(error))
         gr.Info(f"Queued {len(ids):,} job{'s' if len(ids) != 1 else ''} (#{ids[0]}–#{ids[-1]}).")
