@@ -15,13 +15,14 @@ TAB_ID = "queue"
 TITLE = "Queue"
 LIST_LIMIT = 200
 COLUMNS = ["#", "Status", "Priority", "Task", "Prompt", "Progress", "ETA", "Outputs", "Error"]
-STATUS_ICON = {"pending": "⏳ pending", "running": "▶ running", "completed": "✅ completed",
-               "failed": "❌ failed", "canceled": "⛔ canceled", "paused": "⏸ held"}
+STATUS_TEXT = {"paused": "held"}  # a held job's row status is `paused`
 
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -90,7 +91,7 @@ def build(ctx) -> dict:
     with gr.Row(equal_height=True):
         prompt_file = gr.File(label="Prompt file: one prompt per line (optional --steps 20 ... "
                                     "after it), or CSV with a prompt column",
-                              file_types=[".txt", ".csv"], type="filepath", scale=3,
+                              file_types=[".txt", ".csv"], type="filepath", scale=3, height=140,
                               elem_id="queue-file")
         with gr.Column(scale=1):
             add = gr.Button("Add prompt to queue", variant="primary", elem_id="queue-add")
@@ -100,24 +101,25 @@ def build(ctx) -> dict:
     # ------------------------------------------------------------------ the queue
     with gr.Row(equal_height=True):
         summary = gr.Markdown(elem_id="queue-summary")
-        pause = gr.Button("⏸ Pause queue", size="sm", elem_id="queue-pause")
-        resume = gr.Button("▶ Resume queue", size="sm", elem_id="queue-resume")
+        pause = gr.Button("Pause queue", size="sm", elem_id="queue-pause")
+        resume = gr.Button("Resume queue", size="sm", elem_id="queue-resume")
         clear = gr.Button("Clear finished", size="sm", elem_id="queue-clear")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="queue-list",
                          max_height=480)
-    with gr.Row(equal_height=True):
+    with gr.Row():
         job_id = gr.Number(label="Selected job # (click a row)", precision=0, scale=1,
-                           elem_id="queue-job-id")
+                           min_width=160, elem_id="queue-job-id")
         cancel = gr.Button("Cancel", variant="stop", size="sm", elem_id="queue-cancel")
         retry = gr.Button("Retry", size="sm", elem_id="queue-retry")
         up = gr.Button("↑ Up", size="sm")
         down = gr.Button("↓ Down", size="sm")
-        top = gr.Button("⤒ To top", size="sm")
+        top = gr.Button("To top", size="sm")
         hold = gr.Button("Hold / release", size="sm")
     with gr.Row():
         preview = gr.Image(label="Running job", interactive=False, height=256, scale=1)
         outputs = gr.Gallery(label="Outputs of the selected job (in the Gallery tab: these #ids)",
-                             columns=6, height=256, allow_preview=True, scale=3,
+                             columns=6, height=256, allow_preview=False, object_fit="contain",
+                             fit_columns=False, interactive=False, scale=3,
                              elem_id="queue-outputs")
     timer = gr.Timer(1.0)
 
@@ -140,15 +142,17 @@ def build(ctx) -> dict:
                 shown = f"100% in {_duration(job.duration_s)}"
             else:
                 shown = ""
-            rows.append([job.id, STATUS_ICON.get(job.status, job.status), job.priority, job.task,
+            rows.append([job.id, STATUS_TEXT.get(job.status, job.status), job.priority, job.task,
                          job.label, shown, _duration(etas.get(job.id)),
                          " ".join(f"#{i}" for i in job.item_ids), job.error or ""])
         counts = queue.counts()
         parts = [f"{counts[s]} {s}" for s in ("running", "pending", "paused", "completed",
                                                "failed", "canceled") if counts[s]]
         last_eta = max(etas.values(), default=None)
-        state = "**⏸ Paused** (the running job finishes; no new one starts)" if queue.paused \
-            else "**▶ Running**"
+        if queue.paused:
+            state = "**Paused** (a running job finishes; no new one starts)"
+        else:
+            state = "**Working**" if counts["running"] or counts["pending"] else "**Idle**"
         text = f"{state} · {', '.join(parts) or 'empty'}" + (
             f" · all done in about {_duration(last_eta)}" if last_eta else "")
         running = next(iter(live.values()), None)
