@@ -72,7 +72,7 @@ def test_malformed_jobs_get_a_clear_422(client):
 
     assert "unknown task 'nope'" in post({"task": "nope", "params": {}})
     assert "`steps` must be a whole number" in post({"task": "queue_test", "params": {"steps": 1.5}})
-    assert "10.5 MB; the limit is 4.2 MB" in post(
+    assert "10.5 MB; the limit is 8.4 MB" in post(
         {"task": "queue_test", "params": {"init_image": "A" * 10_500_000}})
     assert "job 2 of 2" in post({"jobs": [{"task": "queue_test"}, {"task": "x"}]})
     assert "limit is 10,000" in post({"task": "queue_test", "params": {"prompt": "{a|b|c|d|e}" * 6},

@@ -191,7 +191,7 @@ def test_malformed_jobs_are_rejected_at_enqueue(queue, qctx):
         queue.enqueue("queue_needs_missing_engine", {})
     with pytest.raises(ValueError, match="`steps` must be a whole number, got 'many'"):
         queue.enqueue("queue_test", {"steps": "many"})
-    with pytest.raises(ValueError, match="parameters are 10.5 MB; the limit is 4.2 MB"):
+    with pytest.raises(ValueError, match="parameters are 10.5 MB; the limit is 8.4 MB"):
         queue.enqueue("queue_test", {"prompt": "x", "init_image": "A" * 10_500_000})
     with pytest.raises(ValueError, match="parameters must be an object, got list"):
         queue.enqueue("queue_test", ["a cat"])

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from studio.context import StudioContext
 
 MAX_ATTEMPTS = 3  # a job that was running during this many crashes fails instead of looping
-MAX_PARAMS_BYTES = 4 << 20  # 4 MiB of JSON: room for a base64 init image, not for a dataset
+MAX_PARAMS_BYTES = 8 << 20  # 8 MiB of JSON: room for a base64 init image, not for a dataset
 MAX_JOBS_PER_REQUEST = 10_000  # one enqueue call; expansions are capped the same way
 PRIORITY_RANGE = (-1000, 1000)
 
