@@ -105,3 +105,10 @@ def test_direct_generation_interrupt_and_skip(client):
     assert json.loads(body["info"])["interrupted"] is True and body["images"] == []
     assert client.ctx.gallery.query(GalleryQuery()).total == count
     assert client.post("/sdapi/v1/interrupt").json() == {"interrupted": False}  # idle now
+
+
+def test_connect_time_endpoints_answer(client):
+    for path in ("sd-vae", "upscalers", "loras", "prompt-styles", "embeddings", "scripts",
+                 "cmd-flags", "samplers", "schedulers", "sd-models", "options"):
+        assert client.get(f"/sdapi/v1/{path}").status_code == 200, path
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200

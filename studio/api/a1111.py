@@ -297,6 +297,18 @@ def router(ctx) -> APIRouter:
                                 changes.get("sd_model_checkpoint")) from None
         return {"sd_model_checkpoint": options.get()["sd_model_checkpoint"]}
 
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        """The models folders are read on every /sd-models call; nothing to refresh."""
+
+    # What clients ask for when they connect; GenStudio has none of these, so empty answers.
+    for path, value in (("sd-vae", []), ("upscalers", []), ("latent-upscale-modes", []),
+                        ("loras", []), ("hypernetworks", []), ("face-restorers", []),
+                        ("prompt-styles", []), ("embeddings", {"loaded": {}, "skipped": {}}),
+                        ("scripts", {"txt2img": [], "img2img": []}), ("cmd-flags", {})):
+        api.add_api_route(f"/{path}", _constant(value), methods=["GET"],
+                          summary=f"{path} (none in GenStudio)", name=f"a1111_{path}")
+
     @api.post("/png-info", response_model=PNGInfoResponse)
     def png_info(request: PNGInfoRequest) -> PNGInfoResponse:
         from studio.gallery.pnginfo import PARAMETERS_CHUNK, read_png_metadata
@@ -309,6 +321,12 @@ def router(ctx) -> APIRouter:
                                parameters=metadata["parsed"])
 
     return api
+
+
+def _constant(value: Any):
+    def endpoint() -> Any:
+        return value
+    return endpoint
 
 
 def _info(ctx, request: Txt2ImgRequest, run: Run, outcomes, item_ids: list[int]) -> dict:
