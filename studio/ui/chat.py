@@ -158,32 +158,38 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
 
     reply_outputs = [chatbot, history, conversation_id, conversations, notice, stats, title]
 
-    def on_send(text, messages, conv_id, *settings, request: gr.Request):
+    def on_send(text, messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
+                request: gr.Request):
         text = text or ""
         if not text.strip():
             gr.Warning("The message is empty: type something to send.")
             return
         new = [{"role": m["role"], "content": m["content"]} for m in messages] + [{"role": "user", "content": text}]
         first = True
-        for update in reply(new, conv_id, sampling_dict(*settings), request):
+        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
+        for update in reply(new, conv_id, settings, request):
             yield (*update, "" if first else gr.skip())
             first = False
 
-    def on_regenerate(messages, conv_id, *settings, request: gr.Request):
+    def on_regenerate(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
+                      request: gr.Request):
         trimmed = [{"role": m["role"], "content": m["content"]} for m in messages]
         while trimmed and trimmed[-1]["role"] == "assistant":
             trimmed.pop()
         if not trimmed:
             gr.Warning("Nothing to regenerate yet.")
             return
-        yield from reply(trimmed, conv_id, sampling_dict(*settings), request)
+        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
+        yield from reply(trimmed, conv_id, settings, request)
 
-    def on_continue(messages, conv_id, *settings, request: gr.Request):
+    def on_continue(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
+                    request: gr.Request):
         listed = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not listed or listed[-1]["role"] != "assistant":
             gr.Warning("Continue extends the last reply; there is none yet.")
             return
-        yield from reply(listed, conv_id, sampling_dict(*settings), request, continue_last=True)
+        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
+        yield from reply(listed, conv_id, settings, request, continue_last=True)
 
     def on_stop(request: gr.Request):
         cancel = running.get(request.session_hash)
