@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,19 @@ def serve(config: StudioConfig, block: bool = True):
         ctx.queue.start_worker()
     print(f"GenStudio running at {local_url}" + (f"  (public: {share_url})" if share_url else ""), flush=True)
     if block:
+        # SIGTERM (service managers, `kill`) closes like Ctrl-C, so a running job is put back
+        # cleanly by queue.stop() instead of being recovered as a crash at the next start.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             demo.block_thread()
         finally:
             if ctx.queue is not None:
                 ctx.queue.stop()
     return demo, ctx, local_url, share_url
+
+
+def _raise_keyboard_interrupt(*_):
+    raise KeyboardInterrupt
 
 
 def _module_exists(name: str) -> bool:

@@ -99,6 +99,9 @@ class StudioProcess:
         while time.perf_counter() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"studio exited early:\n{self.log_path.read_text()}")
+            if "GenStudio running at" not in self.log():  # printed once the APIs are mounted
+                time.sleep(0.2)
+                continue
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=2) as response:
                     if response.status == 200:
