@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -136,7 +137,9 @@ def open_image(source: Any, what: str = "image") -> Image.Image:
             raise ValueError(f"{what} must be a PIL image, a file path or bytes, "
                              f"got {type(source).__name__}")
         try:
-            image = Image.open(stream)
+            with warnings.catch_warnings():  # our own pixel limit, below PIL's, follows
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(stream)
         except Image.DecompressionBombError as error:
             raise ValueError(f"{what} is too large to open safely: {error}") from None
         except (OSError, SyntaxError) as error:

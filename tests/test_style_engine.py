@@ -328,3 +328,22 @@ def test_arbitrary_mode_needs_a_style_image():
     out = engine.generate(StyleParams(image=Image.new("RGB", (50, 30), (90, 140, 200)),
                                       style_image=Image.new("RGB", (64, 64), (200, 40, 40))))
     assert out.image.size == (50, 30)
+
+
+# ---------------------------------------------------------------- the shipped styles
+EMBEDDED = [s for s in list_styles() if s.source == "embedded"]
+
+
+@pytest.mark.parametrize("style", EMBEDDED, ids=[s.id for s in EMBEDDED])
+def test_embedded_style_is_small_documented_and_seamless_in_tiles(style):
+    assert style.weights.stat().st_size < 10 << 20
+    assert style.settings["training"]["iterations_done"] > 0 and style.thumbnails
+    generator, layout = load_generator(style.weights)
+    assert layout == "cyclegan"
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 300), torch.linspace(-1, 1, 420), indexing="ij")
+    x = torch.stack([torch.sin(5 * xx) * yy, torch.cos(3 * yy), xx])[None] * 0.9
+    with torch.no_grad():
+        whole = generator(x)
+    tiled = stylize_tensor(generator, x, tile=160, overlap=64, stats_side=4096)
+    difference = (tiled - whole).abs()
+    assert difference.mean() < 0.01, float(difference.mean())
