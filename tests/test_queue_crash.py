@@ -45,7 +45,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
     ctx = make_context(data_dir)
     queue = JobQueue(ctx)  # no worker here: this process only queues and inspects
     ids = queue.enqueue_many("queue_test", [
-        {"prompt": f"job {i}", "seed": i, "steps": 8, "step_s": 0.02, "images": IMAGES_PER_JOB}
+        {"prompt": f"job {i}", "seed": i, "steps": 8, "step_s": 0.03, "images": IMAGES_PER_JOB}
         for i in range(JOBS)])
     log = tmp_path / "worker.log"
 
@@ -55,7 +55,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
     for completed_before_kill, extra_delay in ((0, 0.0), (5, 0.13)):
         process = start_worker(data_dir, log)
         wait_until(lambda: queue.counts()[COMPLETED] >= completed_before_kill and any(
-            j.status == RUNNING and j.progress > 0 for j in queue.list(statuses=[RUNNING])),
+            (j.duration_s or 0) > 0.15 for j in queue.list(statuses=[RUNNING])),
             timeout=90, what="a job in progress")
         time.sleep(extra_delay)
         process.send_signal(signal.SIGKILL)
@@ -84,3 +84,36 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
     assert files == {data_dir / i.file_path for i in items}
     assert thumbs == {data_dir / i.thumb_path for i in items}
     assert kills == 2
+
+
+@pytest.mark.slow
+def test_crash_windows_completed_once_or_failed_after_three_attempts(tmp_path):
+    """Deterministic crashes: one job kills the process right after its gallery commit (it must
+    count as done, not run again); one kills it mid-generation every time (it must fail after
+    three attempts with the reason, not loop forever); the jobs around them complete."""
+    data_dir = tmp_path / "data"
+    ctx = make_context(data_dir)
+    queue = JobQueue(ctx)
+    normal = {"steps": 2}
+    ids = queue.enqueue_many("queue_test", [
+        {**normal, "prompt": "first"}, {**normal, "prompt": "saved then crashed", "die_after_save": True},
+        {**normal, "prompt": "middle"}, {**normal, "prompt": "always crashes", "die_at_step": 2},
+        {**normal, "prompt": "last"}])
+    log = tmp_path / "worker.log"
+    exits = []
+    for _ in range(6):
+        exits.append(start_worker(data_dir, log).wait(timeout=120))
+        if exits[-1] == 0:
+            break
+    assert exits == [-signal.SIGKILL] * 4 + [0], log.read_text()
+
+    first, saved, middle, crashing, last = (queue.get(i) for i in ids)
+    assert saved.status == COMPLETED and saved.attempts == 1 and len(saved.item_ids) == 1
+    assert crashing.status == "failed" and crashing.attempts == 3
+    assert "3 times" in crashing.error and crashing.item_ids == ()
+    assert all(j.status == COMPLETED and len(j.item_ids) == 1 for j in (first, middle, last))
+    with ctx.db.session() as session:
+        prompts = Counter(session.scalars(select(Item.prompt)))
+    assert prompts == {"first": 1, "saved then crashed": 1, "middle": 1, "last": 1}
+    files = {p for p in (data_dir / "outputs").rglob("*") if p.is_file()}
+    assert len(files) == 4

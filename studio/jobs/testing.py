@@ -11,6 +11,8 @@ nothing but take the engine lock (the benchmark's job).
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,8 @@ class NullEngine:
                 time.sleep(params["step_s"])
             if params["fail_at"] == step:
                 raise EngineError(f"the test engine failed at step {step} as asked")
+            if params.get("die_at_step") == step:  # a crash: the whole process dies now
+                os.kill(os.getpid(), signal.SIGKILL)
             if on_progress is not None:
                 on_progress(Progress(step, total, f"step {step}/{total}"))
             if step % params["steps"] == 0:
@@ -78,6 +82,8 @@ def _validate(ctx, params: dict) -> None:
         check_int("fail_at", params["fail_at"], 1, 10_000)
     if not isinstance(params.get("prompt", ""), str):
         raise ValueError(f"`prompt` must be text, got {params.get('prompt')!r}")
+    if params.get("die_at_step") is not None:
+        check_int("die_at_step", params["die_at_step"], 1, 10_000)
     if params.get("write", "end") not in ("end", "each"):
         raise ValueError(f"`write` must be end or each, got {params.get('write')!r}")
 
@@ -100,6 +106,8 @@ def _run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) 
         images = engine.generate(full, on_progress, cancel)
     if full.get("write") != "each":
         ids = [v.id for v in ctx.gallery.add_images([entry(im, i) for i, im in enumerate(images)])]
+    if full.get("die_after_save"):  # a crash between the gallery's commit and the job's
+        os.kill(os.getpid(), signal.SIGKILL)
     return TaskResult(item_ids=ids, images=images, info={"seed": full["seed"]})
 
 
