@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     if raw is not None:
         bench_raw_llama(raw, prompt_ids, args.tokens)
     engine_runs, raw_runs = [], []
-    for _ in range(args.runs):
+    for run in range(args.runs):
+        if raw is not None and run % 2:  # alternate who goes first: load drifts over time
+            raw_runs.append(bench_raw_llama(raw, prompt_ids, args.tokens))
         engine_runs.append(bench_engine(engine, params))
-        if raw is not None:
+        if raw is not None and not run % 2:
             raw_runs.append(bench_raw_llama(raw, prompt_ids, args.tokens))
 
     def summary(runs):

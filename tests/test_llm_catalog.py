@@ -49,6 +49,10 @@ def test_qwen_extra_is_assembled_once_and_verified(tmp_path, monkeypatch):
         parts.append(part)
     monkeypatch.setattr(llm_catalog, "qwen_coder_parts", lambda: parts)
     monkeypatch.setenv("GENSTUDIO_MODELS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="refusing"):  # not the digest of the known release
+        assemble_qwen_coder()
+    assert not list((tmp_path / "cache").iterdir())
+    monkeypatch.setattr(llm_catalog, "QWEN_CODER_SHA256", None)
     path = assemble_qwen_coder()
     assert path.read_bytes() == b"".join(p.read_bytes() for p in parts)
     source = resolve("qwen2.5-coder-0.5b-instruct")
