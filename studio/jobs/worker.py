@@ -185,21 +185,35 @@ class InProcessWorker:
             result = run_task(self._job_context(job.id), job.task, job.params, on_progress, token)
         except Cancelled:
             if self._stop.is_set() and not self._user_canceled:
-                self.source.release(job.id)  # shutdown, not the user: run it again next start
+                # shutdown, not the user: the job runs again at the next start
+                self._record(self.source.release, job.id)
             else:
-                self.source.finish(job.id, CANCELED, "canceled by user")
+                self._record(self.source.finish, job.id, CANCELED, "canceled by user")
         except (EngineError, ValueError) as error:
-            self.source.finish(job.id, FAILED, str(error) or type(error).__name__)
+            self._record(self.source.finish, job.id, FAILED, str(error) or type(error).__name__)
         except Exception as error:
             log.exception("queue job %s (%s) failed", job.id, job.task)
-            self.source.finish(job.id, FAILED, f"{type(error).__name__}: {error}")
+            self._record(self.source.finish, job.id, FAILED, f"{type(error).__name__}: {error}")
         else:
             text = result.text if result.text is None else result.text[:20000]
-            self.source.finish(job.id, COMPLETED, result={
+            self._record(self.source.finish, job.id, COMPLETED, result={
                 "item_ids": list(result.item_ids), "text": text, "info": result.info})
         finally:
             with self._lock:
                 self.busy, self._current = False, None
+
+    def _record(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Write an outcome, retrying while the database is busy: a job left `running` would
+        otherwise wait for the next start to be recovered (and rerun)."""
+        for attempt in range(5):
+            try:
+                return method(*args, **kwargs)
+            except Exception:
+                if attempt == 4:
+                    raise
+                log.warning("queue worker %s: recording job %s failed; retrying", self.name, args[0],
+                            exc_info=True)
+                time.sleep(0.5 * (attempt + 1))
 
     def _job_context(self, job_id: int) -> "StudioContext":
         """The studio context, but with a gallery whose writes also link items to this job."""
