@@ -77,7 +77,7 @@ class _Parser:
                 break
             elif char == "}":
                 raise ValueError(f"unbalanced '}}' at character {i + 1} of {text!r}")
-            elif text.startswith("__", i) and (match := re.match(r"__([\w\-/ .]+?)__", text[i:])):
+            elif text.startswith("__", i) and (match := re.match(r"__([\w\-/.]+?)__", text[i:])):
                 flush()
                 nodes.append(self._wildcard(match.group(1), depth, stack))
                 i += match.end()
