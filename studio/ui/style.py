@@ -37,7 +37,8 @@ def _style_cards(ctx) -> tuple[list[tuple[str, str]], list[str]]:
     """Gallery entries (picture, caption) for styles that have a picture, and their ids."""
     cards, ids = [], []
     for s in _styles(ctx):
-        picture = s.preview or (s.thumbnails[0] if s.thumbnails else None)
+        own = [p for p in s.thumbnails if p.name.startswith("style_")] or list(s.thumbnails)
+        picture = s.preview or (own[0] if own else None)
         if picture is not None:
             cards.append((str(picture), s.name))
             ids.append(s.id)
