@@ -53,6 +53,12 @@ def test_enqueue_list_get_pause_resume_cancel(client):
     assert [j["id"] for j in listing["jobs"]][0] == batch[1]  # priority 2 first
     assert client.get(f"/api/queue/{expanded[2]}", auth=AUTH).json()["label"] == "a blue car"
 
+    moved = client.post(f"/api/queue/{expanded[2]}/move", auth=AUTH, params={"where": "top"})
+    assert moved.status_code == 200
+    assert [j["id"] for j in client.get("/api/queue", auth=AUTH).json()["jobs"]][0] == expanded[2]
+    assert client.post(f"/api/queue/{one.json()['ids'][0]}/move", auth=AUTH,
+                       params={"where": "sideways"}).status_code == 422
+    assert client.post(f"/api/queue/{batch[0]}/retry", auth=AUTH).status_code == 409  # not failed
     canceled = client.post(f"/api/queue/{batch[0]}/cancel", auth=AUTH).json()
     assert canceled["status"] == "canceled"
     assert client.post(f"/api/queue/{batch[0]}/cancel", auth=AUTH).status_code == 409
