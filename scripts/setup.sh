@@ -25,7 +25,7 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
   echo "Installing GenStudio ($mode) into .venv ..."
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extras"
-  .venv/bin/python -m pip install -q --no-deps -r requirements/nodeps.txt
+  .venv/bin/python -m pip install -q --no-deps --no-warn-conflicts -r requirements/nodeps.txt
   for req in requirements/*.txt; do
     [ "$req" = requirements/nodeps.txt ] && continue
     # CMAKE_BUILD_PARALLEL_LEVEL keeps source builds (llama-cpp-python) within a small machine.
