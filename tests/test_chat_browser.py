@@ -17,7 +17,7 @@ def bot_text(page) -> str:
 
 def test_send_stream_stop_reload_lists_the_conversation(page):
     open_tab(page, "Chat")
-    page.locator("#chat-message textarea").fill("Count from 1 to 1000, separated by commas.")
+    page.locator("#chat-message textarea").fill("Write a very long story about a dragon and a knight, at least 1000 words.")
     page.locator("#chat-send").click()
 
     # It streams: the reply appears, then grows while it is still being written.
@@ -38,10 +38,56 @@ def test_send_stream_stop_reload_lists_the_conversation(page):
     # After a reload the conversation is listed, and opening it shows the messages.
     page.reload()
     open_tab(page, "Chat")
-    listed = page.locator("#chat-conversations label", has_text="Count from 1 to 1000")
+    listed = page.locator("#chat-conversations label", has_text="Write a very long story")
     listed.first.wait_for(timeout=30_000)
     listed.first.click()
     page.wait_for_function(
-        "document.querySelector('#chat-history').innerText.includes('Count from 1 to 1000')",
+        "document.querySelector('#chat-history').innerText.includes('Write a very long story')",
         timeout=30_000)
     assert bot_text(page).strip()[:20] == stopped_at.strip()[:20]
+
+
+def seed_shown(page) -> str:
+    import re
+
+    found = re.search(r"seed (\d+)", page.locator("#chat-stats").inner_text())
+    return found.group(1) if found else ""
+
+
+def wait_for_new_stats(page, before: str) -> None:
+    """Until a reply with another (random) seed than `before` has finished."""
+    page.wait_for_function(
+        "b => { const t = document.querySelector('#chat-stats').innerText;"
+        " const m = t.match(/seed (\\d+)/);"
+        " return m && m[1] !== b && !t.includes('generating'); }", arg=before, timeout=120_000)
+
+
+def test_regenerate_continue_and_edit_last(page):
+    open_tab(page, "Chat")
+    page.locator("#chat-message textarea").fill("Name one fruit.")
+    page.locator("#chat-send").click()
+    wait_for_new_stats(page, "")
+    bots = page.locator(BOT)
+    assert bots.count() == 1
+
+    before = seed_shown(page)
+    page.locator("#chat-regenerate").click()  # replaces the reply, never adds one
+    wait_for_new_stats(page, before)
+    assert bots.count() == 1
+
+    before = seed_shown(page)
+    page.locator("#chat-continue").click()
+    wait_for_new_stats(page, before)
+    assert bots.count() == 1
+
+    page.locator("#chat-edit").click()  # the last message goes back to the box, reply removed
+    page.wait_for_function(f"document.querySelectorAll(\"{BOT}\").length === 0")
+    box = page.locator("#chat-message textarea")
+    assert box.input_value() == "Name one fruit."
+    box.fill("Name one vegetable.")
+    before = seed_shown(page)
+    page.locator("#chat-send").click()
+    wait_for_new_stats(page, before)
+    history = page.locator("#chat-history").inner_text()
+    assert "Name one vegetable." in history and "Name one fruit." not in history
+    page.locator("#chat-conversations label", has_text="2 msg").first.wait_for()
