@@ -211,7 +211,11 @@ def main() -> None:
                 style_score_output=float(np.mean([probabilities(classifier, o)[c] for o in outputs])),
                 style_score_renderer=float(np.mean([probabilities(classifier, t)[c] for t in targets])),
                 edge_ssim_renderer=float(np.mean([edge_ssim(i, t) for (_, i), t in zip(images, targets)])))
+        mean_probs = np.mean([probabilities(classifier, o) for o in outputs], 0)
         results["styles"][style.id] = {k: round(v, 3) for k, v in row.items()}
+        # where the classifier puts the outputs on average, for styles it does not recognise
+        results["styles"][style.id]["output_classes"] = {
+            c: round(float(p), 3) for c, p in zip(CLASSES, mean_probs) if p >= 0.05}
         print(style.id, results["styles"][style.id], flush=True)
         if not args.no_images:
             strip = [Image.open(p) for p in style.thumbnails if p.name.startswith("style_")][:6]
