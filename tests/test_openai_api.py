@@ -153,3 +153,20 @@ def test_auth_protects_the_api(api_with_auth):
     assert wrong.status_code == 401
     assert requests.get(f"{url}/models", headers={"Authorization": "Bearer s3cret"}, timeout=10).ok
     assert requests.get(f"{url}/models", auth=("ann", "s3cret"), timeout=10).ok
+
+
+def test_a_client_that_disconnects_stops_the_generation(api):
+    url, ctx = api
+    story = {**CHAT, "max_tokens": 3000, "temperature": 0.7, "stream": True, "messages": [
+        {"role": "user", "content": "Write a very long story about a dragon and a knight, at least 1000 words."}]}
+    response = requests.post(f"{url}/chat/completions", json=story, timeout=120, stream=True)
+    lines = response.iter_lines(decode_unicode=True)
+    received = [line for _, line in zip(range(6), lines)]
+    assert any(line.startswith("data: ") for line in received)
+    response.close()  # the client goes away mid-story
+    started = time.perf_counter()
+    # The device lock is free again within a token or two: a short request is served at once,
+    # not after the ~3000 tokens the story would have taken.
+    quick = requests.post(f"{url}/chat/completions", json={**CHAT, "max_tokens": 2}, timeout=120)
+    assert quick.status_code == 200 and time.perf_counter() - started < 15
+    assert not [i for i in ctx.gallery.query(GalleryQuery()).items if len(i.text or "") > 200]
