@@ -1,5 +1,6 @@
 """The real studio in Chromium: upload a photo on the Style transfer tab, apply an embedded GAN
-style, see the before/after slider, then find the result in the gallery with its parent."""
+style, see the before/after slider, find the result in the gallery with its parent, and send it
+back from the gallery to be restyled (the gallery item becomes the parent)."""
 from __future__ import annotations
 
 import pytest
@@ -57,4 +58,10 @@ def test_upload_apply_embedded_style_and_find_it_in_gallery(browser, launch_stud
     detail = page.locator("#gallery-detail")
     detail.get_by_text(f"#{result_id}").first.wait_for()
     detail.get_by_text(f"#{parent_id} (upload) → #{result_id} (style)").wait_for()
+
+    # 5. Send the result back to the style tab: restyling it again makes it the new parent.
+    page.get_by_role("button", name="Send to style transfer").click()
+    page.locator("#style-input img").first.wait_for()
+    page.locator("#style-apply").click()
+    status.get_by_text(f"(parent #{result_id})").wait_for(timeout=120_000)
     page.close()
