@@ -166,3 +166,28 @@ def test_background_training_saves_a_listed_style(ctx):
     # and it is usable at once
     result = run_task(ctx, "style", {"style": "user:my-stripes", "image": _b64(_photo())})
     assert ctx.gallery.get(result.item_ids[0]).model == "user:my-stripes"
+
+
+def test_background_training_cancel_keeps_checkpoint_and_resumes(ctx):
+    from studio.tasks.style import TrainingRun
+
+    style, content = _domains()
+
+    def tiny_run(iterations):
+        run = TrainingRun(ctx, "Resumable", style, content, size=32, iterations=iterations)
+        run.config.ngf, run.config.n_blocks, run.config.ndf = 8, 1, 8
+        run.config.checkpoint_every = 1000  # only the cancel writes one
+        return run
+
+    run = tiny_run(10_000).start()
+    while run.status.iteration < 3:
+        run.join(0.05)
+    run.cancel()
+    run.join(60)
+    assert run.status.state == "cancelled" and "resume" in run.status.message
+    stopped_at = run.status.iteration
+    assert (run.run_dir / "checkpoint.pt").exists()
+
+    again = tiny_run(stopped_at + 2).start()
+    again.join(60)
+    assert again.status.state == "done" and again.status.losses[0]["iteration"] == stopped_at + 1
