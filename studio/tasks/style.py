@@ -185,6 +185,7 @@ class TrainingRun:
                                   checkpoint_every=50)
         self.config.check()
         self.styles_dir = Path(ctx.config.styles_dir)
+        self._engines = ctx.engines
         self.run_dir = self.styles_dir / ".runs" / self.slug
         self.style_images = [im.convert("RGB") for im in style_images]
         self.content_images = [im.convert("RGB") for im in content_images]
@@ -239,6 +240,7 @@ class TrainingRun:
             if status.preview is not None:
                 status.preview.convert("RGB").save(folder / "preview.jpg", quality=90)
             shutil.rmtree(self.run_dir, ignore_errors=True)  # the 40 MB checkpoint is done with
+            self._engines.unload("style")  # a style retrained under the same name reloads
             status.style_id = f"user:{self.slug}"
             status.state = "done"
             status.message = f"saved as style {status.style_id} after {state.iteration} iterations"
