@@ -42,7 +42,14 @@ def editor_image_and_mask(value) -> tuple[Image.Image, Image.Image]:
     return background, Image.fromarray(painted.astype(np.uint8) * 255)
 
 
-def _params(action, value, source_id, prompt, negative, steps, cfg, scheduler, seed, strength,
+def pixel_digest(image: Image.Image) -> str:
+    import hashlib
+
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed, strength,
             mask_blur, fill, only_masked, padding, batch_size, model, sides, pixels):
     image, mask = editor_image_and_mask(value)
     params: dict[str, Any] = {
@@ -52,8 +59,10 @@ def _params(action, value, source_id, prompt, negative, steps, cfg, scheduler, s
         "mask_blur": int(mask_blur), "inpainting_fill": fill, "batch_size": int(batch_size)}
     if model and model != DEFAULT_MODEL:
         params["model"] = model
-    if source_id:
-        params["init_image_id"] = int(source_id)
+    # The editor's background is the gallery item it came from only if its pixels still match
+    # (a later upload replaces the background without telling us).
+    if source and source.get("digest") == pixel_digest(image):
+        params["init_image_id"] = int(source["id"])
     else:
         params["init_image"] = encode_image(image)
     if action == "outpaint":
@@ -110,7 +119,7 @@ def build(ctx) -> dict[str, Any]:
         only_masked = gr.Checkbox(label="Only masked (work on the mask's box)", value=False)
         padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding")
     model = gr.Dropdown(model_choices(ctx), value=DEFAULT_MODEL, label="Model",
-                        allow_custom_value=True)
+                        allow_custom_value=True, elem_id="inpaint-model")
     with gr.Accordion("Outpaint", open=True):
         with gr.Row():
             sides = gr.CheckboxGroup(["left", "right", "up", "down"], value=["right"],
@@ -122,7 +131,7 @@ def build(ctx) -> dict[str, Any]:
                 fill, only_masked, padding, batch_size, model, sides, pixels]
 
     def runner(action):
-        def run(value, *values, request: gr.Request):
+        def run(request: gr.Request, value, *values):  # the request goes first, by type
             task, params = _params(action, value, *values)
             if action == "outpaint":
                 params["inpainting_fill"] = "fill" if params["inpainting_fill"] == "original" \
@@ -141,10 +150,12 @@ def build(ctx) -> dict[str, Any]:
     def arrived(path):
         if not path:
             return gr.skip(), gr.skip()
-        return path, item_for_path(ctx, path)
+        item_id = item_for_path(ctx, path)
+        with Image.open(path) as image:
+            source = {"id": item_id, "digest": pixel_digest(image)} if item_id else None
+        return path, source
 
     receiver.change(arrived, receiver, [editor, source_id])
-    editor.upload(lambda: None, None, source_id)  # a new upload has no parent
 
     def open_item(item_id):
         try:

@@ -220,7 +220,7 @@ def build(ctx) -> dict[str, Any]:
                                        label="Best of N (0 = off; keeps K by CLIP score)")
                 keep = gr.Slider(1, 16, value=1, step=1, label="Keep K")
             model = gr.Dropdown(model_choices(ctx), value=DEFAULT_MODEL, label="Model",
-                                allow_custom_value=True,
+                                allow_custom_value=True, elem_id="txt2img-model",
                                 info="The embedded model makes 64×64 images; others from "
                                      "data/models (diffusers folders or .safetensors).")
         with gr.Column(scale=2):
@@ -242,7 +242,7 @@ def build(ctx) -> dict[str, Any]:
     controls = [mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
                 batch_count, candidates, keep, model, init_image, strength, source_id]
 
-    def run(*values, request: gr.Request):
+    def run(request: gr.Request, *values):  # gradio puts the request first, by its type
         task, params = _params(*values)
         yield from stream_task(ctx, task, params, request)
 
