@@ -32,8 +32,12 @@ class RuntimeOptions:
     attention_slicing: bool = False  # CUDA: less memory, a little slower
     vae_tiling: bool = False  # CUDA: decode large images tile by tile
     cpu_offload: bool = False  # CUDA: keep idle sub-models in RAM (accelerate)
-    channels_last: bool = True  # NHWC convolutions: oneDNN's native layout on CPU
-    compile: bool = False  # torch.compile the UNet (slow first call); see docs/diffusion.md
+    # NHWC convolutions. Measured slower in eager mode on this CPU; used with `compile`, where
+    # inductor's frozen, pre-packed oneDNN convolutions want it.
+    channels_last: bool = False
+    # torch.compile the UNet with inductor "freezing". Minutes for the first call at SD 1.5
+    # size, so opt-in: GENSTUDIO_COMPILE=1 or RuntimeOptions(compile=True); see docs/diffusion.md
+    compile: bool = bool(os.environ.get("GENSTUDIO_COMPILE"))
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
 
 
@@ -140,7 +144,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
         pipe.enable_attention_slicing()
     if device == "cuda" and options.vae_tiling:
         pipe.vae.enable_tiling()
-    if options.channels_last:
+    if options.channels_last or options.compile:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if options.compile:

@@ -1,0 +1,189 @@
+"""Seconds per denoising step and per image: our DiffusionEngine against a plain, default
+diffusers StableDiffusionPipeline, in the same process, same weights, scheduler, seed and size.
+
+    # both models, full settings (SD 1.5 part: ~10 s/step on 2 idle cores, plus a one-off compile)
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/diffusion.py
+    # a short look: 3 steps
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/diffusion.py --quick
+    # one model, chosen settings
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/diffusion.py --models sd15 --steps 20
+
+(a) "tiny": the embedded model (assets/sd-tiny) at its native 64x64.
+(b) "sd15": the SD 1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L text encoder 123M) from its
+    public config with random weights (engines/diffusion_random.py), saved once under
+    runs/bench-sd15 (4.3 GB) and loaded from there by both sides, at 512x512.
+
+Each side gets one untimed warm-up image (2 steps; for our engine this includes torch.compile),
+then `--images` timed images; the median is reported. Plain and ours alternate image by image so
+load from other processes on the machine hits both alike. Results go to runs/bench_diffusion.json.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parent.parent
+# The script's own folder holds benchmarks named like stdlib modules (queue.py): use the repo
+# root instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+PROMPT = "a small red star at the top left on a blue background"
+NEGATIVE = "blurry"
+
+
+def plain_pipeline(folder: str):
+    """What a user gets from diffusers with no tuning: from_pretrained, fp32, default attention."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+                                                             algorithm_type="dpmsolver++")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def time_plain(pipe, steps: int, size: int, seed: int) -> dict:
+    import torch
+
+    marks = []
+    started = time.perf_counter()
+
+    def on_step(_pipe, i, _t, _kwargs):
+        marks.append(time.perf_counter())
+        return {}
+
+    with torch.inference_mode():
+        pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.0,
+             width=size, height=size, generator=torch.Generator("cpu").manual_seed(seed),
+             callback_on_step_end=on_step)
+    total = time.perf_counter() - started
+    return {"image_s": total, "step_s": _median_step(started, marks)}
+
+
+def time_engine(engine, steps: int, size: int, seed: int) -> dict:
+    from engines.diffusion import Txt2ImgParams
+
+    marks = []
+    started = time.perf_counter()
+    engine.generate(Txt2ImgParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps,
+                                  guidance_scale=7.0, width=size, height=size, seed=seed,
+                                  scheduler="DPM++ 2M", preview_every=0),
+                    lambda p: marks.append(time.perf_counter()))
+    total = time.perf_counter() - started
+    return {"image_s": total, "step_s": _median_step(started, marks)}
+
+
+def _median_step(started: float, marks: list[float]) -> float:
+    edges = [started] + marks
+    return statistics.median(b - a for a, b in zip(edges, edges[1:]))
+
+
+def bench_model(name: str, folder: str, size: int, steps: int, images: int,
+                compile_unet: bool) -> dict:
+    import torch
+
+    from engines.diffusion import DiffusionEngine
+    from engines.diffusion_loading import RuntimeOptions
+
+    print(f"\n== {name}: {size}x{size}, {steps} steps, {images} timed image(s) per side", flush=True)
+    loaded = time.perf_counter()
+    plain = plain_pipeline(folder)
+    plain_load = time.perf_counter() - loaded
+    loaded = time.perf_counter()
+    options = RuntimeOptions(compile=compile_unet, channels_last=compile_unet)
+    engine = DiffusionEngine(model_id=folder, device="cpu", options=options)
+    engine.load()
+    engine_load = time.perf_counter() - loaded
+    # Warm-up (untimed): first-call allocations, and torch.compile for the engine.
+    warm = time.perf_counter()
+    time_plain(plain, 2, size, 0)
+    plain_warm = time.perf_counter() - warm
+    warm = time.perf_counter()
+    time_engine(engine, 2, size, 0)
+    engine_warm = time.perf_counter() - warm
+    print(f"   warm-up: plain {plain_warm:.1f} s, ours {engine_warm:.1f} s "
+          f"(includes compile: {compile_unet})", flush=True)
+    runs = {"plain": [], "ours": []}
+    for i in range(images):
+        runs["plain"].append(time_plain(plain, steps, size, 1 + i))
+        runs["ours"].append(time_engine(engine, steps, size, 1 + i))
+        print(f"   image {i + 1}: plain {runs['plain'][-1]['image_s']:.2f} s "
+              f"({runs['plain'][-1]['step_s']:.3f} s/step), ours "
+              f"{runs['ours'][-1]['image_s']:.2f} s ({runs['ours'][-1]['step_s']:.3f} s/step)",
+              flush=True)
+    summary = {side: {"image_s": statistics.median(r["image_s"] for r in rs),
+                      "step_s": statistics.median(r["step_s"] for r in rs)}
+               for side, rs in runs.items()}
+    result = {
+        "model": name, "size": size, "steps": steps, "images": images, "compile": compile_unet,
+        "plain": summary["plain"], "ours": summary["ours"],
+        "ratio_image": summary["ours"]["image_s"] / summary["plain"]["image_s"],
+        "ratio_step": summary["ours"]["step_s"] / summary["plain"]["step_s"],
+        "load_s": {"plain": plain_load, "ours": engine_load},
+        "warmup_s": {"plain": plain_warm, "ours": engine_warm}, "runs": runs,
+    }
+    print(f"   => ours/plain: {result['ratio_step']:.2f} per step, "
+          f"{result['ratio_image']:.2f} per image", flush=True)
+    del plain, engine
+    gc.collect()
+    torch.set_num_threads(torch.get_num_threads())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,sd15", help="comma list of tiny, sd15")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--images", type=int, default=1, help="timed images per side (sd15)")
+    parser.add_argument("--sd15-size", type=int, default=512)
+    parser.add_argument("--quick", action="store_true", help="3 steps (a smoke run)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="measure our engine without torch.compile")
+    parser.add_argument("--cache", default=str(REPO / "runs" / "bench-sd15"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench_diffusion.json"))
+    args = parser.parse_args(argv)
+    import torch
+
+    steps = 3 if args.quick else args.steps
+    results = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if name == "tiny":
+            folder = str(REPO / "assets" / "sd-tiny")
+            results.append(bench_model("tiny", folder, 64, steps, max(3, args.images),
+                                       not args.no_compile))
+        elif name == "sd15":
+            folder = Path(args.cache)
+            if not (folder / "model_index.json").exists():
+                from engines.diffusion_random import build_random_sd
+
+                print(f"building random SD 1.5 weights in {folder} (once)...", flush=True)
+                build_random_sd(folder, "sd15")
+            results.append(bench_model("sd15-random", str(folder), args.sd15_size, steps,
+                                       args.images, not args.no_compile))
+        else:
+            parser.error(f"unknown model {name!r}")
+    record = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "load_average": os.getloadavg(), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    print(f"\nwrote {args.out}")
+    for r in results:
+        print(f"{r['model']:12} {r['size']}px {r['steps']} steps  plain {r['plain']['step_s']:.3f} "
+              f"s/step {r['plain']['image_s']:.2f} s/img | ours {r['ours']['step_s']:.3f} s/step "
+              f"{r['ours']['image_s']:.2f} s/img | ratio {r['ratio_step']:.2f} / "
+              f"{r['ratio_image']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
