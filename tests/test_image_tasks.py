@@ -147,3 +147,28 @@ def test_cancel_writes_nothing(ctx, model_id):
         run_task(ctx, "txt2img", {"prompt": "x", "steps": 10, "batch_count": 2,
                                   "model": model_id}, on_progress, cancel)
     assert count(ctx) == 0
+
+
+def test_add_to_queue_validates_and_enqueues(ctx):
+    from studio.ui.txt2img import _params, enqueue
+
+    class FakeQueue:
+        def __init__(self):
+            self.jobs = []
+
+        def enqueue(self, task, params, priority=0):
+            self.jobs.append((task, params, priority))
+            return len(self.jobs)
+
+    ctx.queue = FakeQueue()
+    task, params = _params("txt2img", "a red star", "", 20, 7, "Euler a", 64, 64, 5, 1, 2, 0, 1,
+                           "genstudio-tiny-sd", None, 0.75, None)
+    assert "job #1" in enqueue(ctx, task, params)
+    assert ctx.queue.jobs == [("txt2img", params, 0)] and params["batch_count"] == 2
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="width"):
+        enqueue(ctx, "txt2img", dict(params, width=7))
+    ctx.queue = None
+    with pytest.raises(gr.Error, match="queue"):
+        enqueue(ctx, task, params)
