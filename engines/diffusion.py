@@ -61,7 +61,7 @@ class DiffusionEngine:
                  options: RuntimeOptions | None = None) -> None:
         self.model_id = model_id
         self.device = device
-        self.options = options or RuntimeOptions()
+        self.options = options or RuntimeOptions.from_env()
         self.source: ModelSource | None = None
         self._pipes: dict[str, Any] = {}  # "txt2img", "img2img", "inpaint": shared components
         self._hash: str | None = None

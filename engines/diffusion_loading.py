@@ -37,8 +37,21 @@ class RuntimeOptions:
     channels_last: bool = False
     # torch.compile the UNet with inductor "freezing". Minutes for the first call at SD 1.5
     # size, so opt-in: GENSTUDIO_COMPILE=1 or RuntimeOptions(compile=True); see docs/diffusion.md
-    compile: bool = bool(os.environ.get("GENSTUDIO_COMPILE"))
+    compile: bool = False
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+    @classmethod
+    def from_env(cls) -> "RuntimeOptions":
+        """The studio builds engines as Engine(model_id, device); these switches reach them:
+        GENSTUDIO_FP16=0/1, GENSTUDIO_ATTENTION_SLICING=1, GENSTUDIO_VAE_TILING=1,
+        GENSTUDIO_CPU_OFFLOAD=1, GENSTUDIO_CHANNELS_LAST=1, GENSTUDIO_COMPILE=1."""
+        def flag(name: str) -> bool | None:
+            value = os.environ.get(f"GENSTUDIO_{name}")
+            return None if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+        return cls(half_precision=flag("FP16"), attention_slicing=bool(flag("ATTENTION_SLICING")),
+                   vae_tiling=bool(flag("VAE_TILING")), cpu_offload=bool(flag("CPU_OFFLOAD")),
+                   channels_last=bool(flag("CHANNELS_LAST")), compile=bool(flag("COMPILE")))
 
 
 @dataclass(frozen=True)

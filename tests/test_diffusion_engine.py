@@ -193,3 +193,12 @@ def test_best_of_n_keeps_the_best_by_clip_score(engine):
     assert len(result.images) == 2 and result.scores == sorted(result.scores, reverse=True)
     assert max(result.info["candidate_scores"]) == pytest.approx(result.scores[0], abs=1e-4)
     assert set(result.seeds) <= {5, 6, 7, 8}
+
+
+def test_runtime_options_from_environment(monkeypatch):
+    from engines.diffusion_loading import RuntimeOptions
+
+    monkeypatch.setenv("GENSTUDIO_FP16", "0")
+    monkeypatch.setenv("GENSTUDIO_VAE_TILING", "1")
+    options = DiffusionEngine(model_id="genstudio-tiny-sd", device="cuda").options
+    assert options == RuntimeOptions(half_precision=False, vae_tiling=True)
