@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The repo root instead of this folder: benchmarks/queue.py would shadow the standard library.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["engine_vs_raw"] = round(results["engine"]["decode_tok_s"] /
                                          results["raw_llama_cpp"]["decode_tok_s"], 3)
     engine.unload()
+    print(json.dumps(results), flush=True)  # the llama.cpp figures, before the slow part
 
     # 4. Optional: the transformers backend on the same file, for the comparison in docs/llm.md.
     if args.transformers:

@@ -106,24 +106,30 @@ class LlamaCppBackend(Backend):
     name = "llama.cpp"
 
     def __init__(self, source: ModelSource, context_length: int | None = None) -> None:
-        from llama_cpp import Llama
-
         check_gguf_file(source.path)
         if source.sha256:
             verify_sha256(source.path, source.sha256)
-        trained = _gguf_context_length(source.path)
-        self.context_length = min(context_length or DEFAULT_CONTEXT, trained or DEFAULT_CONTEXT)
-        try:
-            self.llm = Llama(model_path=str(source.path), n_ctx=self.context_length,
-                             n_batch=PROMPT_CHUNK, n_threads=cpu_threads(),
-                             n_threads_batch=cpu_threads(), verbose=False)
-        except (ValueError, RuntimeError) as error:
-            raise EngineError(f"llama.cpp could not load {source.path.name}: {error}") from error
-        meta = self.llm.metadata
+        self.context_length = context_length or DEFAULT_CONTEXT
+        self.llm = self._open(source.path)
+        meta = self.llm.metadata  # GGUF key-values, as strings
+        trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0) or 0)
+        if 0 < trained < self.context_length:  # never more context than the model was trained on
+            self.llm.close()
+            self.context_length = trained
+            self.llm = self._open(source.path)
         self.chat_template = meta.get("tokenizer.chat_template")
         self.bos_token = self._piece(self.llm.token_bos())
         self.eos_token = self._piece(self.llm.token_eos())
         self._size = source.path.stat().st_size
+
+    def _open(self, path: Path):
+        from llama_cpp import Llama
+
+        try:
+            return Llama(model_path=str(path), n_ctx=self.context_length, n_batch=PROMPT_CHUNK,
+                         n_threads=cpu_threads(), n_threads_batch=cpu_threads(), verbose=False)
+        except (ValueError, RuntimeError) as error:
+            raise EngineError(f"llama.cpp could not load {path.name}: {error}") from error
 
     def _piece(self, token: int) -> str:
         if token is None or token < 0:
@@ -181,18 +187,6 @@ class LlamaCppBackend(Backend):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
-
-
-def _gguf_context_length(path: Path) -> int | None:
-    try:
-        import gguf
-
-        reader = gguf.GGUFReader(str(path))
-        arch = reader.fields["general.architecture"].contents()
-        field = reader.fields.get(f"{arch}.context_length")
-        return int(field.contents()) if field is not None else None
-    except Exception:  # a missing key only means "use the default"
-        return None
 
 
 # ---------------------------------------------------------------- transformers

@@ -104,7 +104,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                 "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
 
     def reply(messages: list[dict], conv_id, settings: dict, request: gr.Request,
-              continue_last: bool = False):
+              continue_last: bool = False, shown_before: list[dict] | None = None,
+              outcome: dict | None = None):
         """Stream one reply to `messages`; yields (chatbot, history, conv id, list, notice, stats,
         title). Saves the conversation (and a gallery item) once it has ended."""
         from engines.base import CancelToken
@@ -132,7 +133,11 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                     yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except Exception as error:  # bad input found late, load failure: say it, keep nothing
             gr.Warning(str(error))
-            yield [dict(m) for m in messages], gr.skip(), gr.skip(), gr.skip(), "", "", gr.skip()
+            if outcome is not None:
+                outcome["failed"] = True
+            before = shown_before if shown_before is not None else messages
+            yield ([{"role": m["role"], "content": m["content"]} for m in before], gr.skip(),
+                   gr.skip(), gr.skip(), f"⚠️ {error}", "", gr.skip())
             return
         finally:
             running.pop(request.session_hash, None)
@@ -158,21 +163,23 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
 
     reply_outputs = [chatbot, history, conversation_id, conversations, notice, stats, title]
 
-    def on_send(text, messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
-                request: gr.Request):
+    def on_send(text, messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
+                seed_value, request: gr.Request):
         text = text or ""
         if not text.strip():
             gr.Warning("The message is empty: type something to send.")
             return
-        new = [{"role": m["role"], "content": m["content"]} for m in messages] + [{"role": "user", "content": text}]
+        new = [{"role": m["role"], "content": m["content"]} for m in messages]
+        new.append({"role": "user", "content": text})
         first = True
         settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
-        for update in reply(new, conv_id, settings, request):
-            yield (*update, "" if first else gr.skip())
+        outcome = {"failed": False}
+        for update in reply(new, conv_id, settings, request, shown_before=messages, outcome=outcome):
+            yield (*update, text if outcome["failed"] else "" if first else gr.skip())
             first = False
 
-    def on_regenerate(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
-                      request: gr.Request):
+    def on_regenerate(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
+                      seed_value, request: gr.Request):
         trimmed = [{"role": m["role"], "content": m["content"]} for m in messages]
         while trimmed and trimmed[-1]["role"] == "assistant":
             trimmed.pop()
@@ -182,8 +189,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
         yield from reply(trimmed, conv_id, settings, request)
 
-    def on_continue(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
-                    request: gr.Request):
+    def on_continue(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
+                    seed_value, request: gr.Request):
         listed = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not listed or listed[-1]["role"] != "assistant":
             gr.Warning("Continue extends the last reply; there is none yet.")
