@@ -208,6 +208,12 @@ class GalleryStore:
         with self.db.session() as session:
             return self._view(self._row(session, item_id))
 
+    def find_by_uid(self, uid: str) -> ItemView | None:
+        """The item whose files are named `uid` (a path sent between tabs maps back to its row)."""
+        with self.db.session() as session:
+            row = session.scalar(select(Item).where(Item.uid == uid))
+            return self._view(row) if row is not None else None
+
     def open_image(self, item_id: int) -> Image.Image:
         item = self.get(item_id)
         if item.file_path is None:

@@ -1,8 +1,8 @@
 """Queue overhead per job, with a trivial engine (studio/jobs/testing.py: `queue_noop` takes the
 engine lock, reports one progress step and returns), at 10 and 10,000 queued jobs.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue.py            # 10 and 10,000
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue.py --depths 10 1000 --json out.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue_overhead.py            # 10 and 10,000
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue_overhead.py --depths 10 1000 --json out.json
 
 Measured, per queue depth (a fresh file database in a temp dir, WAL, like the studio's):
   enqueue (batch)      enqueue_many of the whole backlog, per job (validation + one INSERT)
