@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# The repo root instead of this folder: benchmarks/queue_overhead.py would shadow the standard library.
+# The repo root instead of this folder, so no script here can shadow a standard-library module.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
