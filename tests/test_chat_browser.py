@@ -91,3 +91,20 @@ def test_regenerate_continue_and_edit_last(page):
     history = page.locator("#chat-history").inner_text()
     assert "Name one vegetable." in history and "Name one fruit." not in history
     page.locator("#chat-conversations label", has_text="2 msg").first.wait_for()
+
+
+def test_bad_input_is_refused_with_a_message_and_nothing_saved(page):
+    open_tab(page, "Chat")
+    page.locator("#chat-send").click()  # empty
+    page.get_by_text("The message is empty").first.wait_for()
+    page.locator("#chat-message textarea").fill("x" * 100_000)
+    page.locator("#chat-send").click()
+    page.get_by_text("100,000 characters").first.wait_for()
+    page.locator("#chat-model input").fill("no-such-model")
+    page.locator("#chat-model input").press("Enter")
+    page.locator("#chat-message textarea").fill("hello")
+    page.locator("#chat-send").click()
+    page.get_by_text("unknown model 'no-such-model'").first.wait_for()
+    assert page.locator(BOT).count() == 0
+    assert page.locator("#chat-conversations label").count() == 0
+    assert page.locator("#chat-message textarea").input_value() == "hello"  # kept for a retry

@@ -261,7 +261,10 @@ def code_events(ctx: "StudioContext", params: dict,
             yield "text", number, live.text
         if live.cancelled:
             raise Cancelled()
-        code = live.text if request.mode in ("explain", "complete") else extract_code(live.text)
+        if request.mode == "explain" or (request.mode == "complete" and live.stats.fim):
+            code = live.text
+        else:  # a chat reply: the code is in its fenced block, if it used one
+            code = extract_code(live.text)
         round_ = CodeRound(number, code, live.text, stats=live.stats)
         if run_and_fix:
             round_.run = run_python(code)

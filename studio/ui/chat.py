@@ -117,6 +117,9 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                                            "continue_last": continue_last})
         except ValueError as error:
             gr.Warning(str(error))
+            if outcome is not None:
+                outcome["failed"] = True
+            yield (gr.skip(),) * 7  # a generator that yields nothing would clear every output
             return
         cancel = CancelToken()
         running[request.session_hash] = cancel
@@ -168,6 +171,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         text = text or ""
         if not text.strip():
             gr.Warning("The message is empty: type something to send.")
+            yield (gr.skip(),) * 8
             return
         new = [{"role": m["role"], "content": m["content"]} for m in messages]
         new.append({"role": "user", "content": text})
@@ -185,6 +189,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
             trimmed.pop()
         if not trimmed:
             gr.Warning("Nothing to regenerate yet.")
+            yield (gr.skip(),) * 7
             return
         settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
         yield from reply(trimmed, conv_id, settings, request)
@@ -194,6 +199,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         listed = [{"role": m["role"], "content": m["content"]} for m in messages]
         if not listed or listed[-1]["role"] != "assistant":
             gr.Warning("Continue extends the last reply; there is none yet.")
+            yield (gr.skip(),) * 7
             return
         settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
         yield from reply(listed, conv_id, settings, request, continue_last=True)

@@ -120,6 +120,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
             split_code_params(params)
         except ValueError as error_:
             gr.Warning(str(error_))
+            yield (gr.skip(),) * 4
             return
         cancel = CancelToken()
         running[request.session_hash] = cancel
@@ -136,7 +137,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                     continue
                 done.append(value)
                 log_text += round_markdown(value)
-                shown = (gr.skip(), value.reply) if explain else (value.code, gr.skip())
+                code_shown = (pre or "") + value.code + (suf or "") if mode_ == "complete" else value.code
+                shown = (gr.skip(), value.reply) if explain else (code_shown, gr.skip())
                 yield (*shown, log_text, f"*round {number} done*")
         except Cancelled:
             yield gr.skip(), gr.skip(), log_text, "**stopped** — nothing saved"
