@@ -232,21 +232,29 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     edit_last.click(on_edit_last, inputs=[history], outputs=[chatbot, history, message])
 
     # ------------------------------------------------------------ conversations
+    sliders = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
+               "repetition_penalty": repetition, "max_new_tokens": max_new}
+
     def on_select(conv_id):
+        """Open a saved conversation with the model, system prompt and sampling it last used."""
+        keep = (gr.skip(),) * (7 + len(sliders) + 1)
         if conv_id is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return keep
         try:
             conv = store.get(int(conv_id))
         except LookupError:
             gr.Warning("That conversation no longer exists.")
-            return ([], [], None, gr.update(choices=conversation_choices(store), value=None), "",
-                    gr.skip(), gr.skip())
+            return ([], [], None, "", gr.skip(), gr.skip(), "", *keep[7:])
         stored = [{"role": m.role, "content": m.content, "item_id": m.item_id} for m in conv.messages]
+        saved = [conv.params[name] if name in conv.params else gr.skip() for name in sliders]
+        seed_value = conv.params.get("seed", -1)
         return ([{"role": m["role"], "content": m["content"]} for m in stored], stored, conv.id,
-                conv.title, conv.system_prompt, conv.model or gr.skip(), "")
+                conv.title, conv.system_prompt, conv.model or gr.skip(), "", *saved,
+                -1 if seed_value is None else seed_value)
 
     conversations.input(on_select, inputs=[conversations],
-                        outputs=[chatbot, history, conversation_id, title, system, model, notice])
+                        outputs=[chatbot, history, conversation_id, title, system, model, notice,
+                                 *sliders.values(), seed])
 
     def on_new():
         return [], [], None, gr.update(value=None), "", "", ""
