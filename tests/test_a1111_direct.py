@@ -54,6 +54,7 @@ def test_options_persist_and_models_list(client):
     assert models and all({"title", "model_name", "hash", "filename"} <= set(m) for m in models)
     title = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
     assert title in {m["title"] for m in models}
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
     saved = json.loads((client.ctx.config.data_dir / "a1111-options.json").read_text())
     assert saved["sd_model_checkpoint"] == title
     client.post("/sdapi/v1/options", json={"samples_format": "png", "my_option": 3})
