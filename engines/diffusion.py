@@ -246,8 +246,11 @@ class DiffusionEngine:
         seed reproduces on any device."""
         import torch
 
+        from engines.diffusion_speed import set_token_merging
+
         pipe = self._pipe(mode)
         pipe.scheduler = make_scheduler(self._scheduler_config, params.scheduler)
+        set_token_merging(pipe.unet, params.token_merging)
         info: dict[str, Any] = {"warnings": self._prompt_warnings(pipe, params)}
         strength = extra.get("strength", 1.0)
         steps_per_run = max(1, int(params.steps * strength)) if mode != "txt2img" else params.steps

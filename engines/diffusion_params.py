@@ -90,6 +90,9 @@ class Txt2ImgParams:
     candidates: int = 0  # best-of-N: generate this many, keep `keep` by CLIP score (0 = off)
     keep: int = 1
     preview_every: int = 5  # a preview image every this many steps (0 = none)
+    # ToMe (A1111 "Token merging ratio"): merge this share of tokens before full-resolution
+    # self-attention; faster at large sizes, slightly different images. 0 = exact (default).
+    token_merging: float = 0.0
 
     def __post_init__(self) -> None:
         self.check_inputs()
@@ -119,6 +122,7 @@ class Txt2ImgParams:
             raise ValueError(f"`keep` ({self.keep}) must not exceed `candidates` "
                              f"({self.candidates})")
         check_int("preview_every", self.preview_every, 0, 1000)
+        check_range("token_merging", self.token_merging, 0.0, 0.75)
 
     @property
     def image_count(self) -> int:

@@ -202,3 +202,36 @@ def test_runtime_options_from_environment(monkeypatch):
     monkeypatch.setenv("GENSTUDIO_VAE_TILING", "1")
     options = DiffusionEngine(model_id="genstudio-tiny-sd", device="cuda").options
     assert options == RuntimeOptions(half_precision=False, vae_tiling=True)
+
+
+def test_token_merging_roundtrip_and_effect():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engines.diffusion_speed import bipartite_merge, set_token_merging
+
+    x = torch.randn(2, 16 * 16, 8)
+    merge, unmerge = bipartite_merge(x, 16, 16, 0.5)
+    merged = merge(x)
+    assert merged.shape == (2, 16 * 16 - 128, 8)
+    restored = unmerge(merged)
+    assert restored.shape == x.shape
+    assert torch.allclose(merge(restored), merged, atol=1e-6)  # every token back where it was
+    # A UNet with self-attention at full resolution (the embedded one has none there).
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=4,
+                                norm_num_groups=8).eval()
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
+    with torch.inference_mode():
+        exact = unet(sample, 10, encoder_hidden_states=text).sample
+        set_token_merging(unet, 0.5)
+        merged_a = unet(sample, 10, encoder_hidden_states=text).sample
+        merged_b = unet(sample, 10, encoder_hidden_states=text).sample
+        set_token_merging(unet, 0.0)
+        back = unet(sample, 10, encoder_hidden_states=text).sample
+    assert torch.equal(merged_a, merged_b) and torch.equal(back, exact)
+    assert not torch.allclose(merged_a, exact)
+    assert (merged_a - exact).norm() / exact.norm() < 0.5
