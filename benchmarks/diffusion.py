@@ -13,7 +13,7 @@ diffusers StableDiffusionPipeline, in the same process, same weights, scheduler,
     public config with random weights (engines/diffusion_random.py), saved once under
     runs/bench-sd15 (4.3 GB) and loaded from there by both sides, at 512x512.
 
-Each side gets one untimed warm-up image (2 steps; for our engine this includes torch.compile),
+Each side gets one untimed warm-up image (1 step; with --compile this includes torch.compile),
 then `--images` timed images; the median is reported. Plain and ours alternate image by image so
 load from other processes on the machine hits both alike. Results go to runs/bench_diffusion.json.
 """
@@ -69,14 +69,15 @@ def time_plain(pipe, steps: int, size: int, seed: int) -> dict:
     return {"image_s": total, "step_s": _median_step(started, marks)}
 
 
-def time_engine(engine, steps: int, size: int, seed: int) -> dict:
+def time_engine(engine, steps: int, size: int, seed: int, token_merging: float = 0.0) -> dict:
     from engines.diffusion import Txt2ImgParams
 
     marks = []
     started = time.perf_counter()
     engine.generate(Txt2ImgParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps,
                                   guidance_scale=7.0, width=size, height=size, seed=seed,
-                                  scheduler="DPM++ 2M", preview_every=0),
+                                  scheduler="DPM++ 2M", preview_every=0,
+                                  token_merging=token_merging),
                     lambda p: marks.append(time.perf_counter()))
     total = time.perf_counter() - started
     return {"image_s": total, "step_s": _median_step(started, marks)}
@@ -88,55 +89,53 @@ def _median_step(started: float, marks: list[float]) -> float:
 
 
 def bench_model(name: str, folder: str, size: int, steps: int, images: int,
-                compile_unet: bool) -> dict:
-    import torch
-
+                compile_unet: bool, tome: float) -> dict:
+    """Sides: "plain" (diffusers defaults), "ours" (the engine, exact), and with --tome
+    "ours+tome" (the same engine object, token merging on for those requests)."""
     from engines.diffusion import DiffusionEngine
     from engines.diffusion_loading import RuntimeOptions
 
-    print(f"\n== {name}: {size}x{size}, {steps} steps, {images} timed image(s) per side", flush=True)
+    print(f"\n== {name}: {size}x{size}, {steps} steps, {images} timed image(s) per side, "
+          f"compile={compile_unet}, tome={tome}", flush=True)
     loaded = time.perf_counter()
     plain = plain_pipeline(folder)
-    plain_load = time.perf_counter() - loaded
+    load = {"plain": time.perf_counter() - loaded}
     loaded = time.perf_counter()
-    options = RuntimeOptions(compile=compile_unet, channels_last=compile_unet)
-    engine = DiffusionEngine(model_id=folder, device="cpu", options=options)
+    engine = DiffusionEngine(model_id=folder, device="cpu",
+                             options=RuntimeOptions(compile=compile_unet))
     engine.load()
-    engine_load = time.perf_counter() - loaded
-    # Warm-up (untimed): first-call allocations, and torch.compile for the engine.
-    warm = time.perf_counter()
-    time_plain(plain, 2, size, 0)
-    plain_warm = time.perf_counter() - warm
-    warm = time.perf_counter()
-    time_engine(engine, 2, size, 0)
-    engine_warm = time.perf_counter() - warm
-    print(f"   warm-up: plain {plain_warm:.1f} s, ours {engine_warm:.1f} s "
-          f"(includes compile: {compile_unet})", flush=True)
-    runs = {"plain": [], "ours": []}
-    for i in range(images):
-        runs["plain"].append(time_plain(plain, steps, size, 1 + i))
-        runs["ours"].append(time_engine(engine, steps, size, 1 + i))
-        print(f"   image {i + 1}: plain {runs['plain'][-1]['image_s']:.2f} s "
-              f"({runs['plain'][-1]['step_s']:.3f} s/step), ours "
-              f"{runs['ours'][-1]['image_s']:.2f} s ({runs['ours'][-1]['step_s']:.3f} s/step)",
-              flush=True)
+    load["ours"] = time.perf_counter() - loaded
+    sides = {"plain": lambda st, seed: time_plain(plain, st, size, seed),
+             "ours": lambda st, seed: time_engine(engine, st, size, seed)}
+    if tome:
+        sides["ours+tome"] = lambda st, seed: time_engine(engine, st, size, seed, tome)
+    # Warm-up (untimed, 1 step): first-call allocations, and torch.compile when asked.
+    warmup = {}
+    for side, run in sides.items():
+        started = time.perf_counter()
+        run(1, 0)
+        warmup[side] = time.perf_counter() - started
+    print("   warm-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in warmup.items()), flush=True)
+    runs: dict[str, list] = {side: [] for side in sides}
+    for i in range(images):  # alternate sides so outside load hits all alike
+        for side, run in sides.items():
+            runs[side].append(run(steps, 1 + i))
+            print(f"   image {i + 1} {side}: {runs[side][-1]['image_s']:.2f} s "
+                  f"({runs[side][-1]['step_s']:.3f} s/step)", flush=True)
     summary = {side: {"image_s": statistics.median(r["image_s"] for r in rs),
                       "step_s": statistics.median(r["step_s"] for r in rs)}
                for side, rs in runs.items()}
-    result = {
-        "model": name, "size": size, "steps": steps, "images": images, "compile": compile_unet,
-        "plain": summary["plain"], "ours": summary["ours"],
-        "ratio_image": summary["ours"]["image_s"] / summary["plain"]["image_s"],
-        "ratio_step": summary["ours"]["step_s"] / summary["plain"]["step_s"],
-        "load_s": {"plain": plain_load, "ours": engine_load},
-        "warmup_s": {"plain": plain_warm, "ours": engine_warm}, "runs": runs,
-    }
-    print(f"   => ours/plain: {result['ratio_step']:.2f} per step, "
-          f"{result['ratio_image']:.2f} per image", flush=True)
+    ratios = {side: {"step": summary[side]["step_s"] / summary["plain"]["step_s"],
+                     "image": summary[side]["image_s"] / summary["plain"]["image_s"]}
+              for side in sides if side != "plain"}
+    for side, ratio in ratios.items():
+        print(f"   => {side}/plain: {ratio['step']:.2f} per step, {ratio['image']:.2f} per image",
+              flush=True)
     del plain, engine
     gc.collect()
-    torch.set_num_threads(torch.get_num_threads())
-    return result
+    return {"model": name, "size": size, "steps": steps, "images": images,
+            "compile": compile_unet, "tome": tome, "summary": summary, "ratios": ratios,
+            "load_s": load, "warmup_s": warmup, "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1, help="timed images per side (sd15)")
     parser.add_argument("--sd15-size", type=int, default=512)
     parser.add_argument("--quick", action="store_true", help="3 steps (a smoke run)")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="measure our engine without torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="our engine with torch.compile (minutes of compiling first)")
+    parser.add_argument("--tome", type=float, default=0.5,
+                        help="also time our engine with this token-merging ratio (0 = skip)")
     parser.add_argument("--cache", default=str(REPO / "runs" / "bench-sd15"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_diffusion.json"))
     args = parser.parse_args(argv)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "tiny":
             folder = str(REPO / "assets" / "sd-tiny")
             results.append(bench_model("tiny", folder, 64, steps, max(3, args.images),
-                                       not args.no_compile))
+                                       args.compile, args.tome))
         elif name == "sd15":
             folder = Path(args.cache)
             if not (folder / "model_index.json").exists():
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"building random SD 1.5 weights in {folder} (once)...", flush=True)
                 build_random_sd(folder, "sd15")
             results.append(bench_model("sd15-random", str(folder), args.sd15_size, steps,
-                                       args.images, not args.no_compile))
+                                       args.images, args.compile, args.tome))
         else:
             parser.error(f"unknown model {name!r}")
     record = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -178,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(record, indent=2))
     print(f"\nwrote {args.out}")
     for r in results:
-        print(f"{r['model']:12} {r['size']}px {r['steps']} steps  plain {r['plain']['step_s']:.3f} "
-              f"s/step {r['plain']['image_s']:.2f} s/img | ours {r['ours']['step_s']:.3f} s/step "
-              f"{r['ours']['image_s']:.2f} s/img | ratio {r['ratio_step']:.2f} / "
-              f"{r['ratio_image']:.2f}")
+        for side, value in r["summary"].items():
+            ratio = r["ratios"].get(side)
+            print(f"{r['model']:12} {r['size']}px {r['steps']} steps {side:10} "
+                  f"{value['step_s']:.3f} s/step {value['image_s']:.2f} s/image"
+                  + (f"  ratio {ratio['step']:.2f} / {ratio['image']:.2f}" if ratio else ""))
     return 0
 
 
