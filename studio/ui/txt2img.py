@@ -161,13 +161,16 @@ def on_select(evt: gr.SelectData) -> int:
 
 # ------------------------------------------------------------------ this tab
 def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
-            batch_count, candidates, keep, model, init_path, strength, source_id) -> tuple[str, dict]:
+            batch_count, candidates, keep, model, init_path, strength, source_id,
+            token_merging=0.0) -> tuple[str, dict]:
     params = {"prompt": prompt or "", "negative_prompt": negative or "", "steps": int(steps),
               "guidance_scale": float(cfg), "scheduler": scheduler, "width": int(width),
               "height": int(height), "seed": int(seed if seed is not None else -1),
               "batch_size": int(batch_size), "batch_count": int(batch_count)}
     if model and model != DEFAULT_MODEL:
         params["model"] = model
+    if token_merging:
+        params["token_merging"] = float(token_merging)
     if mode == "img2img":
         if not init_path:
             raise gr.Error("Image to image needs an image: upload one or send one here.")
@@ -223,6 +226,9 @@ def build(ctx) -> dict[str, Any]:
                                 allow_custom_value=True, elem_id="txt2img-model",
                                 info="The embedded model makes 64×64 images; others from "
                                      "data/models (diffusers folders or .safetensors).")
+            token_merging = gr.Slider(0, 0.75, value=0, step=0.05,
+                                      label="Token merging ratio (ToMe: faster large images, "
+                                            "slightly different; 0 = exact)")
         with gr.Column(scale=2):
             status = gr.HTML(elem_id="txt2img-status")
             preview = gr.Image(label="Preview", interactive=False, height=192,
@@ -240,7 +246,8 @@ def build(ctx) -> dict[str, Any]:
                 open_button = gr.Button("Open from gallery", size="sm", scale=1)
 
     controls = [mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
-                batch_count, candidates, keep, model, init_image, strength, source_id]
+                batch_count, candidates, keep, model, init_image, strength, source_id,
+                token_merging]
 
     def run(request: gr.Request, *values):  # gradio puts the request first, by its type
         task, params = _params(*values)
