@@ -1,5 +1,6 @@
 """The Chat tab in Chromium against the real studio: send a message, watch it stream, stop it,
-reload the page, find the conversation listed and open it again."""
+reload the page, find the conversation listed and open it again; restart the studio and find it
+still listed; regenerate, continue, edit; bad input refused with nothing saved."""
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ def bot_text(page) -> str:
     return messages.last.inner_text() if messages.count() else ""
 
 
-def test_send_stream_stop_reload_lists_the_conversation(page):
+def test_send_stream_stop_reload_lists_the_conversation(page, studio_server):
     open_tab(page, "Chat")
     page.locator("#chat-message textarea").fill("Write a very long story about a dragon and a knight, at least 1000 words.")
     page.locator("#chat-send").click()
@@ -45,6 +46,13 @@ def test_send_stream_stop_reload_lists_the_conversation(page):
         "document.querySelector('#chat-history').innerText.includes('Write a very long story')",
         timeout=30_000)
     assert bot_text(page).strip()[:20] == stopped_at.strip()[:20]
+
+    # After a restart of the studio itself, the conversation is still there.
+    studio_server.restart()
+    page.goto(studio_server.url)
+    open_tab(page, "Chat")
+    page.locator("#chat-conversations label", has_text="Write a very long story").first.wait_for(
+        timeout=30_000)
 
 
 def seed_shown(page) -> str:
