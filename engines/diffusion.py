@@ -231,7 +231,8 @@ class DiffusionEngine:
             prompt=params.prompt, negative_prompt=params.negative_prompt, steps=params.steps,
             guidance_scale=params.guidance_scale, seed=params.seed, batch_size=params.batch_size,
             batch_count=params.batch_count, scheduler=params.scheduler,
-            preview_every=params.preview_every, init_image=canvas, strength=params.strength,
+            preview_every=params.preview_every, token_merging=params.token_merging,
+            init_image=canvas, strength=params.strength,
             mask=Image.fromarray(painted.astype(np.uint8) * 255), mask_blur=params.mask_blur,
             inpainting_fill=params.inpainting_fill)
         result = self._inpaint(inpaint, on_progress, cancel, painted=painted)

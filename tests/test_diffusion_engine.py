@@ -235,3 +235,15 @@ def test_token_merging_roundtrip_and_effect():
     assert torch.equal(merged_a, merged_b) and torch.equal(back, exact)
     assert not torch.allclose(merged_a, exact)
     assert (merged_a - exact).norm() / exact.norm() < 0.5
+
+
+def test_single_file_that_cannot_load_is_an_engine_error(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "not-a-model.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    engine = DiffusionEngine(model_id=str(path), device="cpu")
+    with pytest.raises(EngineError, match="could not load not-a-model"):
+        engine.load()
+    assert not engine.loaded
