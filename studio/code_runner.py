@@ -46,7 +46,10 @@ class RunResult:
         if self.returncode is not None and self.returncode < 0:
             name = signal.Signals(-self.returncode).name
             return f"The program was killed by {name} (a CPU or memory limit).\n{self.stderr[-2000:]}"
-        return self.stderr[-4000:] or f"exit status {self.returncode}"
+        text = self.stderr[-4000:] or f"exit status {self.returncode}"
+        if "EOFError" in text:
+            text += "\n(The program runs without a keyboard: input() gets no data. Do not read input.)"
+        return text
 
     def summary(self) -> dict:
         return {"returncode": self.returncode, "timed_out": self.timed_out,

@@ -23,18 +23,19 @@ GR_LANGUAGE = {"python": "python", "javascript": "javascript", "typescript": "ty
 
 
 def round_markdown(round_) -> str:
+    """One run & fix round: its code, the verdict, what it printed."""
     run = round_.run
     if run is None:
         return ""
     if run.ok:
-        verdict = f"✅ ran in {run.duration_s:.2f} s"
+        verdict = f"passed, ran in {run.duration_s:.2f} s"
     elif run.timed_out:
-        verdict = "⏱️ timed out"
+        verdict = "failed: timed out"
     else:
-        verdict = f"❌ exit status {run.returncode}"
+        verdict = f"failed: exit status {run.returncode}"
     out = (run.stdout or "").strip()[-1500:]
     err = (run.stderr or "").strip()[-1500:]
-    text = f"**Round {round_.round}** — {verdict}\n"
+    text = f"**Round {round_.round}** — {verdict}\n\n```python\n{round_.code}\n```\n"
     if out:
         text += f"\nstdout:\n```\n{out}\n```\n"
     if err:
@@ -153,7 +154,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         stats = done[-1].stats
         verdict = ""
         if done[-1].run is not None:
-            verdict = " · runs ✅" if done[-1].run.ok else f" · still failing after {len(done)} round(s)"
+            verdict = (f" · runs after {len(done)} round(s)" if done[-1].run.ok
+                       else f" · still failing after {len(done)} round(s)")
         yield (gr.skip(), gr.skip(), log_text,
                f"{stats.completion_tokens} tokens · {stats.tokens_per_s:.1f} tok/s · "
                f"{'FIM tokens' if stats.fim else stats.backend}{verdict} · gallery item {item.id}")
