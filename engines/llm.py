@@ -169,7 +169,6 @@ class Prepared:
 def render_template(template: str | None, messages: list[dict], bos: str, eos: str,
                     add_generation_prompt: bool) -> str:
     """The model's own Jinja chat template, rendered the way transformers does (sandboxed)."""
-    from jinja2 import StrictUndefined  # noqa: F401  (jinja2 comes with transformers/gradio)
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

@@ -11,6 +11,7 @@ Nothing here imports torch or a model library.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -92,8 +93,6 @@ def qwen_coder_parts() -> list[Path] | None:
         folder = _package_dir(package)
         if folder is None:
             return None
-        import importlib
-
         module = importlib.import_module(package)  # each part exposes get_part_path()
         parts.append(Path(module.get_part_path()))
     return parts

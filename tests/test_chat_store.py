@@ -2,8 +2,6 @@
 the ORM models mirror the migration; the chat task records a gallery text item."""
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from studio.chat.models import Conversation, Message

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 
 import pytest
 
-from engines.llm import GenerationStats
 from engines.llm_catalog import embedded_gguf
 from studio.code_runner import RunLimits, run_python
 from studio.context import StudioContext

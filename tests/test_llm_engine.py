@@ -2,9 +2,6 @@
 token, seeds, the chat template, context trimming, and clear errors for bad input."""
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from engines.base import Cancelled, CancelToken

@@ -11,7 +11,7 @@ import asyncio
 import queue
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from engines.base import CancelToken, ProgressCallback
