@@ -30,6 +30,9 @@ class UNetConfig:
     warmup: int = 100
     ema_max: float = 0.998  # EMA decay ramps up to this ((1 + n) / (10 + n)); short runs need a short EMA
     caption_dropout: float = 0.1  # empty prompt this often, so classifier-free guidance works
+    # v: at the noisiest steps the target is ~ -x0, so flat backgrounds are learned (epsilon
+    # reached 0.25-0.38 background accuracy in 1,500 steps, v 0.83 in 300).
+    prediction_type: str = "v_prediction"
     min_snr_gamma: float = 5.0  # down-weights nearly clean timesteps, which say nothing about layout
     noise_offset: float = 0.05  # lets flat backgrounds drift from mid-grey (SD's known bias)
     eval_every: int = 300
@@ -56,17 +59,17 @@ def build_unet(cross_attention_dim: int):
     )
 
 
-def build_scheduler():
+def build_scheduler(prediction_type: str = "epsilon"):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, prediction_type="epsilon", clip_sample=False, steps_offset=1)
+                         beta_end=0.012, prediction_type=prediction_type, clip_sample=False, steps_offset=1)
 
 
-def make_pipeline(unet, vae, text_encoder, tokenizer):
+def make_pipeline(unet, vae, text_encoder, tokenizer, prediction_type: str = "epsilon"):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler.from_config(build_scheduler().config)
+    scheduler = DPMSolverMultistepScheduler.from_config(build_scheduler(prediction_type).config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -133,7 +136,7 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
     index, states = text_cache(text_encoder, tokenizer)
     unet = build_unet(text_encoder.config.hidden_size)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    sched = build_scheduler()
+    sched = build_scheduler(cfg.prediction_type)
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -162,10 +165,15 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
         noise = torch.randn(x0.shape, generator=g) + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
         t = torch.randint(0, 1000, (cfg.batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
-        # 2. Epsilon loss with min-SNR weights.
+        # 2. Loss with min-SNR weights. Epsilon: min(snr, g) / snr. For v the paper's
+        #    min(snr, g) / (snr + 1) is ~0 at the noisiest steps (snr 0.005 at t = 999), exactly
+        #    where v ~ -x0 teaches the global colours; min(snr + 1, g) / (snr + 1) keeps those at 1.
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
-        loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        if cfg.prediction_type == "epsilon":
+            target, w = noise, torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+        else:
+            target, w = sched.get_velocity(x0, noise, t), torch.clamp(snr[t] + 1, max=cfg.min_snr_gamma) / (snr[t] + 1)
+        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
         # 3. Update with warmup, clipping and EMA.
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
@@ -188,7 +196,7 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
         # 4. Judge the EMA model; export it when it is the best so far.
         if step % cfg.eval_every == 0:
             te = time.time()
-            pipe = make_pipeline(ema, vae, text_encoder, tokenizer)
+            pipe = make_pipeline(ema, vae, text_encoder, tokenizer, cfg.prediction_type)
             scores = evaluate(pipe, judge, cfg.eval_prompts, cfg.eval_steps, cfg.guidance)
             h = headline(scores)
             log(f"eval step {step} headline {h:.3f} {json.dumps(scores)} ({time.time() - te:.0f}s)")

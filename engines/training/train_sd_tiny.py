@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--unet-steps", type=int, default=100_000)
     p.add_argument("--minutes", type=float, default=90.0, help="UNet wall-clock budget")
+    p.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-finetune-steps", type=int, default=600)
     p.add_argument("--clip-steps", type=int, default=500)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None):
     from .sd_data import cached_dataset
     from .sd_judge import load_judge
     from .sd_text import train_clip
-    from .sd_unet import train_unet
+    from .sd_unet import UNetConfig, train_unet
     from .sd_vae import encode_all, finetune_vae, train_vae
 
     # 1. Data.
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None):
     # 5. UNet until the step or time budget runs out.
     deadline = time.time() + 60 * args.minutes
     _, _, step = train_unet(work, args.out, latents, scenes, vae, text_encoder, tokenizer, judge, clip_dir,
-                            max_steps=args.unet_steps, deadline=deadline, resume=args.resume, log=log)
+                            max_steps=args.unet_steps, deadline=deadline, resume=args.resume, log=log,
+                            cfg=UNetConfig(prediction_type=args.prediction_type))
     log(f"unet stopped at step {step}; best model in {args.out}")
 
 
