@@ -146,6 +146,7 @@ class GenerationStats:
     duration_s: float = 0.0
     tokens_per_s: float = 0.0  # decode speed, after the first token
     trimmed_messages: int = 0  # oldest messages left out to fit the context window
+    cached_tokens: int = 0  # prompt tokens whose keys/values were kept from the last request
     context_length: int = 0
     fim: bool = False  # True when the model's own fill-in-the-middle tokens were used
 
@@ -324,6 +325,7 @@ class LLMEngine:
                 if first_at is None:
                     first_at = time.perf_counter()
                     stats.ttft_s = first_at - started
+                    stats.cached_tokens = getattr(self.backend, "reused_tokens", 0)
                 if self.backend.is_end(token):
                     stats.finish_reason = "stop"
                     break

@@ -110,6 +110,8 @@ class LlamaCppBackend(Backend):
         if source.sha256:
             verify_sha256(source.path, source.sha256)
         self.context_length = context_length or DEFAULT_CONTEXT
+        self._evaluated: list[int] = []  # prompt tokens whose keys/values are in the cache
+        self.reused_tokens = 0  # how many the last generation did not evaluate again
         self.llm = self._open(source.path)
         meta = self.llm.metadata  # GGUF key-values, as strings
         trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0) or 0)
@@ -158,14 +160,30 @@ class LlamaCppBackend(Backend):
 
     def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
         llm = self.llm
-        # 1. A fresh context every time: the same seed and prompt always give the same text.
-        llm.reset()
         llm.set_seed(sampling.seed)
-        # 2. The prompt in chunks, checking for Stop between them; the last token goes through
-        #    generate() so that it samples from its logits.
-        for start in range(0, len(prompt) - 1, PROMPT_CHUNK):
+        body = prompt[:-1]  # the last prompt token goes through generate(), which samples after it
+        # 1. Keep the cached keys/values of the whole 256-token chunks this prompt shares with the
+        #    last one (a chat's next turn starts with the previous turns). Prompts are always
+        #    evaluated in chunks at the same fixed boundaries, so a kept chunk holds exactly what
+        #    a fresh evaluation would compute: the same seed still gives the same text.
+        common = 0
+        for cached, token in zip(self._evaluated, body):
+            if cached != token:
+                break
+            common += 1
+        keep = common // PROMPT_CHUNK * PROMPT_CHUNK
+        if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep
+        else:
+            keep = 0
+            llm.reset()
+        self._evaluated = body[:keep]
+        self.reused_tokens = keep
+        # 2. The rest of the prompt, a chunk at a time, checking for Stop between chunks.
+        for start in range(keep, len(body), PROMPT_CHUNK):
             cancel.raise_if_cancelled()
-            llm.eval(prompt[start:min(start + PROMPT_CHUNK, len(prompt) - 1)])
+            llm.eval(body[start:start + PROMPT_CHUNK])
+            self._evaluated = body[:start + PROMPT_CHUNK]
         cancel.raise_if_cancelled()
         # 3. One token per step; the caller stops iterating to stop computing.
         generator = llm.generate(

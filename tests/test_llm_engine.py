@@ -162,3 +162,27 @@ def test_params_round_trip_through_json():
         LLMParams.from_dict({"prompt": "x", "temprature": 1})
     with pytest.raises(ValueError, match="role"):
         LLMParams.from_dict({"messages": [{"role": "robot", "content": "hi"}]})
+
+
+def test_next_chat_turn_reuses_the_prompt_cache_and_stays_exact(engine):
+    if engine.backend_name != "llama.cpp":
+        pytest.skip("prompt-cache reuse is a llama.cpp backend feature")
+    turns = []
+    for i in range(16):
+        turns += [ChatMessage("user", f"Tell me one fact about the number {i}, please, in a sentence."),
+                  ChatMessage("assistant", f"The number {i} comes right after {i - 1} and before {i + 1}.")]
+    turns.append(ChatMessage("user", "Now write a short poem about numbers."))
+    params = LLMParams(messages=tuple(turns), max_new_tokens=24, temperature=0.9, seed=11)
+    engine.generate(ask("Something unrelated, to clear the cache.", max_new_tokens=2))
+    fresh = engine.generate(params)
+    assert fresh.stats.cached_tokens == 0 and fresh.stats.prompt_tokens > 512
+    reused = engine.generate(params)
+    assert reused.stats.cached_tokens >= 512 and reused.text == fresh.text
+    longer = LLMParams(messages=tuple(turns) + (ChatMessage("assistant", reused.text),
+                                                 ChatMessage("user", "Thanks!")),
+                       max_new_tokens=16, temperature=0.9, seed=5)
+    warm = engine.generate(longer)
+    engine.generate(ask("Something unrelated again.", max_new_tokens=2))
+    cold = engine.generate(longer)
+    assert warm.stats.cached_tokens >= 512 and cold.stats.cached_tokens == 0
+    assert warm.text == cold.text  # the cache changes the speed, never the text

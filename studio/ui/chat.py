@@ -35,6 +35,8 @@ def stats_line(stats, stopped: bool) -> str:
     parts = [f"{stats.completion_tokens} tokens", f"{stats.tokens_per_s:.1f} tok/s"]
     if stats.ttft_s is not None:
         parts.append(f"first token {stats.ttft_s:.2f} s")
+    if stats.cached_tokens:
+        parts.append(f"{stats.cached_tokens} prompt tokens from cache")
     parts += [stats.backend, f"seed {stats.seed}"]
     if stopped:
         parts.append("**stopped**")
