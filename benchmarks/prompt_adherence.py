@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -67,9 +68,10 @@ def grid(images: list, captions: list[str], cols: int, cell: int = 128) -> Image
     for k, (im, cap) in enumerate(zip(images, captions)):
         x, y = (k % cols) * cell, (k // cols) * (cell + text_h)
         out.paste(im.resize((cell, cell), Image.Resampling.NEAREST), (x, y))
-        words = cap.replace(" background", " bg").split(" on a ")
-        draw.text((x + 3, y + cell + 2), words[0][:24], fill="black")
-        draw.text((x + 3, y + cell + 15), (words[0][24:] + (" / " + words[1] if len(words) > 1 else ""))[:24], fill="black")
+        short = cap.removeprefix("a ").replace(" on a ", ", ").replace(" background", " bg")
+        short = short.replace(" at the ", ", ").replace(" in the ", ", ")
+        for k_line, line in enumerate(textwrap.wrap(short, width=22)[:2]):
+            draw.text((x + 3, y + cell + 2 + 13 * k_line), line, fill="black")
     return out
 
 
