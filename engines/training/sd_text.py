@@ -44,7 +44,6 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 600):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS],
                                   end_of_word_suffix="</w>", show_progress=False)
     tok.train_from_iterator(all_captions() * 2, trainer)
-    model = tok.model
     vocab = dict(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
     # The trainer only adds "x</w>" for characters it saw word-final: add every byte character
     # in both forms so that any prompt tokenizes without unknowns.
@@ -52,7 +51,6 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 600):
         for piece in (ch, ch + "</w>"):
             vocab.setdefault(piece, len(vocab))
     merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in _merges(tok)]
-    del model
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH,
                               bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,17 @@ def headline(scores: dict) -> float:
     return float(np.mean([scores[s][a] for s in scores for a in ("shape", "colour", "background", "position")]))
 
 
+MODEL_CARD = """# sd-tiny
+
+A tiny Stable Diffusion (diffusers layout) trained offline by `engines/training/train_sd_tiny.py`
+on procedural scenes: one shape (circle, square, triangle, star), 8 colours, small or large, 5
+positions, 6 plain backgrounds. Native size 64 x 64; v-prediction; prompts cut at 32 tokens.
+Suggested: DPM++ 2M (shipped), 20 steps, guidance_scale 2.0 (higher shifts colours).
+`clip_scorer/` is the image side of the CLIP pair (see engines/clip_score.py).
+Recipe, measured adherence and limits: docs/sd-tiny.md.
+"""
+
+
 def export(out: Path, pipe, clip_dir: Path, info: dict):
     """Writes the folder next to `out` and swaps it in, so readers never see half a model."""
     tmp = out.with_name(out.name + ".tmp")
@@ -109,6 +120,7 @@ def export(out: Path, pipe, clip_dir: Path, info: dict):
     pipe.save_pretrained(tmp, safe_serialization=True)
     shutil.copytree(clip_dir / "clip_scorer", tmp / "clip_scorer")
     (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (tmp / "README.md").write_text(MODEL_CARD)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
