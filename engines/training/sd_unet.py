@@ -156,6 +156,9 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
     step, best = 0, -1.0
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu")
+        if state.get("prediction_type", "epsilon") != cfg.prediction_type:
+            raise ValueError(f"{ckpt} was trained with {state.get('prediction_type', 'epsilon')!r}, not "
+                             f"{cfg.prediction_type!r}; move it away or pass a matching --prediction-type")
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -203,7 +206,7 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
             t_last = time.time()
         if step % cfg.ckpt_every == 0:
             torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "step": step}, ckpt.with_suffix(".tmp"))
+                        "step": step, "prediction_type": cfg.prediction_type}, ckpt.with_suffix(".tmp"))
             ckpt.with_suffix(".tmp").replace(ckpt)
         # 4. Judge the EMA model; export it when it is the best so far.
         if step % cfg.eval_every == 0:
