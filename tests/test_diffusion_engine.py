@@ -247,3 +247,14 @@ def test_single_file_that_cannot_load_is_an_engine_error(tmp_path):
     with pytest.raises(EngineError, match="could not load not-a-model"):
         engine.load()
     assert not engine.loaded
+
+
+@pytest.mark.parametrize("name", DiffusionEngine.SCHEDULERS)
+def test_schedulers_keep_the_checkpoint_training_settings(engine, name):
+    from engines.diffusion_loading import make_scheduler
+
+    base = engine._scheduler_config
+    scheduler = make_scheduler(base, name)
+    for key in ("prediction_type", "beta_schedule", "num_train_timesteps"):
+        if key in base:
+            assert scheduler.config[key] == base[key]
