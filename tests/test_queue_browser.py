@@ -1,6 +1,7 @@
 """The real studio in Chromium: upload a three-line prompt file on the Queue tab, watch the three
 jobs finish (real txt2img on the embedded tiny model, or a random tiny one while the embedded
-model is absent), and find the three images in the Gallery tab."""
+model is absent), find the three images in the Gallery tab, and follow a finished job's link to
+its gallery item ("Open in gallery" opens the item's detail)."""
 from __future__ import annotations
 
 import json
@@ -46,3 +47,29 @@ def test_prompt_file_jobs_finish_and_land_in_the_gallery(page, studio_server, tm
     page.locator("#gallery-search textarea, #gallery-search input").first.fill("triangle")
     page.locator("#gallery-refresh").click()
     page.locator("#gallery-page-info").get_by_text("1 item").wait_for()
+
+    # "Open in gallery" from a finished job opens its item's detail in the Gallery tab.
+    jobs = page.request.get(f"{studio_server.url}/api/queue").json()["jobs"]
+    item_of = {job["label"]: job["item_ids"][0] for job in jobs}
+    red = item_of["a red circle"]
+    open_tab(page, "Queue")
+    listing.get_by_text("a red circle", exact=True).filter(visible=True).first.click()
+    expect(page.locator("#queue-output-pick input")).to_have_value(
+        f"#{red} image: a red circle", timeout=10_000)
+    page.locator("#queue-outputs img").first.wait_for()
+    page.locator("#queue-open-gallery").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[role=tab]')].some("
+        "e => e.textContent.trim() === 'Gallery' && e.getAttribute('aria-selected') === 'true')")
+    detail = page.locator("#gallery-detail")
+    expect(detail).to_contain_text(f"#{red} · image · txt2img")
+    expect(detail).to_contain_text("a red circle")
+
+    # Open another item by number, then the same job's link again: the detail follows the link.
+    green = item_of["a green square"]
+    page.get_by_label("Open item #").fill(str(green))
+    page.get_by_role("button", name="Open", exact=True).click()
+    expect(detail).to_contain_text(f"#{green} · image · txt2img")
+    open_tab(page, "Queue")
+    page.locator("#queue-open-gallery").click()
+    expect(detail).to_contain_text(f"#{red} · image · txt2img")

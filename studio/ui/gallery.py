@@ -79,6 +79,7 @@ def build(ctx) -> dict:
     ids = gr.State([])  # item ids of the grid, in display order
     selected = gr.State(None)  # the item id shown in the detail panel
     page = gr.State(1)
+    received = gr.State(None)  # receiver `item_id`: another tab puts an item id here to open it
 
     with gr.Row(equal_height=True):
         search = gr.Textbox(label="Search", placeholder="words from prompts and text outputs",
@@ -211,8 +212,14 @@ def build(ctx) -> dict:
     delete.click(remove, [selected], [selected, detail]).then(load_page, filters + [page], page_outputs)
     open_button.click(open_item, [open_id], detail_outputs)
 
-    return {"_refresh": (load_page, filters + [page], page_outputs), "_selected": selected,
-            "_send_buttons": send_buttons}
+    def receive(item_id):
+        return show(item_id) if item_id is not None else (gr.skip(),) * len(detail_outputs)
+
+    # Emptied after use, so that sending the same item again is a change again.
+    received.change(receive, [received], detail_outputs).then(lambda: None, None, received)
+
+    return {"item_id": received, "_refresh": (load_page, filters + [page], page_outputs),
+            "_selected": selected, "_send_buttons": send_buttons}
 
 
 def on_load(ctx, demo, own: dict) -> None:

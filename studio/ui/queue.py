@@ -2,7 +2,9 @@
 
 Thin: every action is one JobQueue call; expansion and file parsing live in studio.jobs.expand.
 The list refreshes itself every second (a gr.Timer) from the rows plus the worker's in-memory
-progress, so it also shows jobs queued from other tabs and from the REST API.
+progress, so it also shows jobs queued from other tabs and from the REST API. A selected job shows
+its outputs (thumbnails and text); "Open in gallery" sends the chosen one to the Gallery tab's
+`item_id` receiver (see `wire`), which opens its detail.
 """
 from __future__ import annotations
 
@@ -115,19 +117,32 @@ def build(ctx) -> dict:
         down = gr.Button("↓ Down", size="sm")
         top = gr.Button("To top", size="sm")
         hold = gr.Button("Hold / release", size="sm")
+    shown_outputs = gr.State(None)  # {"job", "items", "images"} of the outputs shown below
     with gr.Row():
         preview = gr.Image(label="Running job", interactive=False, height=256, scale=1)
-        outputs = gr.Gallery(label="Outputs of the selected job (in the Gallery tab: these #ids)",
-                             columns=6, height=256, allow_preview=False, object_fit="contain",
-                             fit_columns=False, interactive=False, scale=3,
-                             elem_id="queue-outputs")
+        with gr.Column(scale=3):
+            outputs = gr.Gallery(label="Outputs of the selected job (click one to choose it)",
+                                 columns=6, height=256, allow_preview=False, object_fit="contain",
+                                 fit_columns=False, interactive=False, elem_id="queue-outputs")
+            output_text = gr.Textbox(label="Text outputs of the selected job", lines=4,
+                                     max_lines=12, interactive=False, visible=False,
+                                     elem_id="queue-output-text")
+            with gr.Row(equal_height=True):
+                output_pick = gr.Dropdown([], label="Output (gallery item)", scale=3,
+                                          elem_id="queue-output-pick")
+                open_in_gallery = gr.Button("Open in gallery", size="sm", scale=1,
+                                            elem_id="queue-open-gallery")
     timer = gr.Timer(1.0)
 
     # ------------------------------------------------------------------ handlers
     def refresh():
+        return snapshot()[0]
+
+    def snapshot():
+        """The list's values (table, summary, preview, row ids) and the jobs they show."""
         queue = ctx.queue
         if queue is None:
-            return [], "**This studio runs without a queue.**", None, []
+            return ([], "**This studio runs without a queue.**", None, []), []
         jobs = queue.list(limit=LIST_LIMIT)
         live = queue.live()
         etas = queue.etas(jobs)
@@ -156,9 +171,19 @@ def build(ctx) -> dict:
         text = f"{state} · {', '.join(parts) or 'empty'}" + (
             f" · all done in about {_duration(last_eta)}" if last_eta else "")
         running = next(iter(live.values()), None)
-        return rows, text, running.preview if running is not None else None, [j.id for j in jobs]
+        return (rows, text, running.preview if running is not None else None,
+                [j.id for j in jobs]), jobs
 
     refresh_outputs = [table, summary, preview, shown_ids]
+    job_outputs_outputs = [outputs, output_text, output_pick, shown_outputs]
+
+    def tick(selected, shown):
+        """The timer: the list, and the selected job's outputs once they change (it finished)."""
+        values, jobs = snapshot()
+        job = next((j for j in jobs if shown and j.id == shown["job"] == selected), None)
+        if job is None or list(job.item_ids) == shown["items"]:
+            return (*values, *(gr.skip(),) * len(job_outputs_outputs))
+        return (*values, *job_outputs(job.id))
 
     def preview_count(task_name, text, use_matrix, file):
         lines = []
@@ -224,25 +249,41 @@ def build(ctx) -> dict:
     def select_row(ids, event: gr.SelectData):
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         if row is None or row >= len(ids):
-            return gr.update(), []
-        return ids[row], job_outputs(ids[row])
+            return (gr.skip(),) * (1 + len(job_outputs_outputs))
+        return ids[row], *job_outputs(ids[row])
 
     def job_outputs(selected):
+        """Thumbnails and text of the job's gallery items, and the items to choose from for
+        "Open in gallery" (the first one chosen)."""
+        empty = ([], gr.update(value="", visible=False), gr.update(choices=[], value=None), None)
         if selected is None or ctx.queue is None:
-            return []
+            return empty
         try:
             job = ctx.queue.get(int(selected))
         except LookupError:
-            return []
-        shown = []
+            return empty
+        thumbs, texts, choices, images = [], [], [], []
         for item_id in job.item_ids:
             try:
                 item = ctx.gallery.get(item_id)
-            except LookupError:
+            except LookupError:  # deleted in the Gallery tab since
                 continue
-            if item.thumb_path is not None:
-                shown.append((str(item.thumb_path), f"#{item.id}"))
-        return shown
+            about = (item.prompt or item.text or "").replace("\n", " ")[:60]
+            choices.append((f"#{item.id} {item.kind}: {about}", item.id))
+            if item.kind == "image" and item.thumb_path is not None:
+                thumbs.append((str(item.thumb_path), f"#{item.id}"))
+                images.append(item.id)
+            elif item.kind == "text":
+                texts.append(f"#{item.id}\n{item.text or ''}")
+        return (thumbs, gr.update(value="\n\n".join(texts), visible=bool(texts)),
+                gr.update(choices=choices, value=choices[0][1] if choices else None),
+                {"job": job.id, "items": list(job.item_ids), "images": images})
+
+    def pick_output(shown, event: gr.SelectData):
+        images = (shown or {}).get("images", [])
+        if not isinstance(event.index, int) or event.index >= len(images):
+            return gr.skip()
+        return images[event.index]
 
     def set_paused(value):
         def handler():
@@ -264,12 +305,14 @@ def build(ctx) -> dict:
     add.click(add_prompt, add_inputs, refresh_outputs)
     prompt.submit(add_prompt, add_inputs, refresh_outputs)
     add_file.click(add_prompt_file, [task, prompt_file, params, matrix, priority], refresh_outputs)
-    timer.tick(refresh, None, refresh_outputs, show_progress="hidden")
+    timer.tick(tick, [job_id, shown_outputs], refresh_outputs + job_outputs_outputs,
+               show_progress="hidden")
     pause.click(set_paused(True), None, refresh_outputs)
     resume.click(set_paused(False), None, refresh_outputs)
     clear.click(clear_finished, None, refresh_outputs)
-    table.select(select_row, [shown_ids], [job_id, outputs])
-    job_id.submit(job_outputs, [job_id], outputs)
+    table.select(select_row, [shown_ids], [job_id, *job_outputs_outputs])
+    job_id.submit(job_outputs, [job_id], job_outputs_outputs)
+    outputs.select(pick_output, [shown_outputs], output_pick)
     cancel.click(act(lambda q, i: q.cancel(i)), [job_id], refresh_outputs)
     retry.click(act(lambda q, i: q.retry(i)), [job_id], refresh_outputs)
     up.click(act(lambda q, i: q.move(i, "up")), [job_id], refresh_outputs)
@@ -277,9 +320,28 @@ def build(ctx) -> dict:
     top.click(act(lambda q, i: q.move(i, "top")), [job_id], refresh_outputs)
     hold.click(act(toggle_hold), [job_id], refresh_outputs)
 
-    return {"prompt": prompt, "_refresh": (refresh, refresh_outputs)}
+    return {"prompt": prompt, "_refresh": (refresh, refresh_outputs), "_output_pick": output_pick,
+            "_open_in_gallery": open_in_gallery}
 
 
 def on_load(ctx, demo, own: dict) -> None:
     handler, outputs = own["_refresh"]
     demo.load(handler, None, outputs)
+
+
+def wire(ctx, tabs, handles: dict) -> None:
+    """"Open in gallery" puts the chosen output's item id in the Gallery tab's `item_id`
+    receiver (which opens its detail) and switches to that tab; hidden without the receiver."""
+    own = handles[TAB_ID]
+    button = own["_open_in_gallery"]
+    receiver = handles.get("gallery", {}).get("item_id")
+    if receiver is None:
+        button.visible = False
+        return
+
+    def send(item_id):
+        if item_id is None:
+            raise gr.Error("Select a finished job (click its row), then one of its outputs.")
+        return int(item_id), gr.Tabs(selected="gallery")
+
+    button.click(send, [own["_output_pick"]], [receiver, tabs])
