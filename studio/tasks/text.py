@@ -222,6 +222,8 @@ def split_code_params(params: dict) -> tuple[str, CodeRequest, dict, bool, int]:
     run_and_fix = bool(values.pop("run_and_fix", False))
     rounds = values.pop("rounds", 3)
     request_fields = {k: values.pop(k) for k in list(values) if k in CodeRequest.__dataclass_fields__}
+    if "mode" not in request_fields:  # a clear message, not Python's missing-argument TypeError
+        raise ValueError(f"`mode` is required: one of {', '.join(CODE_MODES)}")
     request = CodeRequest(**request_fields)
     if run_and_fix and request.language != "python":
         raise ValueError("run & fix runs Python only; pick python as the language")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
-from sqlalchemy import select
 
 from engines.base import Cancelled, CancelToken, EngineError
 from studio.tasks import run_task, validate_task
@@ -54,10 +53,8 @@ def item_for_path(ctx, path: str | None) -> int | None:
     stem = Path(str(path)).stem
     if not _UID.match(stem):
         return None
-    from studio.gallery.models import Item
-
-    with ctx.db.session() as session:
-        return session.scalar(select(Item.id).where(Item.uid == stem))
+    item = ctx.gallery.find_by_uid(stem)
+    return item.id if item is not None else None
 
 
 def file_as_base64(path: str) -> str:
