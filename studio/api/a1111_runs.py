@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from studio.context import StudioContext
 
 API_PRIORITY = 500  # ahead of ordinary queue work (0), below nothing the UI uses
-POLL_S = 0.05
+# A queued run waits on queue.wait(), which wakes the moment its job ends; every PROGRESS_S it
+# copies the job's live progress into the run (/progress also copies it when asked).
+PROGRESS_S = 0.5
 
 
 class RunFailed(RuntimeError):
@@ -205,13 +207,12 @@ class Runs:
                     break
                 run.job_no, run.step, run.total, run.skipped = index, 0, 0, False
                 run.current_job = job_id
-            job = queue.get(job_id)
-            while not job.finished:
-                time.sleep(POLL_S)
+            job = queue.wait(job_id, PROGRESS_S)
+            while job is None:  # waiting or running
                 live = queue.live().get(job_id)
                 if live is not None:
                     run.progress(live.step, live.total, live.preview)
-                job = queue.get(job_id)
+                job = queue.wait(job_id, PROGRESS_S)
             if job.status == "completed":
                 result = job.result or {}
                 outcomes.append(Outcome(list(result.get("item_ids") or job.item_ids),

@@ -10,6 +10,7 @@ failing hours later. Jobs left running by a crash are recovered in `start_worker
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
@@ -25,6 +26,7 @@ MAX_ATTEMPTS = 3  # a job that was running during this many crashes fails instea
 MAX_PARAMS_BYTES = 8 << 20  # 8 MiB of JSON: room for a base64 init image, not for a dataset
 MAX_JOBS_PER_REQUEST = 10_000  # one enqueue call; expansions are capped the same way
 PRIORITY_RANGE = (-1000, 1000)
+WAIT_RECHECK_S = 1.0  # wait() re-reads the row this often: jobs finished by another process
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class JobQueue:
         self.worker: Worker | None = None
         self.recovered: dict[str, int] = {}
         self._paused = self.store.is_paused()  # the row is the truth; this saves a query per job
+        self._waiters: dict[int, set[threading.Event]] = {}  # job id -> events of wait() calls
+        self._waiters_lock = threading.Lock()
 
     # ------------------------------------------------------------ enqueue
     def enqueue(self, task_name: str, params: dict, priority: int = 0) -> int:
@@ -113,7 +117,8 @@ class JobQueue:
         if self.worker is not None:
             raise RuntimeError("the queue's worker is already running")
         self.recovered = self.store.recover(self.max_attempts)
-        self.worker = worker or InProcessWorker(self.ctx, self.store, lambda: self._paused)
+        self.worker = worker or InProcessWorker(self.ctx, self.store, lambda: self._paused,
+                                                on_finished=self._notify_finished)
         self.worker.start()
         return self.worker
 
@@ -145,6 +150,8 @@ class JobQueue:
         status = self.store.request_cancel(job_id)
         if status == RUNNING and self.worker is not None:
             self.worker.cancel(job_id)
+        elif status != RUNNING:  # canceled before it started: final now
+            self._notify_finished(job_id)
         return self.store.get(job_id)
 
     def retry(self, job_id: int) -> JobView:
@@ -203,6 +210,42 @@ class JobQueue:
                 clock += mean
                 etas[job.id] = clock
         return etas
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobView | None:
+        """Block until the job is completed, failed or canceled and return it; None when
+        `timeout` seconds pass first (None: no limit). Raises LookupError for an unknown job.
+
+        This process's worker (and `cancel` of a waiting job) sets the waiter's Event the moment
+        the final state is stored, so no polling in between; a job finished by another process
+        (a worker elsewhere, a cancel through another studio) is seen by re-reading the row
+        every WAIT_RECHECK_S seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            while True:
+                job = self.store.get(job_id)  # read after registering: no finish is missed
+                if job.finished:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                event.wait(WAIT_RECHECK_S if left is None else min(left, WAIT_RECHECK_S))
+                event.clear()  # a retried job can finish again; read the row before waiting
+        finally:
+            with self._waiters_lock:
+                events = self._waiters.get(job_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._waiters[job_id]
+
+    def _notify_finished(self, job_id: int) -> None:
+        with self._waiters_lock:
+            events = list(self._waiters.get(job_id, ()))
+        for event in events:
+            event.set()
 
     def wait_idle(self, timeout: float = 60.0, poll_s: float = 0.05) -> bool:
         """Until nothing is pending or running (tests, benchmarks, scripts)."""

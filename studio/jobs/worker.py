@@ -95,10 +95,12 @@ class InProcessWorker:
 
     def __init__(self, ctx: "StudioContext", source: JobSource, is_paused: Callable[[], bool],
                  name: str | None = None, idle_poll_s: float = 1.0,
-                 progress_interval_s: float = 0.5) -> None:
+                 progress_interval_s: float = 0.5,
+                 on_finished: Callable[[int], None] | None = None) -> None:
         self.ctx = ctx
         self.source = source
         self.is_paused = is_paused
+        self.on_finished = on_finished  # called with the job id once its final state is stored
         self.name = name or f"inproc-{uuid.uuid4().hex[:8]}"
         self.idle_poll_s = idle_poll_s  # also picks up jobs queued by other processes
         self.progress_interval_s = progress_interval_s  # how often progress reaches the row
@@ -181,11 +183,13 @@ class InProcessWorker:
 
         from studio.tasks import run_task  # task modules import engines; load them only here
 
+        finished = True
         try:
             result = run_task(self._job_context(job.id), job.task, job.params, on_progress, token)
         except Cancelled:
             if self._stop.is_set() and not self._user_canceled:
                 # shutdown, not the user: the job runs again at the next start
+                finished = False
                 self._record(self.source.release, job.id)
             else:
                 self._record(self.source.finish, job.id, CANCELED, "canceled by user")
@@ -201,6 +205,8 @@ class InProcessWorker:
         finally:
             with self._lock:
                 self.busy, self._current = False, None
+        if finished and self.on_finished is not None:
+            self.on_finished(job.id)  # after the row: whoever wakes reads the final state
 
     def _record(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         """Write an outcome, retrying while the database is busy: a job left `running` would
