@@ -31,8 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parent.parent
-# The script's own folder holds benchmarks named like stdlib modules (queue.py): use the repo
-# root instead.
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 PROMPT = "a small red star at the top left on a blue background"

@@ -19,7 +19,10 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from PIL import Image
 from sqlalchemy import insert

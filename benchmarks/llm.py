@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# The repo root instead of this folder, so no script here can shadow a standard-library module.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 

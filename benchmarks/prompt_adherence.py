@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# benchmarks/ holds a queue.py that would shadow the standard library's (torch imports it)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 import numpy as np
 import torch

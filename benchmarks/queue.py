@@ -1,8 +1,8 @@
 """Queue overhead per job, with a trivial engine (studio/jobs/testing.py: `queue_noop` takes the
 engine lock, reports one progress step and returns), at 10 and 10,000 queued jobs.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue_overhead.py            # 10 and 10,000
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue_overhead.py --depths 10 1000 --json out.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue.py            # 10 and 10,000
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/queue.py --depths 10 1000 --json out.json
 
 Measured, per queue depth (a fresh file database in a temp dir, WAL, like the studio's):
   enqueue (batch)      enqueue_many of the whole backlog, per job (validation + one INSERT)
@@ -18,9 +18,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is called queue.py: drop its folder from the path, or it shadows the stdlib `queue`.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -28,8 +29,6 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engines.base import CancelToken, Progress  # noqa: E402
 from studio.jobs.queue import JobQueue  # noqa: E402
