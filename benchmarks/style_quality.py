@@ -170,12 +170,41 @@ def preview(before: Image.Image, after: Image.Image, size: int = 160) -> Image.I
     return card
 
 
+def candidate_style(spec: str):
+    """STYLE=PATH -> a StyleInfo for a style folder, or for a checkpoint's A->B generator
+    (copied into runs/candidates/<STYLE>-<iteration>/)."""
+    from safetensors.torch import save_file
+
+    from engines.style import read_style_folder
+
+    style_id, path = spec.split("=", 1)
+    path = Path(path).resolve()
+    if path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        folder = REPO / "runs" / "candidates" / f"{style_id}-{checkpoint['iteration']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in checkpoint["G_AB"].items()},
+                  str(folder / "generator.safetensors"))
+        config = checkpoint["config"]
+        (folder / "style.json").write_text(json.dumps({
+            "name": f"{style_id} @ {checkpoint['iteration']}", "kind": "cyclegan",
+            "generator": {"ngf": config["ngf"], "n_blocks": config["n_blocks"],
+                          "norm_affine": False}}))
+        path = folder
+    style = read_style_folder(path, "user", f"user:{style_id}")
+    return style
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-images", action="store_true", help="skip grids and previews")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--candidate", nargs="+", metavar="STYLE=PATH",
+                        help="score these instead of the shipped styles: a style folder or a "
+                             "training checkpoint.pt (its A->B generator), e.g. "
+                             "pointillism=runs/style_pointillism/checkpoint.pt")
     parser.add_argument("--retrain", action="store_true",
                         help="retrain the classifier (else reuse runs/style_classifier.pt)")
     args = parser.parse_args()
@@ -197,13 +226,16 @@ def main() -> None:
     images = eval_set()
     results = {"classifier_accuracy": round(accuracy, 3), "styles": {}}
     gan_styles = [s for s in list_styles() if s.kind == "gan"]
+    if args.candidate:  # score training snapshots instead of the shipped styles, no pictures
+        args.no_images, gan_styles = True, [candidate_style(spec) for spec in args.candidate]
     for style in gan_styles:
         engine = StyleEngine(model_id=style.model_id)
         outputs = [engine.generate(StyleParams(image=im, tile_size=1024)).image for _, im in images]
         row = {"edge_ssim_output": float(np.mean([edge_ssim(i, o) for (_, i), o in zip(images, outputs)]))}
-        renderer = style_data.RENDERERS.get(style.id)
+        class_id = style.id.split(":")[-1]
+        renderer = style_data.RENDERERS.get(class_id)
         if renderer is not None:
-            c = CLASSES.index(style.id)
+            c = CLASSES.index(class_id)
             rng = np.random.default_rng(5)
             targets = [renderer(im, rng) for _, im in images]
             row.update(

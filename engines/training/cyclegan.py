@@ -381,10 +381,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=TrainConfig.iterations)
     parser.add_argument("--max-minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=int, default=TrainConfig.size, help="crop side (px)")
+    parser.add_argument("--lambda-cycle", type=float, default=TrainConfig.lambda_cycle)
+    parser.add_argument("--lambda-identity", type=float, default=TrainConfig.lambda_identity)
+    parser.add_argument("--style-images", type=int, default=48,
+                        help="procedural renderings in the style domain")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     args = parser.parse_args()
 
-    config = TrainConfig(iterations=args.iterations, threads=args.threads)
-    styles = style_data.style_images(args.style)
+    config = TrainConfig(iterations=args.iterations, threads=args.threads, size=args.size,
+                         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+                         seed=args.seed)
+    styles = style_data.style_images(args.style, n=args.style_images)
     contents = style_data.content_images()
     log_file = (args.out / "train.log")
     args.out.mkdir(parents=True, exist_ok=True)
