@@ -3,8 +3,8 @@
     .venv/bin/python scripts/screenshot.py [--out docs/images]
 
 Starts the studio on a fresh temporary data dir, generates real outputs through the UI (text to
-image on the embedded model, a chat reply, a style transfer), and saves studio.png (text to
-image), chat.png, style.png and gallery.png.
+image on the embedded model, a chat reply), and saves studio.png (text to image), chat.png and
+gallery.png.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
 from helpers import open_tab  # noqa: E402
 
-PROMPT = "a big red circle in the center on a blue background"
+PROMPT = "a large yellow star at the top left on a blue background"
 
 
 def start_studio(data_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -70,6 +70,10 @@ def main() -> None:
             # Text to image: four images on the embedded model.
             open_tab(page, "Text to image")
             page.locator("#txt2img-prompt textarea").fill(PROMPT)
+            page.locator("#txt2img-seed input").fill("1")
+            batch = page.locator("#txt2img-batch-size input[type=number]")
+            batch.fill("4")
+            batch.press("Enter")
             page.locator("#txt2img-generate").click()
             page.locator("#txt2img-results img").first.wait_for()
             shoot(page, args.out / "studio.png")

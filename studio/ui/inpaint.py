@@ -16,7 +16,8 @@ from PIL import Image
 
 from studio.tasks.image import encode_image
 from studio.ui.txt2img import (DEFAULT_MODEL, SCHEDULER_NAMES, cancel_running, connect_send_buttons,
-                               enqueue, item_for_path, model_choices, on_select, stream_task)
+                               enqueue, item_for_path, model_choices, model_defaults, on_select,
+                               stream_task)
 
 TAB_ID = "inpaint"
 TITLE = "Inpaint & outpaint"
@@ -108,7 +109,7 @@ def build(ctx) -> dict[str, Any]:
                 open_button = gr.Button("Open from gallery", size="sm", scale=1)
     with gr.Row():
         steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
-        cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+        cfg = gr.Slider(0, 30, value=model_defaults(DEFAULT_MODEL)[0], step=0.5, label="CFG scale")
         scheduler = gr.Dropdown(SCHEDULER_NAMES, value="DPM++ 2M", label="Sampler")
         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
         batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
@@ -126,6 +127,8 @@ def build(ctx) -> dict[str, Any]:
                                      label="Extend sides")
             pixels = gr.Slider(8, 512, value=32, step=8, label="Pixels per side")
             run_outpaint = gr.Button("Outpaint", variant="primary", elem_id="outpaint-run")
+
+    model.input(lambda name: model_defaults(name)[0], model, cfg)
 
     settings = [source_id, prompt, negative, steps, cfg, scheduler, seed, strength, mask_blur,
                 fill, only_masked, padding, batch_size, model, sides, pixels]

@@ -34,6 +34,12 @@ _running: dict[str, CancelToken] = {}
 
 
 # ------------------------------------------------------------------ shared helpers
+def model_defaults(model: str | None) -> tuple[float, int]:
+    """(CFG scale, image side) a model works best with: the embedded model was judged at CFG 2
+    (higher shifts its colours, docs/sd-tiny.md) and draws 64 px; others get A1111's 7 and 512."""
+    return (2.0, 64) if (model or DEFAULT_MODEL) == DEFAULT_MODEL else (7.0, 512)
+
+
 def model_choices(ctx) -> list[str]:
     """The embedded model plus diffusers folders and .safetensors files under data/models."""
     choices = [DEFAULT_MODEL]
@@ -207,14 +213,17 @@ def build(ctx) -> dict[str, Any]:
                                      label="Denoising strength")
             with gr.Row():
                 steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
-                cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+                cfg = gr.Slider(0, 30, value=model_defaults(DEFAULT_MODEL)[0], step=0.5,
+                                label="CFG scale")
                 scheduler = gr.Dropdown(SCHEDULER_NAMES, value="DPM++ 2M", label="Sampler")
             with gr.Row():
                 width = gr.Slider(64, 2048, value=64, step=8, label="Width")
                 height = gr.Slider(64, 2048, value=64, step=8, label="Height")
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)",
+                                 elem_id="txt2img-seed")
             with gr.Row():
-                batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size")
+                batch_size = gr.Slider(1, 16, value=1, step=1, label="Batch size",
+                                       elem_id="txt2img-batch-size")
                 batch_count = gr.Slider(1, 16, value=1, step=1, label="Batch count")
                 candidates = gr.Slider(0, 32, value=0, step=1,
                                        label="Best of N (0 = off; keeps K by CLIP score)")
@@ -262,6 +271,14 @@ def build(ctx) -> dict[str, Any]:
         return "img2img", item_for_path(ctx, path), gr.Accordion(open=True)
 
     init_image.change(image_arrived, init_image, [mode, source_id, img2img_box])
+
+    # Picking another model (by hand: `input`, not `change`, so "reuse parameters" keeps the
+    # item's own values) moves CFG and size to what that model works best with.
+    def model_picked(name):
+        guidance, side = model_defaults(name)
+        return guidance, side, side
+
+    model.input(model_picked, model, [cfg, width, height])
 
     def apply_item(item_id):
         """Every control from a gallery item's saved params (reuse / open from gallery)."""
