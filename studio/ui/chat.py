@@ -1,9 +1,10 @@
 """Chat tab: streamed replies from a local language model, conversations kept in the database.
 
 Send, Stop (sets the generation's cancel token: the engine stops within one token and the partial
-reply is kept), Regenerate, Continue, Edit last. The history shown is a copy of the messages
-held in a gr.State; a conversation is saved whole once a reply has ended, so nothing is ever
-stored half-way. No torch or engine import here: the work happens in studio.tasks.text.
+reply is kept), Regenerate, Continue, Edit last, Add to queue (a one-off `chat` job whose reply
+goes to the gallery). The history shown is a copy of the messages held in a gr.State; a
+conversation is saved whole once a reply has ended, so nothing is ever stored half-way. No torch
+or engine import here: the work happens in studio.tasks.text.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 TAB_ID = "chat"
 TITLE = "Chat"
 STREAM_EVERY_S = 0.05  # at most ~20 UI updates a second while streaming
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def model_choices(ctx: "StudioContext") -> list[tuple[str, str]]:
@@ -52,12 +54,32 @@ def trim_notice(stats) -> str:
             f"({stats.context_length} tokens) and were left out of this reply.")
 
 
+def sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value) -> dict:
+    """The model, system prompt and sampling controls as chat task params (seed -1 = random)."""
+    return {"model": (model_id or DEFAULT_MODEL).strip(), "system_prompt": system_prompt or "",
+            "temperature": float(temp), "top_p": float(p), "top_k": int(k),
+            "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
+            "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
+
+
+def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sampling) -> str:
+    """"Add to queue": a one-off `chat` job answering the conversation so far plus `text`, with
+    the tab's model, system prompt and sampling; the reply lands in the gallery, not here."""
+    from studio.ui.add_to_queue import add_job, refuse
+
+    if not (text or "").strip():
+        return refuse("The message is empty: type something to queue.")
+    history = [{"role": m["role"], "content": m["content"]} for m in messages]
+    params = {**sampling_dict(*sampling), "messages": [*history, {"role": "user", "content": text}]}
+    return add_job(ctx, "chat", params,
+                   "Its reply will be saved to the gallery as a chat text item.")
+
+
 def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     from studio.chat.store import ChatStore
 
     store = ChatStore(ctx.db)
     running: dict[str, Any] = {}  # session -> CancelToken of its generation in flight
-    default_model = "smollm2-135m-instruct"
 
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
@@ -69,7 +91,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                 rename = gr.Button("Rename", size="sm", elem_id="chat-rename")
                 delete = gr.Button("Delete", size="sm", variant="stop", elem_id="chat-delete")
         with gr.Column(scale=4):
-            model = gr.Dropdown(label="Model", choices=model_choices(ctx), value=default_model,
+            model = gr.Dropdown(label="Model", choices=model_choices(ctx), value=DEFAULT_MODEL,
                                 allow_custom_value=True, elem_id="chat-model",
                                 info="Embedded, models folder, HF cache, or a path to a .gguf / folder")
             chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat-history",
@@ -83,6 +105,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                 regenerate = gr.Button("Regenerate", elem_id="chat-regenerate")
                 continue_ = gr.Button("Continue", elem_id="chat-continue")
                 edit_last = gr.Button("Edit last", elem_id="chat-edit")
+                add_queue = gr.Button("Add to queue", elem_id="chat-queue")
             stats = gr.Markdown(elem_id="chat-stats", elem_classes=["gs-muted"])
             with gr.Accordion("System prompt and sampling", open=False):
                 system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
@@ -99,12 +122,6 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     sampling_inputs = [model, system, temperature, top_p, top_k, repetition, max_new, seed]
 
     # ------------------------------------------------------------ generation
-    def sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value) -> dict:
-        return {"model": (model_id or default_model).strip(), "system_prompt": system_prompt or "",
-                "temperature": float(temp), "top_p": float(p), "top_k": int(k),
-                "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
-                "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
-
     def reply(messages: list[dict], conv_id, settings: dict, request: gr.Request,
               continue_last: bool = False, shown_before: list[dict] | None = None,
               outcome: dict | None = None):
@@ -232,6 +249,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                     outputs=reply_outputs)
     stop.click(on_stop, queue=False)
     edit_last.click(on_edit_last, inputs=[history], outputs=[chatbot, history, message])
+    add_queue.click(lambda text, messages, *sampling: queue_chat(ctx, text, messages, *sampling),
+                    inputs=[message, history, *sampling_inputs], outputs=[notice])
 
     # ------------------------------------------------------------ conversations
     sliders = {"temperature": temperature, "top_p": top_p, "top_k": top_k,

@@ -1,5 +1,6 @@
 """Code tab: write code from a description, complete code at a cursor (fill in the middle),
 explain code, fix code; optionally run & fix Python in a limited subprocess, round by round.
+"Add to queue" queues the same request as a `code` job.
 
 No torch or engine import here: the rounds come from studio.tasks.text.code_events, which
 streams each reply; the final result is recorded in the gallery.
@@ -20,6 +21,8 @@ STREAM_EVERY_S = 0.05
 GR_LANGUAGE = {"python": "python", "javascript": "javascript", "typescript": "typescript",
                "bash": "shell", "c": "c", "cpp": "cpp", "go": None, "rust": None, "java": None,
                "sql": "sql", "html": "html", "css": "css"}  # gr.Code's highlighters
+MODE_FIELDS = {"write": ("description",), "complete": ("prefix", "suffix"), "explain": ("code",),
+               "fix": ("code", "error")}  # the text boxes each mode shows
 
 
 def round_markdown(round_) -> str:
@@ -41,6 +44,31 @@ def round_markdown(round_) -> str:
     if err:
         text += f"\nstderr:\n```\n{err}\n```\n"
     return text
+
+
+def code_params(mode, lang, model_id, desc, code, err, pre, suf, fix, max_rounds, temp, p, k,
+                rep, max_tokens, seed_value) -> dict:
+    """The tab's controls as `code` task params (the task checks them; seed -1 = random)."""
+    return {"model": (model_id or "").strip() or None, "mode": mode, "language": lang,
+            "description": desc or "", "code": code or "", "error": err or "",
+            "prefix": pre or "", "suffix": suf or "", "run_and_fix": bool(fix),
+            "rounds": int(max_rounds), "temperature": float(temp), "top_p": float(p),
+            "top_k": int(k), "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
+            "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
+
+
+def queue_code(ctx: "StudioContext", *controls) -> str:
+    """"Add to queue": one `code` job with the tab's mode, fields, sampling and run & fix. Only
+    the mode's own fields go in (a hidden box's old text would only mislabel the job)."""
+    from studio.ui.add_to_queue import add_job
+
+    params = code_params(*controls)
+    shown = MODE_FIELDS.get(params["mode"], ())
+    for name in ("description", "code", "error", "prefix", "suffix"):
+        if name not in shown:
+            del params[name]
+    return add_job(ctx, "code", params,
+                   "Its result will be saved to the gallery as a code text item.")
 
 
 def build(ctx: "StudioContext") -> dict[str, gr.Component]:
@@ -85,6 +113,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="code-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="code-stop")
+                add_queue = gr.Button("Add to queue", elem_id="code-queue")
         with gr.Column(scale=3):
             output = gr.Code(label="Code", language="python", lines=18, interactive=False,
                              elem_id="code-output")
@@ -111,12 +140,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         from engines.base import CancelToken, Cancelled
         from studio.tasks.text import code_events, record_code, split_code_params
 
-        params = {"model": (model_id or "").strip() or None, "mode": mode_, "language": lang,
-                  "description": desc or "", "code": code_ or "", "error": err or "",
-                  "prefix": pre or "", "suffix": suf or "", "run_and_fix": bool(fix),
-                  "rounds": int(max_rounds), "temperature": float(temp), "top_p": float(p),
-                  "top_k": int(k), "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
-                  "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
+        params = code_params(mode_, lang, model_id, desc, code_, err, pre, suf, fix, max_rounds,
+                             temp, p, k, rep, max_tokens, seed_value)
         try:
             split_code_params(params)
         except ValueError as error_:
@@ -160,10 +185,11 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                f"{stats.completion_tokens} tokens · {stats.tokens_per_s:.1f} tok/s · "
                f"{'FIM tokens' if stats.fim else stats.backend}{verdict} · gallery item {item.id}")
 
-    generate.click(on_generate,
-                   inputs=[mode, language, model, description, code, error, prefix, suffix,
-                           run_and_fix, rounds, temperature, top_p, top_k, repetition, max_new, seed],
-                   outputs=[output, explanation, log, status], concurrency_limit=None)
+    controls = [mode, language, model, description, code, error, prefix, suffix, run_and_fix,
+                rounds, temperature, top_p, top_k, repetition, max_new, seed]
+    generate.click(on_generate, inputs=controls, outputs=[output, explanation, log, status],
+                   concurrency_limit=None)
+    add_queue.click(lambda *values: queue_code(ctx, *values), inputs=controls, outputs=[status])
 
     def on_stop(request: gr.Request):
         cancel = running.get(request.session_hash)

@@ -2,11 +2,13 @@
 with any painting (Magenta's arbitrary network, labelled as not a GAN); train a new style.
 
 Thin: every generation goes through the "style" task (validation, device lock, gallery with
-lineage); training is a `studio.tasks.style.TrainingRun` in a background thread, polled by a
-timer. No torch and no engine import at module level.
+lineage), and "Add to queue" queues the same request as a `style` job; training is a
+`studio.tasks.style.TrainingRun` in a background thread, polled by a timer. No torch and no
+engine import at module level.
 """
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from pathlib import Path
@@ -78,6 +80,52 @@ def _gallery_item_for(ctx, path: str | None) -> int | None:
         return session.scalar(select(Item.id).where(Item.uid == Path(path).stem))
 
 
+def _settings(style_id, strength_value, size_choice) -> dict:
+    return {"style": style_id, "strength": float(strength_value),
+            "output_side": None if size_choice == OUTPUT_SIZES[0] else int(size_choice)}
+
+
+def queue_style(ctx, path, parent, style_id, strength_value, size_choice, painting):
+    """"Add to queue": a `style` job; returns (status, the photo's gallery item or gr.skip()).
+
+    The photo goes by gallery id, never embedded: one sent from the gallery is its item; an
+    upload is saved to the gallery first, as Apply style saves it (the result's parent), and its
+    id is kept so queueing it again reuses it. A painting for the arbitrary style that is not a
+    gallery item goes as base64 (the task never stores it)."""
+    from studio.tasks import validate_task
+    from studio.ui.add_to_queue import refuse, try_enqueue
+
+    lands = "The result will be saved to the gallery with the photo as its parent."
+    if not path:
+        return refuse("Upload a photo first (or send one from the gallery): nothing was "
+                      "queued."), gr.skip()
+    if ctx.queue is None:  # before an upload is saved for nothing
+        return refuse("The queue is not running in this studio: nothing was queued."), gr.skip()
+    params = _settings(style_id, strength_value, size_choice)
+    style = next((s for s in _styles(ctx) if s.id == style_id), None)
+    if painting and style is not None and style.kind == "arbitrary":
+        painting_id = _gallery_item_for(ctx, painting)
+        if painting_id is not None:
+            params["style_image_id"] = painting_id
+        else:
+            params["style_image"] = base64.b64encode(Path(painting).read_bytes()).decode("ascii")
+    if parent is not None:
+        return try_enqueue(ctx, "style", {**params, "image_id": int(parent)}, lands)[1], gr.skip()
+    try:  # check everything against the file before saving it
+        validate_task(ctx, "style", {**params, "image": Path(path)})
+    except ValueError as error:
+        return refuse(f"Not queued: {error}"), gr.skip()
+    from engines.style import open_image
+
+    saved = ctx.gallery.add_image(open_image(path, "image"), task="upload", engine="",
+                                  prompt="uploaded photo", params={"source": "style tab"})
+    job_id, status = try_enqueue(ctx, "style", {**params, "image_id": saved.id}, lands)
+    if job_id is None:
+        ctx.gallery.delete(saved.id)
+        return status, gr.skip()
+    return status, saved.id
+
+
 def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     running: dict[str, object] = {}  # session -> CancelToken of its generation
     training: dict[str, object] = {"run": None}  # one training at a time per studio
@@ -111,6 +159,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
             with gr.Row():
                 apply = gr.Button("Apply style", variant="primary", elem_id="style-apply")
                 stop = gr.Button("Stop", variant="stop", elem_id="style-stop")
+                add_queue = gr.Button("Add to queue", elem_id="style-queue")
         with gr.Column(scale=1):
             result = gr.ImageSlider(label="Before / after", type="filepath", image_mode=None,
                                     elem_id="style-result", max_height=560)
@@ -174,8 +223,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
 
         if not path:
             raise gr.Error("Upload a photo first (or send one from the gallery).")
-        params = {"style": style_id, "strength": float(strength_value)}
-        params["output_side"] = None if size_choice == OUTPUT_SIZES[0] else int(size_choice)
+        params = _settings(style_id, strength_value, size_choice)
         if parent is not None:
             params["image_id"] = parent
         else:
@@ -293,6 +341,9 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     event = apply.click(run_style, [image, parent_id, style, strength, output_size, style_image],
                         [result, status])
     stop.click(stop_style, None, None, cancels=[event])
+    add_queue.click(lambda *values: queue_style(ctx, *values),
+                    [image, parent_id, style, strength, output_size, style_image],
+                    [status, parent_id])
     gallery_refresh.click(gallery_choices, None, [content_items])
     train_start.click(start_training, [train_name, style_files, content_files, content_items,
                                        train_size, iterations], [timer, train_status])
