@@ -116,3 +116,19 @@ def test_bad_input_is_refused_with_a_message_and_nothing_saved(page):
     assert page.locator(BOT).count() == 0
     assert page.locator("#chat-conversations label").count() == 0
     assert page.locator("#chat-message textarea").input_value() == "hello"  # kept for a retry
+
+
+def test_add_to_queue_lists_the_job_on_the_queue_tab(page):
+    open_tab(page, "Chat")
+    page.locator("#chat-queue").click()  # empty: refused, nothing queued
+    page.get_by_text("The message is empty: type something to queue").first.wait_for()
+    page.locator("#chat-message textarea").fill("Name a colour.")
+    page.locator("#chat-queue").click()
+    page.locator("#chat-notice").get_by_text("Queued job #1").wait_for()
+    assert page.locator(BOT).count() == 0  # a queued reply goes to the gallery, not this chat
+
+    open_tab(page, "Queue")
+    listing = page.locator("#queue-list")
+    listing.get_by_text("Name a colour.", exact=True).filter(visible=True).first.wait_for()
+    assert listing.get_by_text("chat", exact=True).filter(visible=True).count() == 1
+    page.locator("#queue-summary").get_by_text("1 completed").wait_for(timeout=180_000)
