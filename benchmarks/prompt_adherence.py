@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from engines.training.sd_data import eval_scenes, render  # noqa: E402
-from engines.training.sd_judge import accuracy, load_judge  # noqa: E402
+from engines.training.sd_judge import SHIPPED_JUDGE, accuracy, load_judge  # noqa: E402
 
 COLUMNS = ("shape", "colour", "background", "position", "size", "all4")
 
@@ -88,7 +88,8 @@ def table(rows: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description="per-attribute prompt adherence of a tiny SD folder")
     p.add_argument("--model", type=Path, default=Path("assets/sd-tiny"))
-    p.add_argument("--judge", type=Path, default=Path("runs/sd_tiny/judge.pt"))
+    p.add_argument("--judge", type=Path, default=SHIPPED_JUDGE,
+                   help="the attribute classifier (trained by the recipe when the file is absent)")
     p.add_argument("--n", type=int, default=96, help="prompts per split")
     p.add_argument("--steps", type=int, default=20)
     # 2.0 was chosen on seen prompts only (2 / 3 / 4 / 5 / 8 tried); higher guidance

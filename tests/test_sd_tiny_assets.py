@@ -1,7 +1,7 @@
 """The embedded tiny SD model: shipped folder, data generator, judge and CLIP scorer.
 
-Fast: a few denoising steps at 64 px on CPU. The judge cache lives in runs/ (git-ignored), so
-the judge accuracy test is skipped where the recipe has not been run.
+Fast: a few denoising steps at 64 px on CPU. The judge (the benchmark's instrument) ships in
+assets/sd-tiny-judge/.
 """
 import os
 
@@ -20,7 +20,7 @@ from engines.training.sd_data import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "sd-tiny"
-JUDGE = ROOT / "runs" / "sd_tiny" / "judge.pt"
+JUDGE = ROOT / "assets" / "sd-tiny-judge" / "judge.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,6 @@ def test_judge_structure():
         "shape": (4, 4), "colour": (4, 8), "background": (4, 6), "position": (4, 5), "size": (4, 2)}
 
 
-@pytest.mark.skipif(not JUDGE.exists(), reason="judge cache absent: run engines.training.train_sd_tiny")
 def test_judge_reads_real_images():
     from PIL import Image
     from engines.training.sd_judge import accuracy, load_judge

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 
 from .sd_data import ATTRIBUTES, CHOICES, make_dataset
 
+# The judge trained by `train_judge` (seed 0, 1,500 steps) ships here, so the benchmark and the
+# tests measure with the same instrument on a fresh clone without 10-20 minutes of training.
+SHIPPED_JUDGE = Path(__file__).resolve().parents[2] / "assets" / "sd-tiny-judge" / "judge.safetensors"
+
 
 class Judge(nn.Module):
     def __init__(self, width: int = 32):
@@ -93,20 +97,37 @@ def train_judge(path: Path, steps: int = 1500, batch: int = 64, seed: int = 0, l
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"judge step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_judge(model, path)
     return model.eval()
 
 
-def load_judge(path: Path, train_if_missing: bool = True, log=print) -> Judge:
-    """The cached judge (runs/ is not shipped); trains it (~2-4 min on 1 thread) when absent."""
+def save_judge(model: Judge, path: Path) -> None:
+    """safetensors for a `.safetensors` path (the shipped judge), torch's format otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    else:
+        torch.save(model.state_dict(), path)
+
+
+def load_judge(path: Path = SHIPPED_JUDGE, train_if_missing: bool = True, log=print) -> Judge:
+    """The judge at `path` (default: the shipped one); trains it (10-20 min on 1 thread) when
+    absent and `train_if_missing`."""
     path = Path(path)
     if not path.exists():
         if not train_if_missing:
             raise FileNotFoundError(f"no judge at {path}")
         return train_judge(path, log=log)
     model = Judge()
-    model.load_state_dict(torch.load(path, map_location="cpu"))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(path)))
+    else:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
