@@ -21,7 +21,10 @@ fi
 extras=""; [ "$mode" = test ] && extras="[test]"
 stamp_file=.venv/.genstudio-setup-$mode
 stamp=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
+installed=$(cat "$stamp_file" 2>/dev/null || true)
+# A test install is a superset of a run install: after ./test.sh, ./run.sh installs nothing.
+[ "$mode" = run ] && [ "$(cat .venv/.genstudio-setup-test 2>/dev/null)" = "$stamp" ] && installed=$stamp
+if [ "$installed" != "$stamp" ]; then
   echo "Installing GenStudio ($mode) into .venv ..."
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extras"
