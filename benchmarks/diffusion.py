@@ -69,7 +69,8 @@ def time_plain(pipe, steps: int, size: int, seed: int) -> dict:
     return _timing(started, marks, cpu_started, cpu_marks)
 
 
-def time_engine(engine, steps: int, size: int, seed: int, token_merging: float = 0.0) -> dict:
+def time_engine(engine, steps: int, size: int, seed: int, token_merging: float = 0.0,
+                step_cache: int = 0) -> dict:
     from engines.diffusion import Txt2ImgParams
 
     marks, cpu_marks = [], []
@@ -82,7 +83,7 @@ def time_engine(engine, steps: int, size: int, seed: int, token_merging: float =
     engine.generate(Txt2ImgParams(prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps,
                                   guidance_scale=7.0, width=size, height=size, seed=seed,
                                   scheduler="DPM++ 2M", preview_every=0,
-                                  token_merging=token_merging),
+                                  token_merging=token_merging, step_cache=step_cache),
                     on_progress)
     return _timing(started, marks, cpu_started, cpu_marks)
 
@@ -101,7 +102,8 @@ def _median_step(started: float, marks: list[float]) -> float:
 
 
 def bench_model(name: str, folder: str, size: int, steps: int, images: int,
-                compile_unet: bool, tome: float, skip_exact: bool = False) -> dict:
+                compile_unet: bool, tome: float, skip_exact: bool = False,
+                step_cache: int = 0) -> dict:
     """Sides: "plain" (diffusers defaults), "ours" (the engine, exact), and with --tome
     "ours+tome" (the same engine object, token merging on for those requests)."""
     from engines.diffusion import DiffusionEngine
@@ -120,7 +122,10 @@ def bench_model(name: str, folder: str, size: int, steps: int, images: int,
     sides = {"plain": lambda st, seed: time_plain(plain, st, size, seed)}
     if not skip_exact:
         sides["ours"] = lambda st, seed: time_engine(engine, st, size, seed)
-    if tome:
+    if step_cache > 1:  # with --tome as well, when given
+        label = f"ours+cache{step_cache}" + ("+tome" if tome else "")
+        sides[label] = lambda st, seed: time_engine(engine, st, size, seed, tome, step_cache)
+    elif tome:
         sides["ours+tome"] = lambda st, seed: time_engine(engine, st, size, seed, tome)
     # Warm-up (untimed, 1 step): first-call allocations, and torch.compile when asked.
     warmup = {}
@@ -168,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time our engine with this token-merging ratio (0 = skip)")
     parser.add_argument("--skip-exact", action="store_true",
                         help="time only the token-merging side of our engine (saves a compile)")
+    parser.add_argument("--step-cache", type=int, default=0,
+                        help="time our engine with this DeepCache-style step cache interval "
+                             "(with --tome's ratio too; instead of the tome-only side)")
     parser.add_argument("--cache", default=str(REPO / "runs" / "bench-sd15"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_diffusion.json"))
     args = parser.parse_args(argv)
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "tiny":
             folder = str(REPO / "assets" / "sd-tiny")
             results.append(bench_model("tiny", folder, 64, steps, max(3, args.images),
-                                       args.compile, args.tome, args.skip_exact))
+                                       args.compile, args.tome, args.skip_exact, args.step_cache))
         elif name == "sd15":
             folder = Path(args.cache)
             if not (folder / "model_index.json").exists():
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"building random SD 1.5 weights in {folder} (once)...", flush=True)
                 build_random_sd(folder, "sd15")
             results.append(bench_model("sd15-random", str(folder), args.sd15_size, steps,
-                                       args.images, args.compile, args.tome, args.skip_exact))
+                                       args.images, args.compile, args.tome, args.skip_exact,
+                                       args.step_cache))
         else:
             parser.error(f"unknown model {name!r}")
     record = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,

@@ -232,7 +232,7 @@ class DiffusionEngine:
             guidance_scale=params.guidance_scale, seed=params.seed, batch_size=params.batch_size,
             batch_count=params.batch_count, scheduler=params.scheduler,
             preview_every=params.preview_every, token_merging=params.token_merging,
-            init_image=canvas, strength=params.strength,
+            step_cache=params.step_cache, init_image=canvas, strength=params.strength,
             mask=Image.fromarray(painted.astype(np.uint8) * 255), mask_blur=params.mask_blur,
             inpainting_fill=params.inpainting_fill)
         result = self._inpaint(inpaint, on_progress, cancel, painted=painted)
@@ -247,7 +247,7 @@ class DiffusionEngine:
         seed reproduces on any device."""
         import torch
 
-        from engines.diffusion_speed import set_token_merging
+        from engines.diffusion_speed import set_step_cache, set_token_merging
 
         pipe = self._pipe(mode)
         pipe.scheduler = make_scheduler(self._scheduler_config, params.scheduler)
@@ -279,6 +279,10 @@ class DiffusionEngine:
                 return {}
 
             generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+            try:
+                set_step_cache(pipe.unet, params.step_cache)  # each run starts with a full call
+            except ValueError as error:
+                raise EngineError(str(error)) from None
             with torch.inference_mode():
                 output = pipe(prompt=[params.prompt] * len(batch_seeds),
                               negative_prompt=[params.negative_prompt] * len(batch_seeds),

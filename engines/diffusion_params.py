@@ -93,6 +93,9 @@ class Txt2ImgParams:
     # ToMe (A1111 "Token merging ratio"): merge this share of tokens before full-resolution
     # self-attention; faster at large sizes, slightly different images. 0 = exact (default).
     token_merging: float = 0.0
+    # DeepCache-style: run the whole UNet every `step_cache` steps and only its shallowest level
+    # in between, reusing the deep blocks' features; faster, slightly different. 0 = exact.
+    step_cache: int = 0
 
     def __post_init__(self) -> None:
         self.check_inputs()
@@ -123,6 +126,7 @@ class Txt2ImgParams:
                              f"({self.candidates})")
         check_int("preview_every", self.preview_every, 0, 1000)
         check_range("token_merging", self.token_merging, 0.0, 0.75)
+        check_int("step_cache", self.step_cache, 0, 5)
 
     @property
     def image_count(self) -> int:

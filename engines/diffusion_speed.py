@@ -1,5 +1,8 @@
-"""Token merging (ToMe for Stable Diffusion, Bolya & Hoffman 2023), as a diffusers attention
-processor: an opt-in approximation that makes large images faster.
+"""Opt-in approximations that make large images faster: token merging (below) and a
+DeepCache-style step cache (`set_step_cache`, at the end of this file).
+
+Token merging (ToMe for Stable Diffusion, Bolya & Hoffman 2023) is a diffusers attention
+processor.
 
 At the UNet's full-resolution level (64x64 = 4,096 latent tokens at 512 px) self-attention costs
 N^2: on a CPU it is the largest single cost of a step. Before that self-attention, `ratio` of the
@@ -104,3 +107,67 @@ def set_token_merging(unet, ratio: float) -> None:
                             if ratio > 0 and self_attention else AttnProcessor2_0())
     inner.set_attn_processor(processors)
     state["ratio"] = ratio
+
+
+# ---------------------------------------------------------------- step cache (DeepCache-style)
+class StepCache:
+    """Feature reuse across denoising steps (DeepCache, Ma et al. 2024): the UNet's deep blocks
+    change slowly from one step to the next, so every `interval`-th call runs the whole UNet and
+    the calls between run only the shallowest level (conv_in, the first down block, the last up
+    block, conv_out), taking the deep blocks' outputs from the last full call. An opt-in
+    approximation: images change slightly; a seed still reproduces exactly.
+
+    Mechanism: each deep block's forward is wrapped to store its output on a full call and to
+    return the stored output (without computing) on a cached call; the UNet's own forward runs
+    unchanged around them, so its skip connections stay right."""
+
+    def __init__(self) -> None:
+        self.interval = 0
+        self.calls = 0
+        self.outputs: dict[str, object] = {}
+
+    def reset(self, interval: int) -> None:
+        """Before each pipeline run: the first call of a run is always a full one."""
+        self.interval, self.calls = interval, 0
+        self.outputs.clear()
+
+    @property
+    def reuse(self) -> bool:
+        return self.interval > 1 and (self.calls - 1) % self.interval != 0
+
+
+def set_step_cache(unet, interval: int) -> None:
+    """Full UNet every `interval` calls (0 or 1 = off, exact); installs the wrappers once."""
+    inner = getattr(unet, "_orig_mod", unet)
+    if interval > 1 and inner is not unet:
+        raise ValueError("`step_cache` does not combine with torch.compile (GENSTUDIO_COMPILE); "
+                         "set one or the other")
+    cache = getattr(inner, "_genstudio_step_cache", None)
+    if cache is None:
+        if interval <= 1:
+            return
+        cache = inner._genstudio_step_cache = StepCache()
+
+        def count_call(_module, _args, _kwargs):
+            cache.calls += 1
+
+        inner.register_forward_pre_hook(count_call, with_kwargs=True)
+        deep = ([(f"down{i}", b) for i, b in enumerate(inner.down_blocks) if i > 0]
+                + [("mid", inner.mid_block)]
+                + [(f"up{i}", b) for i, b in enumerate(inner.up_blocks[:-1])])
+        for key, block in deep:
+            if block is not None:
+                block.forward = _cached_forward(block.forward, key, cache)
+    cache.reset(interval)
+
+
+def _cached_forward(forward, key: str, cache: StepCache):
+    def run(*args, **kwargs):
+        if cache.reuse and key in cache.outputs:
+            return cache.outputs[key]
+        output = forward(*args, **kwargs)
+        if cache.interval > 1:
+            cache.outputs[key] = output
+        return output
+
+    return run

@@ -237,6 +237,52 @@ def test_token_merging_roundtrip_and_effect():
     assert (merged_a - exact).norm() / exact.norm() < 0.5
 
 
+def test_step_cache_reuses_deep_features_and_switches_off_exactly(engine):
+    import time
+
+    def run(step_cache):
+        started = time.perf_counter()
+        result = engine.generate(Txt2ImgParams(prompt="a large red star at the top left on a blue "
+                                               "background", seed=3, steps=12, guidance_scale=2.0,
+                                               step_cache=step_cache, preview_every=0))
+        return np.asarray(result.images[0]).astype(np.int16), time.perf_counter() - started
+
+    exact, _ = run(0)
+    cached, _ = run(3)
+    cached_again, _ = run(3)
+    exact_again, _ = run(0)
+    assert np.array_equal(cached, cached_again)  # a seed still reproduces
+    assert np.array_equal(exact, exact_again)  # off is exact again after it was on
+    assert not np.array_equal(exact, cached)  # deep blocks really were skipped on some steps
+    assert np.abs(exact - cached).mean() < 8  # ...and the picture stays close (0..255 scale)
+    with pytest.raises(ValueError, match="step_cache"):
+        Txt2ImgParams(prompt="x", step_cache=9)
+
+
+def test_step_cache_skips_the_deep_blocks_between_full_calls():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engines.diffusion_speed import set_step_cache
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=4,
+                                norm_num_groups=8).eval()
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
+    set_step_cache(unet, 2)
+    with torch.inference_mode():
+        outs = [unet(sample + i, 10 - i, encoder_hidden_states=text).sample for i in range(4)]
+    assert unet._genstudio_step_cache.calls == 4
+    set_step_cache(unet, 0)
+    with torch.inference_mode():
+        exact = [unet(sample + i, 10 - i, encoder_hidden_states=text).sample for i in range(4)]
+    assert torch.equal(outs[0], exact[0]) and torch.equal(outs[2], exact[2])  # full calls
+    assert not torch.equal(outs[1], exact[1])  # a cached call reused the deep features
+
+
 def test_single_file_that_cannot_load_is_an_engine_error(tmp_path):
     import torch
     from safetensors.torch import save_file

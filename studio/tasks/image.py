@@ -17,6 +17,8 @@ Common to all four:
   preview_every                a preview every N steps (0 = none), default 5
   token_merging                A1111 "Token merging ratio" (ToMe), 0..0.75, default 0 (exact);
                                faster at large sizes, slightly different images
+  step_cache                   0..5, default 0 (exact): DeepCache-style, the whole UNet every N
+                               steps, its shallowest level in between; faster, approximate
 txt2img only:
   candidates, keep             DALL-E-style best-of-N: generate `candidates`, keep the `keep`
                                best by CLIP score (0 = off)
@@ -59,7 +61,8 @@ ALIASES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
            "sampler_name": "scheduler", "n_iter": "batch_count"}
 FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
-          "batch_size", "batch_count", "scheduler", "preview_every", "token_merging")
+          "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
+          "step_cache")
 FIELDS = {
     "txt2img": COMMON + ("candidates", "keep"),
     "img2img": COMMON + ("strength",),
@@ -219,6 +222,8 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
         settings["Denoising strength"] = params.strength
     if params.token_merging:
         settings["Token merging ratio"] = params.token_merging
+    if params.step_cache > 1:
+        settings["Step cache"] = params.step_cache  # DeepCache-style: full UNet every N steps
     if task in ("inpaint", "outpaint"):
         settings["Mask blur"] = params.mask_blur
     if task == "inpaint" and params.inpaint_full_res:

@@ -165,7 +165,7 @@ def on_select(evt: gr.SelectData) -> int:
 # ------------------------------------------------------------------ this tab
 def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
             batch_count, candidates, keep, model, init_path, strength, source_id,
-            token_merging=0.0) -> tuple[str, dict]:
+            token_merging=0.0, step_cache=0) -> tuple[str, dict]:
     params = {"prompt": prompt or "", "negative_prompt": negative or "", "steps": int(steps),
               "guidance_scale": float(cfg), "scheduler": scheduler, "width": int(width),
               "height": int(height), "seed": int(seed if seed is not None else -1),
@@ -174,6 +174,8 @@ def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, 
         params["model"] = model
     if token_merging:
         params["token_merging"] = float(token_merging)
+    if step_cache and int(step_cache) > 1:
+        params["step_cache"] = int(step_cache)
     if mode == "img2img":
         if not init_path:
             raise gr.Error("Image to image needs an image: upload one or send one here.")
@@ -235,6 +237,9 @@ def build(ctx) -> dict[str, Any]:
             token_merging = gr.Slider(0, 0.75, value=0, step=0.05,
                                       label="Token merging ratio (ToMe: faster large images, "
                                             "slightly different; 0 = exact)")
+            step_cache = gr.Slider(0, 5, value=0, step=1,
+                                   label="Step cache (DeepCache: whole UNet every N steps, "
+                                         "faster, slightly different; 0 = exact)")
         with gr.Column(scale=2):
             status = gr.HTML(elem_id="txt2img-status")
             preview = gr.Image(label="Preview", interactive=False, height=192,
@@ -253,7 +258,7 @@ def build(ctx) -> dict[str, Any]:
 
     controls = [mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
                 batch_count, candidates, keep, model, init_image, strength, source_id,
-                token_merging]
+                token_merging, step_cache]
 
     def run(request: gr.Request, *values):  # gradio puts the request first, by its type
         task, params = _params(*values)
