@@ -45,9 +45,13 @@ def load_pipeline(model: Path):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 32):
+def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 32,
+             step_cache: int = 0):
+    from engines.diffusion_speed import set_step_cache
+
     images = []
     for i in range(0, len(prompts), batch):
+        set_step_cache(pipe.unet, step_cache)  # 0 = exact; each run starts with a full call
         # One generator per image, seeded by its index: a prompt's image does not depend on --n.
         gens = [torch.Generator().manual_seed(seed + j) for j in range(i, min(i + batch, len(prompts)))]
         images += pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance,
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None):
     # makes the grid; every value gets its rows.
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0, 5.0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step-cache", type=int, default=0,
+                   help="score the DeepCache-style step cache at this interval (0 = exact)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--md", type=Path, default=Path("runs/sd_tiny/prompt_adherence.md"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/sd_tiny_grid.png"))
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None):
         scenes = eval_scenes(args.n, split)
         prompts = [s.caption() for s in scenes]
         for k, guidance in enumerate(args.guidance):
-            images = generate(pipe, prompts, args.steps, guidance, args.seed)
+            images = generate(pipe, prompts, args.steps, guidance, args.seed,
+                              step_cache=args.step_cache)
             rows[f"generated, {name} prompts, guidance {guidance:g}"] = accuracy(judge, images, scenes)
             if k == 0:
                 samples[name] = (images, prompts)
