@@ -204,9 +204,22 @@ def test_runtime_options_from_environment(monkeypatch):
     assert options == RuntimeOptions(half_precision=False, vae_tiling=True)
 
 
-def test_token_merging_roundtrip_and_effect():
+def small_attention_unet():
+    """A seeded two-level UNet with self-attention at full resolution (the embedded one has
+    none there), for the speed options' tests."""
     import torch
     from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=32, attention_head_dim=4,
+                                norm_num_groups=8).eval()
+
+
+def test_token_merging_roundtrip_and_effect():
+    import torch
 
     from engines.diffusion_speed import bipartite_merge, set_token_merging
 
@@ -217,13 +230,7 @@ def test_token_merging_roundtrip_and_effect():
     restored = unmerge(merged)
     assert restored.shape == x.shape
     assert torch.allclose(merge(restored), merged, atol=1e-6)  # every token back where it was
-    # A UNet with self-attention at full resolution (the embedded one has none there).
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=32, attention_head_dim=4,
-                                norm_num_groups=8).eval()
+    unet = small_attention_unet()
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
     with torch.inference_mode():
         exact = unet(sample, 10, encoder_hidden_states=text).sample
@@ -261,16 +268,10 @@ def test_step_cache_reuses_deep_features_and_switches_off_exactly(engine):
 
 def test_step_cache_skips_the_deep_blocks_between_full_calls():
     import torch
-    from diffusers import UNet2DConditionModel
 
     from engines.diffusion_speed import set_step_cache
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=32, attention_head_dim=4,
-                                norm_num_groups=8).eval()
+    unet = small_attention_unet()
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
     set_step_cache(unet, 2)
     with torch.inference_mode():
