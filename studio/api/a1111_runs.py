@@ -207,12 +207,10 @@ class Runs:
                     break
                 run.job_no, run.step, run.total, run.skipped = index, 0, 0, False
                 run.current_job = job_id
-            job = queue.wait(job_id, PROGRESS_S)
-            while job is None:  # waiting or running
+            while (job := queue.wait(job_id, PROGRESS_S)) is None:  # waiting or running
                 live = queue.live().get(job_id)
                 if live is not None:
                     run.progress(live.step, live.total, live.preview)
-                job = queue.wait(job_id, PROGRESS_S)
             if job.status == "completed":
                 result = job.result or {}
                 outcomes.append(Outcome(list(result.get("item_ids") or job.item_ids),

@@ -70,14 +70,8 @@ def _describe(ctx, style_id: str):
 
 def _gallery_item_for(ctx, path: str | None) -> int | None:
     """The gallery item whose file this is (gallery files are named by their uid)."""
-    if not path:
-        return None
-    from sqlalchemy import select
-
-    from studio.gallery.models import Item
-
-    with ctx.db.session() as session:
-        return session.scalar(select(Item.id).where(Item.uid == Path(path).stem))
+    item = ctx.gallery.find_by_uid(Path(path).stem) if path else None
+    return item.id if item is not None else None
 
 
 def _settings(style_id, strength_value, size_choice) -> dict:

@@ -174,7 +174,7 @@ def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, 
         params["model"] = model
     if token_merging:
         params["token_merging"] = float(token_merging)
-    if step_cache and int(step_cache) > 1:
+    if int(step_cache or 0) > 1:
         params["step_cache"] = int(step_cache)
     if mode == "img2img":
         if not init_path:
