@@ -3,7 +3,8 @@
 A model id is one of:
   - "genstudio-tiny-sd": the embedded model under assets/sd-tiny;
   - a local diffusers folder (model_index.json), loaded with safetensors only;
-  - a single `.safetensors` checkpoint (SD 1.x/2.x, SDXL, Turbo, LCM) via `from_single_file`;
+  - a single `.safetensors` checkpoint (SD 1.x/2.x, SDXL, Turbo, LCM) via `from_single_file`,
+    with the family configs shipped in assets/sd-configs (engines/diffusion_single_file.py);
   - a hub id such as "stabilityai/sd-turbo" (needs the hub or its local cache).
 Pickled checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling runs arbitrary code.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from engines.base import EngineError
 from engines.diffusion_params import SCHEDULERS
+from engines.diffusion_single_file import checkpoint_family, config_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "genstudio-tiny-sd"
@@ -112,11 +114,6 @@ def _is_sdxl(source: ModelSource) -> bool:
     if source.kind == "folder":
         index = json.loads((Path(source.location) / "model_index.json").read_text())
         return "text_encoder_2" in index or "XL" in index.get("_class_name", "")
-    if source.kind == "single_file":
-        from safetensors import safe_open
-
-        with safe_open(source.location, framework="pt") as handle:
-            return any(k.startswith("conditioner.embedders.1") for k in handle.keys())
     return "xl" in source.location.lower()
 
 
@@ -128,13 +125,16 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
 
     half = options.half_precision if options.half_precision is not None else device == "cuda"
     dtype = torch.float16 if half and device != "cpu" else torch.float32
-    xl = _is_sdxl(source)
+    family = checkpoint_family(source.location) if source.kind == "single_file" else None
+    xl = family == "xl_base" if family else _is_sdxl(source)
     extra = {} if xl else {"safety_checker": None, "feature_extractor": None,
                            "requires_safety_checker": False}
     try:
         if source.kind == "single_file":
+            # The family's configs and tokenizer come from assets/sd-configs, not the hub.
             cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
-            pipe = cls.from_single_file(source.location, dtype=dtype, **extra)
+            pipe = cls.from_single_file(source.location, config=str(config_folder(family)),
+                                        local_files_only=True, dtype=dtype, **extra)
         else:
             pipe = AutoPipelineForText2Image.from_pretrained(
                 source.location, dtype=dtype, use_safetensors=True,
@@ -143,9 +143,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     except EngineError:
         raise
     except Exception as error:  # diffusers raises many kinds; the user needs one sentence
-        hint = (" (a single file needs its model config: from the hub, or its cache)"
-                if source.kind == "single_file" else "")
-        raise EngineError(f"could not load {source.name}: {error}{hint}") from error
+        raise EngineError(f"could not load {source.name}: {error}") from error
     pipe.set_progress_bar_config(disable=True)
     if options.threads and device == "cpu":
         torch.set_num_threads(options.threads)

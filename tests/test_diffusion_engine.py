@@ -291,7 +291,7 @@ def test_single_file_that_cannot_load_is_an_engine_error(tmp_path):
     path = tmp_path / "not-a-model.safetensors"
     save_file({"weight": torch.zeros(2, 2)}, str(path))
     engine = DiffusionEngine(model_id=str(path), device="cpu")
-    with pytest.raises(EngineError, match="could not load not-a-model"):
+    with pytest.raises(EngineError, match="not-a-model.safetensors is not a Stable Diffusion checkpoint"):
         engine.load()
     assert not engine.loaded
 
