@@ -1,4 +1,4 @@
-"""Write a diffusers SD 1.x pipeline as one LDM-layout `.safetensors` file, the layout A1111,
+"""Turn a diffusers SD pipeline's weights into the single-file (LDM/SGM) key layout that A1111,
 ComfyUI and civitai checkpoints use, so the single-file loader can be tested on the real key
 layout without a downloaded checkpoint.
 
@@ -103,22 +103,70 @@ def vae_key_map(keys, num_blocks: int) -> dict[str, str]:
     return mapping
 
 
-def sd1_ldm_state_dict(pipe, dtype=None) -> dict:
-    """The LDM-layout state dict of an SD 1.x diffusers pipeline (UNet, VAE, CLIP text encoder)."""
-    unet = pipe.unet.state_dict()
-    vae = pipe.vae.state_dict()
+def open_clip_state_dict(text_encoder_state: dict, prefix: str) -> dict:
+    """A transformers CLIP text tower in OpenCLIP's layout (SD 2.x, SDXL's second encoder):
+    fused q/k/v `in_proj`, `resblocks`, `c_fc`/`c_proj`, a bare `text_projection` matrix."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    import torch
+
+    table = DIFFUSERS_TO_LDM_MAPPING["openclip"]
+    state = {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+             for k, v in text_encoder_state.items()}
     out = {}
-    unet_map = unet_key_map(list(unet), pipe.unet.config.layers_per_block,
-                            len(pipe.unet.config.block_out_channels))
+    for key, value in state.items():
+        if key in table["layers"]:
+            ldm = table["layers"][key]
+            out[prefix + ldm] = value.T if ldm == "text_projection" else value
+        elif key.startswith("text_model.encoder.layers."):
+            layer, rest = key[len("text_model.encoder.layers."):].split(".", 1)
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                if rest.startswith("self_attn.q_proj."):  # fuse q, k, v once, at q
+                    kind = rest.rsplit(".", 1)[1]
+                    fused = torch.cat([state[f"text_model.encoder.layers.{layer}.self_attn."
+                                             f"{p}_proj.{kind}"] for p in "qkv"])
+                    out[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind}"] = fused
+                continue
+            for diffusers_name, ldm_name in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                                             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+                                             ("self_attn.out_proj", "attn.out_proj")):
+                rest = rest.replace(diffusers_name, ldm_name)
+            out[f"{prefix}transformer.resblocks.{layer}.{rest}"] = value
+        elif not key.endswith("position_ids"):
+            raise KeyError(f"no OpenCLIP name for text-encoder key {key}")
+    return out
+
+
+def _clip_l(text_encoder_state: dict, prefix: str) -> dict:
+    # transformers 5 dropped the `text_model.` level from CLIPTextModel's keys; files keep it
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in text_encoder_state.items()}
+
+
+def ldm_state_dict(parts, family: str = "v1", dtype=None) -> dict:
+    """The single-file (LDM/SGM) state dict of a pipeline's parts (`unet`, `vae`,
+    `text_encoder`, and for SDXL `text_encoder_2`) for family "v1", "v2" or "xl_base"."""
+    unet = parts.unet.state_dict()
+    vae = parts.vae.state_dict()
+    out = {}
+    unet_map = unet_key_map(list(unet), parts.unet.config.layers_per_block,
+                            len(parts.unet.config.block_out_channels))
     for key, value in unet.items():
         out[UNET_PREFIX + unet_map[key]] = value
-    vae_map = vae_key_map(list(vae), len(pipe.vae.config.block_out_channels))
+    vae_map = vae_key_map(list(vae), len(parts.vae.config.block_out_channels))
     for key, value in vae.items():
         if ".mid_block.attentions." in key and key.endswith("weight") and value.ndim == 2:
             value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
         out[VAE_PREFIX + vae_map[key]] = value
-    for key, value in pipe.text_encoder.state_dict().items():
-        # transformers 5 dropped the `text_model.` level from CLIPTextModel's keys; files keep it
-        key = key if key.startswith("text_model.") else "text_model." + key
-        out[CLIP_PREFIX + key] = value
+    text = parts.text_encoder.state_dict()
+    if family == "v1":
+        out.update(_clip_l(text, CLIP_PREFIX))
+    elif family == "v2":
+        out.update(open_clip_state_dict(text, "cond_stage_model.model."))
+    elif family == "xl_base":
+        out.update(_clip_l(text, "conditioner.embedders.0.transformer."))
+        out.update(open_clip_state_dict(parts.text_encoder_2.state_dict(),
+                                        "conditioner.embedders.1.model."))
+    else:
+        raise ValueError(f"unknown `family` {family!r}")
     return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in out.items()}

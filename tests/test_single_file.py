@@ -1,8 +1,9 @@
 """Single-file `.safetensors` checkpoints load offline, with the shipped family configs.
 
-The end-to-end test writes an SD 1.5-architecture checkpoint (random weights) in the LDM layout
-that A1111/ComfyUI files use, loads it through the engine with the hub switched off, checks the
-weights arrived where they belong and generates with it.
+The end-to-end tests write SD 1.5- and SD 2.1-architecture checkpoints (random weights) in the
+key layout A1111/ComfyUI files use, load them through the engine with the hub switched off,
+check the weights arrived where they belong and generate. SDXL is checked on shapes here (meta
+tensors) and end to end by `scripts/check_single_file.py xl_base` (~20 GB of RAM).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from engines.base import EngineError
-from engines.diffusion_single_file import CONFIGS, SUPPORTED, checkpoint_family, config_folder
+from engines.diffusion_single_file import SUPPORTED, checkpoint_family, config_folder
 
 # Parameter counts of the public checkpoints' components (diffusers layout).
 PUBLIC_SIZES = {
@@ -30,22 +31,68 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.mark.parametrize("family", sorted(SUPPORTED))
-def test_family_configs_build_the_public_architectures(family):
+def _parts(family: str, meta: bool = True):
+    """The family's components built from the shipped configs: on the meta device (real shapes
+    and names, no memory; SDXL would need 10 GB) or with random weights."""
+    from types import SimpleNamespace
+
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     folder = config_folder(family)
-    sizes = {}
-    with torch.device("meta"):  # shapes only: SDXL would need 10 GB of real weights
-        sizes["unet"] = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        sizes["vae"] = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    parts = SimpleNamespace()
+    with torch.device("meta" if meta else "cpu"):
+        parts.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        parts.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
         for name in ("text_encoder", "text_encoder_2"):
             if (folder / name).exists():
                 cls = CLIPTextModelWithProjection if name.endswith("2") else CLIPTextModel
-                sizes[name] = cls(CLIPTextConfig.from_pretrained(folder / name))
-    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in sizes.items()}
+                setattr(parts, name, cls(CLIPTextConfig.from_pretrained(folder / name)))
+    return parts
+
+
+@pytest.mark.parametrize("family", sorted(SUPPORTED))
+def test_family_configs_build_the_public_architectures(family):
+    parts = _parts(family)
+    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in vars(parts).items()}
     assert counts == PUBLIC_SIZES[family]
+
+
+def _shapes(state: dict) -> dict:
+    # transformers 5 names CLIP text weights without the `text_model.` level; compare without it
+    shapes = {k.removeprefix("text_model."): tuple(v.shape) for k, v in state.items()
+              if not k.endswith("position_ids")}
+    assert len(shapes) > 10
+    return shapes
+
+
+@pytest.mark.parametrize("family", sorted(SUPPORTED))
+def test_single_file_layout_maps_back_onto_the_family_config(family):
+    """Each family on shapes: its parts written in the single-file layout are detected as that
+    family, and diffusers' own converters put every tensor back on the right parameter."""
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint,
+                                                     convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint,
+                                                     convert_open_clip_checkpoint,
+                                                     infer_diffusers_model_type)
+    from ldm_checkpoint import ldm_state_dict
+
+    parts = _parts(family)
+    ldm = ldm_state_dict(parts, family)
+    assert infer_diffusers_model_type(ldm) == family
+    assert _shapes(convert_ldm_unet_checkpoint(ldm, dict(parts.unet.config))) == \
+        _shapes(parts.unet.state_dict())
+    assert _shapes(convert_ldm_vae_checkpoint(ldm, dict(parts.vae.config))) == \
+        _shapes(parts.vae.state_dict())
+    if family == "v2":
+        text = convert_open_clip_checkpoint(parts.text_encoder, ldm, "cond_stage_model.model.")
+    else:
+        text = convert_ldm_clip_checkpoint(ldm)
+    assert _shapes(text) == _shapes(parts.text_encoder.state_dict())
+    if family == "xl_base":
+        text_2 = convert_open_clip_checkpoint(parts.text_encoder_2, ldm,
+                                              "conditioner.embedders.1.model.")
+        assert _shapes(text_2) == _shapes(parts.text_encoder_2.state_dict())
 
 
 def test_clip_tokenizer_matches_openai_ids():
@@ -101,27 +148,21 @@ def test_family_detection_and_clear_refusals(tmp_path):
 
 
 @pytest.mark.slow
-def test_sd15_ldm_single_file_loads_offline_and_generates(tmp_path):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+@pytest.mark.parametrize("family", ["v1", "v2"])
+def test_single_file_loads_offline_and_generates(tmp_path, family):
+    """An SD 1.5- or SD 2.1-architecture checkpoint with random weights, written as one fp16
+    file in the A1111 layout, loads through the engine with the hub off and generates."""
+    from ldm_checkpoint import ldm_state_dict
 
     from engines.diffusion import DiffusionEngine
     from engines.diffusion_params import Txt2ImgParams
-    from engines.diffusion_random import ARCHITECTURES
-    from ldm_checkpoint import sd1_ldm_state_dict
 
-    # 1. An SD 1.5-architecture model with random weights, written as one LDM-layout fp16 file.
+    # 1. Random weights in the family's architecture, written as a single file.
     torch.manual_seed(0)
-    spec = ARCHITECTURES["sd15"]
-
-    class Parts:  # what sd1_ldm_state_dict reads from a pipeline
-        unet = UNet2DConditionModel(**spec["unet"])
-        vae = AutoencoderKL(**spec["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, **spec["text"]))
-
-    checkpoint = tmp_path / "my-sd15-finetune.safetensors"
-    ldm = sd1_ldm_state_dict(Parts, dtype=torch.float16)
-    # names every SD 1.5 file from A1111/civitai carries, so the layout is the real one
+    parts = _parts(family, meta=False)
+    checkpoint = tmp_path / f"my-{family}-finetune.safetensors"
+    ldm = ldm_state_dict(parts, family, dtype=torch.float16)
+    # names every such file from A1111/civitai carries, so the layout is the real one
     assert {"model.diffusion_model.time_embed.0.weight", "model.diffusion_model.out.2.weight",
             "model.diffusion_model.input_blocks.3.0.op.weight",
             "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
@@ -130,36 +171,36 @@ def test_sd15_ldm_single_file_loads_offline_and_generates(tmp_path):
             "model.diffusion_model.output_blocks.2.1.conv.weight",
             "first_stage_model.encoder.down.0.block.0.norm1.weight",
             "first_stage_model.decoder.up.3.block.2.conv2.weight",
-            "first_stage_model.decoder.mid.attn_1.q.weight",
-            "cond_stage_model.transformer.text_model.final_layer_norm.weight"} <= set(ldm)
+            "first_stage_model.decoder.mid.attn_1.q.weight"} <= set(ldm)
+    assert ({"cond_stage_model.transformer.text_model.final_layer_norm.weight"} if family == "v1"
+            else {"cond_stage_model.model.ln_final.weight",
+                  "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"}) <= set(ldm)
     save_file(ldm, str(checkpoint))
     del ldm
-    reference = {k: v.half().float() for k, v in Parts.unet.state_dict().items()
-                 if k.startswith(("conv_in", "down_blocks.1.attentions.0", "up_blocks.3.resnets.2"))}
-    vae_attention = Parts.vae.state_dict()["decoder.mid_block.attentions.0.to_q.weight"].half().float()
-    text_weights = {k: v.half().float() for k, v in Parts.text_encoder.state_dict().items()}
-    del Parts
+    fp16 = lambda state: {k: v.half().float() for k, v in state.items()}  # noqa: E731
+    unet = {k: v for k, v in fp16(parts.unet.state_dict()).items()
+            if k.startswith(("conv_in", "down_blocks.1.attentions.0", "up_blocks.3.resnets.2"))}
+    vae = fp16(parts.vae.state_dict())
+    text = fp16(parts.text_encoder.state_dict())
+    del parts
 
-    # 2. Load it as a user would, with no hub: the engine detects SD 1.x and uses shipped configs.
-    assert checkpoint_family(checkpoint) == "v1"
+    # 2. Load it as a user would, with no hub: the engine detects the family and uses shipped configs.
+    assert checkpoint_family(checkpoint) == family
     engine = DiffusionEngine(str(checkpoint), device="cpu")
     engine.load()
     pipe = engine._pipes["txt2img"]
-    loaded = pipe.unet.state_dict()
-    for key, value in reference.items():
-        assert torch.equal(loaded[key], value), key
-    assert torch.equal(pipe.vae.state_dict()["decoder.mid_block.attentions.0.to_q.weight"],
-                       vae_attention)
-    loaded_text = pipe.text_encoder.state_dict()
-    assert set(loaded_text) == set(text_weights)
-    for key, value in text_weights.items():
-        assert torch.equal(loaded_text[key], value), key
+    for expected, module in ((unet, pipe.unet), (vae, pipe.vae), (text, pipe.text_encoder)):
+        loaded = module.state_dict()
+        for key, value in expected.items():
+            assert torch.equal(loaded[key].reshape(value.shape), value), key
+    assert set(pipe.text_encoder.state_dict()) == set(text)
     assert pipe.tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert pipe.scheduler.config.prediction_type == ("epsilon" if family == "v1" else "v_prediction")
 
     # 3. It generates, and the result names the checkpoint and its A1111 hash.
     result = engine.generate(Txt2ImgParams(prompt="a red circle", steps=2, width=64, height=64,
                                            seed=1, guidance_scale=3.0))
     assert result.images[0].size == (64, 64)
-    assert result.info["model"] == "my-sd15-finetune"
+    assert result.info["model"] == f"my-{family}-finetune"
     assert result.info["model_hash"] is not None and len(result.info["model_hash"]) == 10
     engine.unload()
