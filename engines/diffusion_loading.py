@@ -19,7 +19,8 @@ from pathlib import Path
 
 from engines.base import EngineError
 from engines.diffusion_params import SCHEDULERS
-from engines.diffusion_single_file import checkpoint_family, config_folder
+from engines.diffusion_single_file import (checkpoint_family, config_folder,
+                                           sidecar_prediction_type)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "genstudio-tiny-sd"
@@ -126,6 +127,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     half = options.half_precision if options.half_precision is not None else device == "cuda"
     dtype = torch.float16 if half and device != "cpu" else torch.float32
     family = checkpoint_family(source.location) if source.kind == "single_file" else None
+    prediction = sidecar_prediction_type(source.location) if family else None  # before loading
     xl = family == "xl_base" if family else _is_sdxl(source)
     extra = {} if xl else {"safety_checker": None, "feature_extractor": None,
                            "requires_safety_checker": False}
@@ -145,6 +147,9 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     except Exception as error:  # diffusers raises many kinds; the user needs one sentence
         raise EngineError(f"could not load {source.name}: {error}") from error
     pipe.set_progress_bar_config(disable=True)
+    if prediction and prediction != pipe.scheduler.config.get("prediction_type"):
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                          prediction_type=prediction)
     if options.threads and device == "cpu":
         torch.set_num_threads(options.threads)
     if device == "cuda" and options.cpu_offload:

@@ -9,6 +9,8 @@ sources by scripts/make_sd_configs.py) and hands diffusers a local folder assemb
    (no tensor is loaded), using diffusers' own detection so both agree.
 2. `config_folder(family)`: a diffusers-layout folder with the family's configs and tokenizer,
    written once to the model cache.
+3. `sidecar_prediction_type(path)`: a `<checkpoint>.yaml` beside the file (A1111's convention)
+   overrides the prediction type, e.g. for SD 2.x 512-px epsilon models.
 """
 from __future__ import annotations
 
@@ -67,6 +69,24 @@ def checkpoint_family(path: str | Path) -> str:
     raise EngineError(f"{Path(path).name} looks like {what}, which this engine does not run; "
                       f"supported single files: {', '.join(SUPPORTED.values())} "
                       f"(including Turbo and LCM fine-tunes of them)")
+
+
+def sidecar_prediction_type(path: str | Path) -> str | None:
+    """The prediction type an A1111-style sidecar `<checkpoint>.yaml` declares, or None when
+    there is none. Weights cannot tell SD 2.x's 768-px v-prediction model from its 512-px
+    epsilon base; A1111 users put the original inference yaml beside such files."""
+    import yaml
+
+    sidecar = Path(path).with_suffix(".yaml")
+    if not sidecar.is_file():
+        return None
+    try:
+        original = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+        params = original["model"]["params"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise EngineError(f"{sidecar.name} beside the checkpoint is not an LDM inference yaml "
+                          f"(expected model.params): {error}") from error
+    return "v_prediction" if params.get("parameterization") == "v" else "epsilon"
 
 
 def _model_index(family: str, config: dict) -> dict:

@@ -147,6 +147,21 @@ def test_family_detection_and_clear_refusals(tmp_path):
         checkpoint_family(flux)
 
 
+def test_sidecar_yaml_sets_the_prediction_type(tmp_path):
+    from engines.diffusion_single_file import sidecar_prediction_type
+
+    checkpoint = tmp_path / "sd21.safetensors"
+    assert sidecar_prediction_type(checkpoint) is None
+    sidecar = checkpoint.with_suffix(".yaml")
+    sidecar.write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    assert sidecar_prediction_type(checkpoint) == "v_prediction"
+    sidecar.write_text("model:\n  params:\n    scale_factor: 0.18215\n")
+    assert sidecar_prediction_type(checkpoint) == "epsilon"
+    sidecar.write_text("just: [a, list")
+    with pytest.raises(EngineError, match="sd21.yaml beside the checkpoint is not an LDM"):
+        sidecar_prediction_type(checkpoint)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["v1", "v2"])
 def test_single_file_loads_offline_and_generates(tmp_path, family):
@@ -204,3 +219,12 @@ def test_single_file_loads_offline_and_generates(tmp_path, family):
     assert result.info["model"] == f"my-{family}-finetune"
     assert result.info["model_hash"] is not None and len(result.info["model_hash"]) == 10
     engine.unload()
+
+    # 4. A1111's sidecar yaml (no `parameterization: v`) marks a 512-px epsilon SD 2.x base.
+    if family == "v2":
+        checkpoint.with_suffix(".yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+        engine = DiffusionEngine(str(checkpoint), device="cpu")
+        engine.load()
+        assert engine._pipes["txt2img"].scheduler.config.prediction_type == "epsilon"
+        assert engine._scheduler_config["prediction_type"] == "epsilon"  # every sampler gets it
+        engine.unload()
