@@ -71,6 +71,36 @@ def checkpoint_family(path: str | Path) -> str:
                       f"(including Turbo and LCM fine-tunes of them)")
 
 
+def native_side(model: str | Path) -> int | None:
+    """The image side a checkpoint was trained at (512 SD 1.x, 768 SD 2.x, 1024 SDXL) for the
+    tabs' defaults, or None if unknown. Reads only the safetensors JSON header or the folder's
+    UNet config: no torch, so the UI may call it."""
+    path = Path(model)
+    try:
+        if path.is_dir():
+            unet = json.loads((path / "unet" / "config.json").read_text())
+            vae = json.loads((path / "vae" / "config.json").read_text())
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        if path.suffix.lower() == ".safetensors" and path.is_file():
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    return None
+                header = json.loads(handle.read(size))
+            if _SDXL_KEY in header:
+                return 1024
+            v2 = header.get(_SD2_KEY, {}).get("shape", [0])
+            return 768 if v2[-1] == 1024 else 512
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+# Keys diffusers' detection uses for these families (single_file_utils.CHECKPOINT_KEY_NAMES).
+_SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+_SD2_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+
+
 def sidecar_prediction_type(path: str | Path) -> str | None:
     """The prediction type an A1111-style sidecar `<checkpoint>.yaml` declares, or None when
     there is none. Weights cannot tell SD 2.x's 768-px v-prediction model from its 512-px

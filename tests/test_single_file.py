@@ -147,6 +147,22 @@ def test_family_detection_and_clear_refusals(tmp_path):
         checkpoint_family(flux)
 
 
+def test_native_side_from_header_or_folder_without_torch(tmp_path):
+    from engines.diffusion_loading import ALIASES, DEFAULT_MODEL
+    from engines.diffusion_single_file import native_side
+
+    unet_key = "model.diffusion_model.input_blocks.0.0.weight"
+    sd2_key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    xl_key = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+    assert native_side(_write(tmp_path / "a.safetensors", {unet_key: (8, 4, 3, 3)})) == 512
+    assert native_side(_write(tmp_path / "b.safetensors", {sd2_key: (4, 1024)})) == 768
+    assert native_side(_write(tmp_path / "c.safetensors", {unet_key: (8, 4, 3, 3), xl_key: (8,)})) == 1024
+    assert native_side(ALIASES[DEFAULT_MODEL]) == 64
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    assert native_side(tmp_path / "junk.safetensors") is None
+    assert native_side(tmp_path / "missing.safetensors") is None
+
+
 def test_sidecar_yaml_sets_the_prediction_type(tmp_path):
     from engines.diffusion_single_file import sidecar_prediction_type
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from engines.base import Cancelled, CancelToken, EngineError
+from engines.diffusion_single_file import native_side
 from studio.tasks import run_task, validate_task
 
 TAB_ID = "txt2img"
@@ -36,8 +37,11 @@ _running: dict[str, CancelToken] = {}
 # ------------------------------------------------------------------ shared helpers
 def model_defaults(model: str | None) -> tuple[float, int]:
     """(CFG scale, image side) a model works best with: the embedded model was judged at CFG 2
-    (higher shifts its colours, docs/sd-tiny.md) and draws 64 px; others get A1111's 7 and 512."""
-    return (2.0, 64) if (model or DEFAULT_MODEL) == DEFAULT_MODEL else (7.0, 512)
+    (higher shifts its colours, docs/sd-tiny.md) and draws 64 px; others get A1111's CFG 7 at
+    the side they were trained at (1024 SDXL, 768 SD 2.x, else 512)."""
+    if (model or DEFAULT_MODEL) == DEFAULT_MODEL:
+        return 2.0, 64
+    return 7.0, native_side(model) or 512
 
 
 def model_choices(ctx) -> list[str]:
