@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unload least recently used models above this (default 8)")
     parser.add_argument("--no-queue-worker", action="store_true",
                         help="do not run queued jobs in this process")
+    parser.add_argument("--openvino", choices=["f32", "bf16"],
+                        help="CPU: run the diffusion UNet on OpenVINO; bf16 about halves the time "
+                             "on AVX-512 BF16 CPUs (slightly different images), f32 keeps them")
     return parser.parse_args(argv)
 
 
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Refusing to serve {where} without a login: add --auth user:password "
               "(or serve on 127.0.0.1).", file=sys.stderr)
         raise SystemExit(2)
+    if args.openvino:
+        os.environ["GENSTUDIO_OPENVINO"] = args.openvino  # read by RuntimeOptions.from_env
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -13,7 +13,8 @@ diffusers StableDiffusionPipeline, in the same process, same weights, scheduler,
     public config with random weights (engines/diffusion_random.py), saved once under
     runs/bench-sd15 (4.3 GB) and loaded from there by both sides, at 512x512.
 
-Each side gets one untimed warm-up image (1 step; with --compile this includes torch.compile),
+Each side gets one untimed warm-up image (1 step; with --compile this includes torch.compile,
+with --openvino the UNet's conversion),
 then `--images` timed images; the median is reported. Plain and ours alternate image by image so
 load from other processes on the machine hits both alike. Results go to runs/bench_diffusion.json.
 """
@@ -103,20 +104,20 @@ def _median_step(started: float, marks: list[float]) -> float:
 
 def bench_model(name: str, folder: str, size: int, steps: int, images: int,
                 compile_unet: bool, tome: float, skip_exact: bool = False,
-                step_cache: int = 0) -> dict:
+                step_cache: int = 0, openvino: str | None = None) -> dict:
     """Sides: "plain" (diffusers defaults), "ours" (the engine, exact), and with --tome
     "ours+tome" (the same engine object, token merging on for those requests)."""
     from engines.diffusion import DiffusionEngine
     from engines.diffusion_loading import RuntimeOptions
 
     print(f"\n== {name}: {size}x{size}, {steps} steps, {images} timed image(s) per side, "
-          f"compile={compile_unet}, tome={tome}", flush=True)
+          f"compile={compile_unet}, openvino={openvino}, tome={tome}", flush=True)
     loaded = time.perf_counter()
     plain = plain_pipeline(folder)
     load = {"plain": time.perf_counter() - loaded}
     loaded = time.perf_counter()
     engine = DiffusionEngine(model_id=folder, device="cpu",
-                             options=RuntimeOptions(compile=compile_unet))
+                             options=RuntimeOptions(compile=compile_unet, openvino=openvino))
     engine.load()
     load["ours"] = time.perf_counter() - loaded
     sides = {"plain": lambda st, seed: time_plain(plain, st, size, seed)}
@@ -127,7 +128,7 @@ def bench_model(name: str, folder: str, size: int, steps: int, images: int,
         sides[label] = lambda st, seed: time_engine(engine, st, size, seed, tome, step_cache)
     elif tome:
         sides["ours+tome"] = lambda st, seed: time_engine(engine, st, size, seed, tome)
-    # Warm-up (untimed, 1 step): first-call allocations, and torch.compile when asked.
+    # Warm-up (untimed, 1 step): first-call allocations, torch.compile or OpenVINO conversion.
     warmup = {}
     for side, run in sides.items():
         started = time.perf_counter()
@@ -156,7 +157,8 @@ def bench_model(name: str, folder: str, size: int, steps: int, images: int,
     del plain, engine
     gc.collect()
     return {"model": name, "size": size, "steps": steps, "images": images,
-            "compile": compile_unet, "tome": tome, "summary": summary, "ratios": ratios,
+            "compile": compile_unet, "openvino": openvino, "tome": tome, "summary": summary,
+            "ratios": ratios,
             "load_s": load, "warmup_s": warmup, "runs": runs}
 
 
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-cache", type=int, default=0,
                         help="time our engine with this DeepCache-style step cache interval "
                              "(with --tome's ratio too; instead of the tome-only side)")
+    parser.add_argument("--openvino", choices=["f32", "bf16"],
+                        help="our engine with the UNet on OpenVINO at this precision")
     parser.add_argument("--cache", default=str(REPO / "runs" / "bench-sd15"))
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_diffusion.json"))
     args = parser.parse_args(argv)
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "tiny":
             folder = str(REPO / "assets" / "sd-tiny")
             results.append(bench_model("tiny", folder, 64, steps, max(3, args.images),
-                                       args.compile, args.tome, args.skip_exact, args.step_cache))
+                                       args.compile, args.tome, args.skip_exact, args.step_cache,
+                                       args.openvino))
         elif name == "sd15":
             folder = Path(args.cache)
             if not (folder / "model_index.json").exists():
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 build_random_sd(folder, "sd15")
             results.append(bench_model("sd15-random", str(folder), args.sd15_size, steps,
                                        args.images, args.compile, args.tome, args.skip_exact,
-                                       args.step_cache))
+                                       args.step_cache, args.openvino))
         else:
             parser.error(f"unknown model {name!r}")
     record = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,

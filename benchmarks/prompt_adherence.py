@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step-cache", type=int, default=0,
                    help="score the DeepCache-style step cache at this interval (0 = exact)")
+    p.add_argument("--openvino", choices=["f32", "bf16"],
+                   help="run the UNet on OpenVINO at this precision (engines/diffusion_openvino.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--md", type=Path, default=Path("runs/sd_tiny/prompt_adherence.md"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/sd_tiny_grid.png"))
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None):
     # 1. Instrument and model.
     judge = load_judge(args.judge)
     pipe = load_pipeline(args.model)
+    if args.openvino:
+        from engines.diffusion_openvino import enable_openvino
+
+        enable_openvino(pipe.unet, args.openvino, args.threads)
     rows, samples = {}, {}
     t0 = time.time()
     # 2. Generate and judge each split.
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None):
     # 3. Report.
     info = json.loads((args.model / "training_info.json").read_text()) if (args.model / "training_info.json").exists() else {}
     md = (f"Model `{args.model}` (UNet step {info.get('step', '?')}), {args.n} prompts per split, "
-          f"DPM++ 2M {args.steps} steps, seed {args.seed}; "
+          f"DPM++ 2M {args.steps} steps, seed {args.seed}, step cache {args.step_cache}, "
+          f"UNet on {'OpenVINO ' + args.openvino if args.openvino else 'PyTorch'}; "
           f"{seconds:.0f} s including references.\n\n" + table(rows) + "\n")
     print(md)
     args.md.parent.mkdir(parents=True, exist_ok=True)

@@ -42,19 +42,24 @@ class RuntimeOptions:
     # size, so opt-in: GENSTUDIO_COMPILE=1 or RuntimeOptions(compile=True); see docs/diffusion.md
     compile: bool = False
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    # CPU only: run the UNet on OpenVINO, "f32" (same outputs to 1e-5) or "bf16" (about half
+    # the time on AVX-512 BF16 CPUs, slightly different images); engines/diffusion_openvino.py
+    openvino: str | None = None
 
     @classmethod
     def from_env(cls) -> "RuntimeOptions":
         """The studio builds engines as Engine(model_id, device); these switches reach them:
         GENSTUDIO_FP16=0/1, GENSTUDIO_ATTENTION_SLICING=1, GENSTUDIO_VAE_TILING=1,
-        GENSTUDIO_CPU_OFFLOAD=1, GENSTUDIO_CHANNELS_LAST=1, GENSTUDIO_COMPILE=1."""
+        GENSTUDIO_CPU_OFFLOAD=1, GENSTUDIO_CHANNELS_LAST=1, GENSTUDIO_COMPILE=1,
+        GENSTUDIO_OPENVINO=f32|bf16."""
         def flag(name: str) -> bool | None:
             value = os.environ.get(f"GENSTUDIO_{name}")
             return None if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
         return cls(half_precision=flag("FP16"), attention_slicing=bool(flag("ATTENTION_SLICING")),
                    vae_tiling=bool(flag("VAE_TILING")), cpu_offload=bool(flag("CPU_OFFLOAD")),
-                   channels_last=bool(flag("CHANNELS_LAST")), compile=bool(flag("COMPILE")))
+                   channels_last=bool(flag("CHANNELS_LAST")), compile=bool(flag("COMPILE")),
+                   openvino=os.environ.get("GENSTUDIO_OPENVINO", "").strip().lower() or None)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,15 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     from diffusers import (AutoPipelineForText2Image, StableDiffusionPipeline,
                            StableDiffusionXLPipeline)
 
+    if options.openvino is not None:
+        from engines.diffusion_openvino import PRECISIONS
+
+        if options.openvino not in PRECISIONS:
+            raise EngineError(f"GENSTUDIO_OPENVINO must be one of {', '.join(PRECISIONS)}, "
+                              f"got {options.openvino!r}")
+        if options.compile:
+            raise EngineError("GENSTUDIO_OPENVINO and GENSTUDIO_COMPILE both compile the UNet; "
+                              "set one or the other")
     half = options.half_precision if options.half_precision is not None else device == "cuda"
     dtype = torch.float16 if half and device != "cpu" else torch.float32
     family = checkpoint_family(source.location) if source.kind == "single_file" else None
@@ -163,6 +177,13 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     if options.channels_last or options.compile:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if options.openvino and device == "cpu":
+        from engines.diffusion_openvino import enable_openvino
+
+        try:
+            enable_openvino(pipe.unet, options.openvino, torch.get_num_threads())
+        except RuntimeError as error:
+            raise EngineError(str(error)) from error
     if options.compile:
         if device == "cpu":
             import torch._inductor.config as inductor_config

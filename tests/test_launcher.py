@@ -40,6 +40,13 @@ def test_auth_parsing(tmp_path):
         launch.parse_auth(["nocolon"], None)
 
 
+def test_openvino_flag():
+    assert launch.parse_args(["--openvino", "bf16"]).openvino == "bf16"
+    assert launch.parse_args([]).openvino is None
+    with pytest.raises(SystemExit):
+        launch.parse_args(["--openvino", "int4"])
+
+
 def test_next_free_port_when_taken():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -1,0 +1,103 @@
+"""The UNet on OpenVINO (GENSTUDIO_OPENVINO): same images in f32, close in bf16, and PyTorch for
+every call it does not cover. Runs on the embedded model."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from engines.base import EngineError
+from engines.diffusion import DiffusionEngine
+from engines.diffusion_loading import RuntimeOptions
+from engines.diffusion_params import Txt2ImgParams
+
+PARAMS = Txt2ImgParams(prompt="a small red star at the top left on a blue background", steps=8,
+                       seed=11, guidance_scale=2.0, batch_size=2)
+
+
+def pixels(result) -> list[np.ndarray]:
+    return [np.asarray(image).astype(int) for image in result.images]
+
+
+@pytest.fixture(scope="module")
+def torch_images():
+    engine = DiffusionEngine(options=RuntimeOptions())
+    engine.load()
+    images = {"default": pixels(engine.generate(PARAMS)),
+              "odd": pixels(engine.generate(replace(PARAMS, width=72))),
+              "cache": pixels(engine.generate(replace(PARAMS, step_cache=2)))}
+    engine.unload()
+    return images
+
+
+@pytest.fixture(scope="module")
+def openvino_engine():
+    engine = DiffusionEngine(options=RuntimeOptions(openvino="f32"))
+    engine.load()
+    yield engine
+    engine.unload()
+
+
+@pytest.mark.slow
+def test_f32_gives_the_same_images_as_pytorch(openvino_engine, torch_images):
+    runner = openvino_engine._pipes["txt2img"].unet._genstudio_openvino
+    before = runner.calls
+    images = pixels(openvino_engine.generate(PARAMS))
+    # every denoising call went to OpenVINO (8 steps; CFG runs as one batch of 4)
+    assert runner.calls - before == PARAMS.steps
+    for ours, reference in zip(images, torch_images["default"]):
+        assert np.abs(ours - reference).max() <= 1  # fp32 sums in another order: 1e-5 apart
+
+
+@pytest.mark.slow
+def test_calls_it_does_not_cover_go_to_pytorch(openvino_engine, torch_images):
+    runner = openvino_engine._pipes["txt2img"].unet._genstudio_openvino
+    before = runner.calls
+    # 72 px: an 18-latent side takes the UNet's odd-size upsampling path, not in the traced graph
+    odd = pixels(openvino_engine.generate(replace(PARAMS, width=72)))
+    # the step cache hooks PyTorch modules
+    cached = pixels(openvino_engine.generate(replace(PARAMS, step_cache=2)))
+    assert runner.calls == before
+    for ours, reference in zip(odd + cached, torch_images["odd"] + torch_images["cache"]):
+        assert np.array_equal(ours, reference)
+    # and the same engine is back on OpenVINO for the next plain request
+    openvino_engine.generate(PARAMS)
+    assert runner.calls - before == PARAMS.steps
+
+
+@pytest.mark.slow
+def test_img2img_shares_the_converted_unet(openvino_engine):
+    from PIL import Image
+
+    runner = openvino_engine._pipes["txt2img"].unet._genstudio_openvino
+    before = runner.calls
+    params = openvino_engine.Img2ImgParams(**{**asdict(PARAMS), "batch_size": 1},
+                                           init_image=Image.new("RGB", (64, 64), "blue"),
+                                           strength=0.5)
+    result = openvino_engine.generate(params)
+    assert result.images[0].size == (64, 64)
+    assert runner.calls - before == 4  # 8 steps at strength 0.5
+
+
+@pytest.mark.slow
+def test_bf16_is_close_to_pytorch(torch_images):
+    engine = DiffusionEngine(options=RuntimeOptions(openvino="bf16"))
+    engine.load()
+    images = pixels(engine.generate(PARAMS))
+    assert engine._pipes["txt2img"].unet._genstudio_openvino.calls == PARAMS.steps
+    engine.unload()
+    for ours, reference in zip(images, torch_images["default"]):
+        assert np.abs(ours - reference).mean() < 2.0  # of 255; bf16 keeps 8 bits of mantissa
+
+
+def test_bad_settings_are_refused_before_loading(monkeypatch):
+    monkeypatch.setenv("GENSTUDIO_OPENVINO", "int4")
+    assert RuntimeOptions.from_env().openvino == "int4"
+    engine = DiffusionEngine(options=RuntimeOptions.from_env())
+    with pytest.raises(EngineError, match="GENSTUDIO_OPENVINO must be one of f32, bf16"):
+        engine.load()
+    engine = DiffusionEngine(options=RuntimeOptions(openvino="f32", compile=True))
+    with pytest.raises(EngineError, match="set one or the other"):
+        engine.load()
+    assert not engine.loaded
