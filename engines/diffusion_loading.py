@@ -30,10 +30,11 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How the weights run. The CUDA ones are ignored on CPU."""
+    """How the weights run. fp16 and CPU offload apply on CUDA only."""
     half_precision: bool | None = None  # fp16 weights; None = on for CUDA, off elsewhere
-    attention_slicing: bool = False  # CUDA: less memory, a little slower
-    vae_tiling: bool = False  # CUDA: decode large images tile by tile
+    # Memory savers for large images, on any device (RAM on a laptop matters as much as VRAM):
+    attention_slicing: bool = False  # attention in slices: less peak memory, a little slower
+    vae_tiling: bool = False  # decode (and encode) large images tile by tile
     cpu_offload: bool = False  # CUDA: keep idle sub-models in RAM (accelerate)
     # NHWC convolutions. Measured slower in eager mode on this CPU; used with `compile`, where
     # inductor's frozen, pre-packed oneDNN convolutions want it.
@@ -170,10 +171,17 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(device)
-    if device == "cuda" and options.attention_slicing:
+    if options.attention_slicing:
         pipe.enable_attention_slicing()
-    if device == "cuda" and options.vae_tiling:
+    if options.vae_tiling:
         pipe.vae.enable_tiling()
+        # diffusers tiles at the VAE's training size: 64 px for the embedded model, where
+        # GroupNorm statistics of a nearly uniform tile wreck it. Below 512 px a whole decode
+        # is cheap anyway, so tiles are at least that (SD's own tile size).
+        vae = pipe.vae
+        vae.tile_sample_min_size = max(vae.tile_sample_min_size, 512)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_latent_min_size = vae.tile_sample_min_size // scale
     if options.channels_last or options.compile:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
