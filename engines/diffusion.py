@@ -131,6 +131,9 @@ class DiffusionEngine:
                              f"{type(params).__name__}")
         cancel.raise_if_cancelled()
         started = time.perf_counter()
+        openvino = getattr(self._pipes.get("txt2img") and self._pipes["txt2img"].unet,
+                           "_genstudio_openvino", None)
+        openvino_calls = openvino.calls if openvino else 0
         if isinstance(params, OutpaintParams):
             result = self._outpaint(params, on_progress, cancel)
         elif isinstance(params, InpaintParams):
@@ -144,6 +147,8 @@ class DiffusionEngine:
             model=self.model_name, model_hash=self.model_hash, sampler=sampler,
             schedule_type=schedule, seconds=round(time.perf_counter() - started, 3),
             device=self.device)
+        if openvino and openvino.calls > openvino_calls:  # bf16 changes pixels: say so
+            result.info["unet_backend"] = f"OpenVINO {openvino.precision}"
         return result
 
     def _seeds(self, params: Txt2ImgParams) -> list[int]:

@@ -43,9 +43,12 @@ def openvino_engine():
 def test_f32_gives_the_same_images_as_pytorch(openvino_engine, torch_images):
     runner = openvino_engine._pipes["txt2img"].unet._genstudio_openvino
     before = runner.calls
-    images = pixels(openvino_engine.generate(PARAMS))
-    # every denoising call went to OpenVINO (8 steps; CFG runs as one batch of 4)
+    result = openvino_engine.generate(PARAMS)
+    images = pixels(result)
+    # every denoising call went to OpenVINO (8 steps; CFG runs as one batch of 4), and the
+    # result says so (the infotext's "UNet backend")
     assert runner.calls - before == PARAMS.steps
+    assert result.info["unet_backend"] == "OpenVINO f32"
     for ours, reference in zip(images, torch_images["default"]):
         assert np.abs(ours - reference).max() <= 1  # fp32 sums in another order: 1e-5 apart
 
@@ -59,6 +62,7 @@ def test_calls_it_does_not_cover_go_to_pytorch(openvino_engine, torch_images):
     # the step cache hooks PyTorch modules
     cached = pixels(openvino_engine.generate(replace(PARAMS, step_cache=2)))
     assert runner.calls == before
+    assert "unet_backend" not in openvino_engine.generate(replace(PARAMS, width=72)).info
     for ours, reference in zip(odd + cached, torch_images["odd"] + torch_images["cache"]):
         assert np.array_equal(ours, reference)
     # and the same engine is back on OpenVINO for the next plain request
@@ -101,3 +105,12 @@ def test_bad_settings_are_refused_before_loading(monkeypatch):
     with pytest.raises(EngineError, match="set one or the other"):
         engine.load()
     assert not engine.loaded
+
+
+def test_infotext_names_the_unet_backend():
+    from studio.tasks.image import infotext
+
+    info = {"sampler": "DPM++ 2M", "model": "genstudio-tiny-sd", "unet_backend": "OpenVINO bf16"}
+    assert "UNet backend: OpenVINO bf16" in infotext(info, PARAMS, 11, 64, 64, "txt2img")
+    del info["unet_backend"]
+    assert "UNet backend" not in infotext(info, PARAMS, 11, 64, 64, "txt2img")

@@ -224,6 +224,8 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
         settings["Token merging ratio"] = params.token_merging
     if params.step_cache > 1:
         settings["Step cache"] = params.step_cache  # DeepCache-style: full UNet every N steps
+    if engine_info.get("unet_backend"):
+        settings["UNet backend"] = engine_info["unet_backend"]  # e.g. OpenVINO bf16
     if task in ("inpaint", "outpaint"):
         settings["Mask blur"] = params.mask_blur
     if task == "inpaint" and params.inpaint_full_res:
