@@ -131,8 +131,8 @@ class DiffusionEngine:
                              f"{type(params).__name__}")
         cancel.raise_if_cancelled()
         started = time.perf_counter()
-        openvino = getattr(self._pipes.get("txt2img") and self._pipes["txt2img"].unet,
-                           "_genstudio_openvino", None)
+        unet = getattr(self._pipes.get("txt2img"), "unet", None)
+        openvino = getattr(unet, "_genstudio_openvino", None)  # set by GENSTUDIO_OPENVINO
         openvino_calls = openvino.calls if openvino else 0
         if isinstance(params, OutpaintParams):
             result = self._outpaint(params, on_progress, cancel)

@@ -188,10 +188,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
     if options.openvino and device == "cpu":
         from engines.diffusion_openvino import enable_openvino
 
-        try:
-            enable_openvino(pipe.unet, options.openvino, torch.get_num_threads())
-        except RuntimeError as error:
-            raise EngineError(str(error)) from error
+        enable_openvino(pipe.unet, options.openvino, torch.get_num_threads())
     if options.compile:
         if device == "cpu":
             import torch._inductor.config as inductor_config

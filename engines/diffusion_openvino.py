@@ -19,6 +19,8 @@ import threading
 import time
 import warnings
 
+from engines.base import EngineError
+
 PRECISIONS = ("f32", "bf16")
 
 
@@ -110,8 +112,8 @@ def enable_openvino(unet, precision: str, threads: int) -> OpenVINOUNet:
     try:
         import openvino  # noqa: F401
     except ImportError as error:
-        raise RuntimeError("GENSTUDIO_OPENVINO needs the `openvino` package "
-                           "(pip install openvino)") from error
+        raise EngineError("GENSTUDIO_OPENVINO needs the `openvino` package "
+                          "(pip install openvino)") from error
     torch_forward = unet.forward
     runner = OpenVINOUNet(unet, torch_forward, precision, threads)
 
