@@ -7,11 +7,11 @@ architecture, CFG batch 2, 2 cores): 512 px 9.6 s PyTorch, 8.5 s OpenVINO f32, 4
 bf16; see docs/diffusion.md for per-image figures.
 
 How: the UNet is traced once (on the first call, at a small latent size) and converted with
-dynamic batch, height, width and prompt length, then compiled for the CPU. `enable_openvino`
-swaps the module's `forward` for one that calls the compiled model, and falls back to PyTorch
-for anything the traced graph does not cover: SDXL's extra conditioning, ControlNet residuals,
-latent sizes that need the UNet's odd-size upsampling path, token merging and the step cache
-(both hook PyTorch modules).
+dynamic batch, height, width and prompt length (SDXL's pooled text embeddings and size ids are
+two more inputs), then compiled for the CPU. `enable_openvino` swaps the module's `forward` for
+one that calls the compiled model, and falls back to PyTorch for anything the traced graph does
+not cover: ControlNet residuals and other extra inputs, latent sizes that need the UNet's
+odd-size upsampling path, token merging and the step cache (both hook PyTorch modules).
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class OpenVINOUNet:
         # The UNet halves the latent this many times; other sizes take an odd-size path that
         # tracing cannot keep dynamic.
         self.multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+        # SDXL conditions on pooled text embeddings and 6 size/crop ids as well
+        self.text_time = unet.config.addition_embed_type == "text_time"
 
     def _convert(self, dtype) -> None:
         import openvino as ov
@@ -53,10 +55,11 @@ class OpenVINOUNet:
                 super().__init__()
                 self.unet = unet  # registers the weights with the traced module
 
-            def forward(self, sample, timestep, encoder_hidden_states):
+            def forward(self, sample, timestep, encoder_hidden_states, *text_time):
                 # the original forward: the patched one would call back into this runner
+                added = dict(zip(("text_embeds", "time_ids"), text_time)) or None
                 return torch_forward(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                                     return_dict=False)[0]
+                                     added_cond_kwargs=added, return_dict=False)[0]
 
         started = time.perf_counter()
         side = 2 * self.multiple  # small: tracing runs the model once at this size
@@ -65,6 +68,10 @@ class OpenVINOUNet:
                    torch.zeros(2, 77, config.cross_attention_dim, dtype=dtype))
         shapes = [ov.PartialShape([-1, config.in_channels, -1, -1]), ov.PartialShape([-1]),
                   ov.PartialShape([-1, -1, config.cross_attention_dim])]
+        if self.text_time:
+            pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+            example += (torch.zeros(2, pooled, dtype=dtype), torch.zeros(2, 6, dtype=dtype))
+            shapes += [ov.PartialShape([-1, pooled]), ov.PartialShape([-1, 6])]
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer warns at every shape-dependent `if` in diffusers' UNet; `covers` keeps
             # calls to the sizes those branches were traced for
@@ -77,7 +84,10 @@ class OpenVINOUNet:
 
     def covers(self, sample, encoder_hidden_states, kwargs: dict) -> bool:
         """Whether this call is one the traced graph computes as PyTorch would."""
-        extras = ("timestep_cond", "added_cond_kwargs", "cross_attention_kwargs",
+        added = kwargs.get("added_cond_kwargs")
+        if self.text_time != bool(added) or (added and set(added) != {"text_embeds", "time_ids"}):
+            return False
+        extras = ("timestep_cond", "cross_attention_kwargs",
                   "down_block_additional_residuals", "mid_block_additional_residual",
                   "down_intrablock_additional_residuals", "class_labels", "attention_mask",
                   "encoder_attention_mask")
@@ -91,7 +101,7 @@ class OpenVINOUNet:
         cache = getattr(self.unet, "_genstudio_step_cache", None)
         return not (tome and tome["ratio"] > 0) and not (cache and cache.interval > 1)
 
-    def __call__(self, sample, timestep, encoder_hidden_states):
+    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
         import torch
 
         with self._lock:
@@ -100,6 +110,8 @@ class OpenVINOUNet:
         steps = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
         steps = steps.expand(sample.shape[0]).contiguous()
         inputs = [sample.float().numpy(), steps.numpy(), encoder_hidden_states.float().numpy()]
+        if added_cond_kwargs:
+            inputs += [added_cond_kwargs[k].float().numpy() for k in ("text_embeds", "time_ids")]
         output = self.compiled(inputs)[0]
         self.calls += 1
         return torch.from_numpy(output.copy()).to(sample.dtype)
@@ -121,7 +133,7 @@ def enable_openvino(unet, precision: str, threads: int) -> OpenVINOUNet:
         if args or not runner.covers(sample, encoder_hidden_states, kwargs):
             return torch_forward(sample, timestep, encoder_hidden_states, *args,
                                  return_dict=return_dict, **kwargs)
-        output = runner(sample, timestep, encoder_hidden_states)
+        output = runner(sample, timestep, encoder_hidden_states, kwargs.get("added_cond_kwargs"))
         return UNet2DConditionOutput(sample=output) if return_dict else (output,)
 
     unet.forward = forward

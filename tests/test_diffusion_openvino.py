@@ -114,3 +114,31 @@ def test_infotext_names_the_unet_backend():
     assert "UNet backend: OpenVINO bf16" in infotext(info, PARAMS, 11, 64, 64, "txt2img")
     del info["unet_backend"]
     assert "UNet backend" not in infotext(info, PARAMS, 11, 64, 64, "txt2img")
+
+
+def test_sdxl_style_unet_with_pooled_text_and_size_ids():
+    """SDXL's UNet also takes pooled text embeddings and 6 size/crop ids: traced as inputs too
+    (a small random SDXL-shaped UNet; the real one is 2.6B parameters)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engines.diffusion_openvino import enable_openvino
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 6 * 8).eval()
+    sample, context = torch.randn(2, 4, 12, 16), torch.randn(2, 77, 32)
+    added = {"text_embeds": torch.randn(2, 16), "time_ids": torch.tensor([[64., 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        expected = unet(sample, 400, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        runner = enable_openvino(unet, "f32", 2)
+        got = unet(sample, 400, encoder_hidden_states=context, added_cond_kwargs=added).sample
+        assert runner.calls == 1
+        assert torch.allclose(got, expected, atol=1e-4)
+        # without the SDXL inputs the UNet cannot run; the traced graph is not asked to
+        assert not runner.covers(sample, context, {})
