@@ -25,31 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 
-def build_parts(family: str, dtype):
-    from types import SimpleNamespace
-
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from engines.diffusion_single_file import config_folder
-
-    folder = config_folder(family)
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)  # build in fp16: SDXL in fp32 would not fit beside its copy
-    try:
-        parts = SimpleNamespace(
-            unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
-            vae=AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
-            text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")))
-        if (folder / "text_encoder_2").exists():
-            parts.text_encoder_2 = CLIPTextModelWithProjection(
-                CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return parts
-
-
 def fingerprint(tensor) -> tuple:
     """Shape-free identity of a tensor's values as fp16: sum, and the first and last values."""
     flat = tensor.detach().half().float().flatten()
@@ -67,12 +42,13 @@ def main() -> None:
     from engines.diffusion import DiffusionEngine
     from engines.diffusion_params import Txt2ImgParams
     from engines.diffusion_single_file import checkpoint_family
-    from ldm_checkpoint import ldm_state_dict
+    from ldm_checkpoint import family_parts, ldm_state_dict
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         # 1. Random weights, written as one single-file checkpoint.
-        parts = build_parts(args.family, torch.float16)
+        torch.manual_seed(0)
+        parts = family_parts(args.family, device="cpu", dtype=torch.float16)
         names = [n for n in ("unet", "vae", "text_encoder", "text_encoder_2") if hasattr(parts, n)]
         # fingerprints, not copies: a second copy of SDXL would not fit in RAM
         expected = {n: {k: fingerprint(v) for k, v in getattr(parts, n).state_dict().items()}

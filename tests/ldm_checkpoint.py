@@ -170,3 +170,32 @@ def ldm_state_dict(parts, family: str = "v1", dtype=None) -> dict:
     else:
         raise ValueError(f"unknown `family` {family!r}")
     return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in out.items()}
+
+
+def family_parts(family: str, device: str = "meta", dtype=None):
+    """A family's components built from the shipped configs (assets/sd-configs): on the meta
+    device (real shapes and names, no memory; SDXL would need 10 GB) or with random weights."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from engines.diffusion_single_file import config_folder
+
+    folder = config_folder(family)
+    parts = SimpleNamespace()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)  # fp16 lets a random SDXL fit beside its file
+    try:
+        with torch.device(device):
+            parts.unet = UNet2DConditionModel.from_config(
+                UNet2DConditionModel.load_config(folder / "unet"))
+            parts.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+            for name in ("text_encoder", "text_encoder_2"):
+                if (folder / name).exists():
+                    cls = CLIPTextModelWithProjection if name.endswith("2") else CLIPTextModel
+                    setattr(parts, name, cls(CLIPTextConfig.from_pretrained(folder / name)))
+    finally:
+        torch.set_default_dtype(previous)
+    return parts

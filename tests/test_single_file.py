@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from engines.base import EngineError
 from engines.diffusion_single_file import SUPPORTED, checkpoint_family, config_folder
+from ldm_checkpoint import family_parts
 
 # Parameter counts of the public checkpoints' components (diffusers layout).
 PUBLIC_SIZES = {
@@ -31,29 +32,9 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _parts(family: str, meta: bool = True):
-    """The family's components built from the shipped configs: on the meta device (real shapes
-    and names, no memory; SDXL would need 10 GB) or with random weights."""
-    from types import SimpleNamespace
-
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    folder = config_folder(family)
-    parts = SimpleNamespace()
-    with torch.device("meta" if meta else "cpu"):
-        parts.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        parts.vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        for name in ("text_encoder", "text_encoder_2"):
-            if (folder / name).exists():
-                cls = CLIPTextModelWithProjection if name.endswith("2") else CLIPTextModel
-                setattr(parts, name, cls(CLIPTextConfig.from_pretrained(folder / name)))
-    return parts
-
-
 @pytest.mark.parametrize("family", sorted(SUPPORTED))
 def test_family_configs_build_the_public_architectures(family):
-    parts = _parts(family)
+    parts = family_parts(family)
     counts = {name: sum(p.numel() for p in model.parameters()) for name, model in vars(parts).items()}
     assert counts == PUBLIC_SIZES[family]
 
@@ -77,7 +58,7 @@ def test_single_file_layout_maps_back_onto_the_family_config(family):
                                                      infer_diffusers_model_type)
     from ldm_checkpoint import ldm_state_dict
 
-    parts = _parts(family)
+    parts = family_parts(family)
     ldm = ldm_state_dict(parts, family)
     assert infer_diffusers_model_type(ldm) == family
     assert _shapes(convert_ldm_unet_checkpoint(ldm, dict(parts.unet.config))) == \
@@ -190,7 +171,7 @@ def test_single_file_loads_offline_and_generates(tmp_path, family):
 
     # 1. Random weights in the family's architecture, written as a single file.
     torch.manual_seed(0)
-    parts = _parts(family, meta=False)
+    parts = family_parts(family, device="cpu")
     checkpoint = tmp_path / f"my-{family}-finetune.safetensors"
     ldm = ldm_state_dict(parts, family, dtype=torch.float16)
     # names every such file from A1111/civitai carries, so the layout is the real one
