@@ -7,12 +7,21 @@ stays cheap and the studio serves its page before any model library is loaded.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 from contextlib import contextmanager
+from pathlib import Path
+
+
+def models_cache_dir() -> Path:
+    """Where engines keep files they assemble or derive (no downloads): GENSTUDIO_MODELS_CACHE,
+    else ~/.cache/genstudio/models."""
+    root = os.environ.get("GENSTUDIO_MODELS_CACHE") or Path.home() / ".cache" / "genstudio" / "models"
+    return Path(root)
 
 
 class EngineError(RuntimeError):

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from engines.base import EngineError
+from engines.base import EngineError, models_cache_dir
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "sd-configs"
 SUPPORTED = {
@@ -167,11 +167,6 @@ def _write_folder(folder: Path, family: str, config: dict) -> None:
             _write_tokenizer(folder / tokenizer, config[tokenizer]["pad_token"])
 
 
-def cache_root() -> Path:
-    root = os.environ.get("GENSTUDIO_MODELS_CACHE") or Path.home() / ".cache" / "genstudio" / "models"
-    return Path(root) / "sd-configs"
-
-
 def config_folder(family: str) -> Path:
     """A diffusers folder holding the family's configs and tokenizer (no weights), for
     `from_single_file(config=...)`. Written once per version of the shipped files."""
@@ -179,7 +174,7 @@ def config_folder(family: str) -> Path:
         raise ValueError(f"unknown `family` {family!r}; known: {', '.join(SUPPORTED)}")
     source = CONFIGS / f"{family}.json"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    folder = cache_root() / f"{family}-{digest}"
+    folder = models_cache_dir() / "sd-configs" / f"{family}-{digest}"
     if (folder / "model_index.json").exists():
         return folder
     # Build beside it and rename: a crash half-way leaves no folder that looks complete.

@@ -73,9 +73,10 @@ def check_gguf_file(path: Path) -> None:
 
 # ---------------------------------------------------------------- the Qwen2.5-Coder extra
 def qwen_coder_dir() -> Path:
-    """Where the assembled extra lives: GENSTUDIO_MODELS_CACHE or ~/.cache/genstudio/models."""
-    root = os.environ.get("GENSTUDIO_MODELS_CACHE") or Path.home() / ".cache" / "genstudio" / "models"
-    return Path(root)
+    """Where the assembled extra lives: the models cache (engines.base.models_cache_dir)."""
+    from engines.base import models_cache_dir
+
+    return models_cache_dir()
 
 
 def sha256_of(path: Path) -> str:

@@ -61,11 +61,11 @@ def clip_vocab_and_merges(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
     `</w>`, one entry per merge, then the two special tokens (49,408 in all)."""
     lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]  # line 0 is a version header
-    # GPT-2's byte stand-ins in its order: printable bytes as themselves, then the other bytes
-    # as chr(256 + n). The order fixes the ids ("!" is 0, "a</w>" is 320).
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    byte_chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    from engines.diffusion_random import _byte_chars
+
+    # GPT-2's byte stand-ins in its order: printable bytes as themselves, then the others as
+    # chr(256 + n), i.e. by code point. The order fixes the ids ("!" is 0, "a</w>" is 320).
+    byte_chars = sorted(_byte_chars())
     pieces = byte_chars + [c + "</w>" for c in byte_chars]
     pieces += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     return {piece: index for index, piece in enumerate(pieces)}, merges
