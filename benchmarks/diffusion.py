@@ -10,7 +10,7 @@ diffusers StableDiffusionPipeline, in the same process, same weights, scheduler,
 
 (a) "tiny": the embedded model (assets/sd-tiny) at its native 64x64.
 (b) "sd15": the SD 1.5 architecture (UNet 860M, VAE 84M, CLIP ViT-L text encoder 123M) from its
-    public config with random weights (engines/diffusion_random.py), saved once under
+    public config with random weights (engines/diffusion/random_weights.py), saved once under
     runs/bench-sd15 (4.3 GB) and loaded from there by both sides, at 512x512.
 
 Each side gets one untimed warm-up image (1 step; with --compile this includes torch.compile,
@@ -72,7 +72,7 @@ def time_plain(pipe, steps: int, size: int, seed: int) -> dict:
 
 def time_engine(engine, steps: int, size: int, seed: int, token_merging: float = 0.0,
                 step_cache: int = 0) -> dict:
-    from engines.diffusion import Txt2ImgParams
+    from engines.diffusion.engine import Txt2ImgParams
 
     marks, cpu_marks = [], []
 
@@ -107,8 +107,8 @@ def bench_model(name: str, folder: str, size: int, steps: int, images: int,
                 step_cache: int = 0, openvino: str | None = None) -> dict:
     """Sides: "plain" (diffusers defaults), "ours" (the engine, exact), and with --tome
     "ours+tome" (the same engine object, token merging on for those requests)."""
-    from engines.diffusion import DiffusionEngine
-    from engines.diffusion_loading import RuntimeOptions
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.diffusion.loading import RuntimeOptions
 
     print(f"\n== {name}: {size}x{size}, {steps} steps, {images} timed image(s) per side, "
           f"compile={compile_unet}, openvino={openvino}, tome={tome}", flush=True)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "sd15":
             folder = Path(args.cache)
             if not (folder / "model_index.json").exists():
-                from engines.diffusion_random import build_random_sd
+                from engines.diffusion.random_weights import build_random_sd
 
                 print(f"building random SD 1.5 weights in {folder} (once)...", flush=True)
                 build_random_sd(folder, "sd15")

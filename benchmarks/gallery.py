@@ -27,7 +27,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from PIL import Image
 from sqlalchemy import insert
 
-from studio.gallery.db import Database
+from studio.db.database import Database
 from studio.gallery.models import Item
 from studio.gallery.store import GalleryQuery, GalleryStore
 

@@ -27,7 +27,7 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a mes
 
 
 def bench_engine(engine, params) -> tuple[float, float, int]:
-    from engines.llm import GenerationStats
+    from engines.llm.engine import GenerationStats
 
     stats = GenerationStats()
     for _ in engine.stream(params, stats=stats):
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         os.environ["GENSTUDIO_LLM_THREADS"] = str(args.threads)
 
-    from engines.llm import ChatMessage, LLMEngine, LLMParams
-    from engines.llm_backends import PROMPT_CHUNK, cpu_threads, llama_cpp_available
-    from engines.llm_catalog import EMBEDDED_ID, embedded_gguf
+    from engines.llm.engine import ChatMessage, LLMEngine, LLMParams
+    from engines.llm.backends import PROMPT_CHUNK, cpu_threads, llama_cpp_available
+    from engines.llm.catalog import EMBEDDED_ID, embedded_gguf
 
     path = embedded_gguf()
     if path is None:

@@ -47,7 +47,7 @@ def load_pipeline(model: Path):
 @torch.no_grad()
 def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 32,
              step_cache: int = 0):
-    from engines.diffusion_speed import set_step_cache
+    from engines.diffusion.speed import set_step_cache
 
     images = []
     for i in range(0, len(prompts), batch):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--step-cache", type=int, default=0,
                    help="score the DeepCache-style step cache at this interval (0 = exact)")
     p.add_argument("--openvino", choices=["f32", "bf16"],
-                   help="run the UNet on OpenVINO at this precision (engines/diffusion_openvino.py)")
+                   help="run the UNet on OpenVINO at this precision (engines/diffusion/openvino.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--md", type=Path, default=Path("runs/sd_tiny/prompt_adherence.md"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/sd_tiny_grid.png"))
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None):
     judge = load_judge(args.judge)
     pipe = load_pipeline(args.model)
     if args.openvino:
-        from engines.diffusion_openvino import enable_openvino
+        from engines.diffusion.openvino import enable_openvino
 
         enable_openvino(pipe.unet, args.openvino, args.threads)
     rows, samples = {}, {}

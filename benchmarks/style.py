@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engines.style import StyleEngine, StyleParams, list_styles
+from engines.style.engine import StyleEngine, StyleParams, list_styles
 
 
 def photo_512() -> Image.Image:

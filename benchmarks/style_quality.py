@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from engines.style import EMBEDDED_STYLES_DIR, StyleEngine, StyleParams, list_styles
+from engines.style.engine import EMBEDDED_STYLES_DIR, StyleEngine, StyleParams, list_styles
 from engines.training import style_data
 
 CLASSES = ("photo",) + style_data.STYLES
@@ -175,7 +175,7 @@ def candidate_style(spec: str):
     (copied into runs/candidates/<STYLE>-<iteration>/)."""
     from safetensors.torch import save_file
 
-    from engines.style import read_style_folder
+    from engines.style.engine import read_style_folder
 
     style_id, path = spec.split("=", 1)
     path = Path(path).resolve()

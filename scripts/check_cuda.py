@@ -24,9 +24,9 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from engines.diffusion import DiffusionEngine
-    from engines.diffusion_loading import RuntimeOptions
-    from engines.diffusion_params import Txt2ImgParams
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.diffusion.loading import RuntimeOptions
+    from engines.diffusion.params import Txt2ImgParams
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -54,7 +54,7 @@ def main() -> int:
         if not ok:
             return 1
 
-    from engines.diffusion_random import build_random_sd
+    from engines.diffusion.random_weights import build_random_sd
 
     with tempfile.TemporaryDirectory() as folder:
         build_random_sd(folder, "sd15")

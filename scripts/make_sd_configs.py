@@ -61,7 +61,7 @@ def clip_vocab_and_merges(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
     `</w>`, one entry per merge, then the two special tokens (49,408 in all)."""
     lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
     merges = lines[1:49152 - 256 - 2 + 1]  # line 0 is a version header
-    from engines.diffusion_random import _byte_chars
+    from engines.diffusion.random_weights import _byte_chars
 
     # GPT-2's byte stand-ins in its order: printable bytes as themselves, then the others as
     # chr(256 + n), i.e. by code point. The order fixes the ids ("!" is 0, "a</w>" is 320).

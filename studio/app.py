@@ -16,15 +16,15 @@ from typing import Any
 from engines.base import EngineManager, EngineSpec
 from studio.config import StudioConfig
 from studio.context import StudioContext
-from studio.gallery.db import Database
+from studio.db.database import Database
 from studio.gallery.store import GalleryStore
 
 log = logging.getLogger("genstudio")
 
 ENGINES = (
-    EngineSpec("llm", "engines.llm:LLMEngine", "smollm2-135m-instruct"),
-    EngineSpec("diffusion", "engines.diffusion:DiffusionEngine", "genstudio-tiny-sd"),
-    EngineSpec("style", "engines.style:StyleEngine", "vintage"),
+    EngineSpec("llm", "engines.llm.engine:LLMEngine", "smollm2-135m-instruct"),
+    EngineSpec("diffusion", "engines.diffusion.engine:DiffusionEngine", "genstudio-tiny-sd"),
+    EngineSpec("style", "engines.style.engine:StyleEngine", "vintage"),
 )
 
 # Tab order is the order users see. Each module: TAB_ID, TITLE, build(ctx), optional wire(...).

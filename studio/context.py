@@ -7,7 +7,7 @@ from typing import Any
 
 from engines.base import EngineManager
 from studio.config import StudioConfig
-from studio.gallery.db import Database
+from studio.db.database import Database
 from studio.gallery.store import GalleryStore
 
 

@@ -34,7 +34,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db():
-    from studio.gallery.db import Database
+    from studio.db.database import Database
 
     database = Database(None)
     database.migrate()

@@ -181,7 +181,7 @@ def family_parts(family: str, device: str = "meta", dtype=None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from engines.diffusion_single_file import config_folder
+    from engines.diffusion.single_file import config_folder
 
     folder = config_folder(family)
     parts = SimpleNamespace()

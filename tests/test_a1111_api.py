@@ -22,7 +22,7 @@ MODEL_DIR_NAME = "tiny-test"
 
 @pytest.fixture(scope="module")
 def model_source(tmp_path_factory):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("a1111-model"))
 

@@ -17,7 +17,7 @@ from studio.gallery.store import GalleryQuery
 
 @pytest.fixture(scope="module")
 def model_source(tmp_path_factory):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("a1111-direct-model"))
 

@@ -6,7 +6,7 @@ import pytest
 
 from studio.chat.models import Conversation, Message
 from studio.chat.store import ChatStore, MessageView, title_from
-from studio.gallery.db import Base, Database
+from studio.db.database import Base, Database
 
 
 def test_conversations_survive_a_restart(tmp_path):

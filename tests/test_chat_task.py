@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.llm_catalog import embedded_gguf
+from engines.llm.catalog import embedded_gguf
 from studio.gallery.store import GalleryQuery
 from studio.tasks import run_task, validate_task
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from engines.llm_catalog import embedded_gguf
+from engines.llm.catalog import embedded_gguf
 from studio.code_runner import RunLimits, run_python
 from studio.context import StudioContext
 from studio.gallery.store import GalleryQuery

@@ -6,14 +6,14 @@ import pytest
 from PIL import Image
 
 from engines.base import CancelToken, Cancelled, EngineError
-from engines.diffusion import (DiffusionEngine, Img2ImgParams, InpaintParams, OutpaintParams,
+from engines.diffusion.engine import (DiffusionEngine, Img2ImgParams, InpaintParams, OutpaintParams,
                                Txt2ImgParams)
-from engines.diffusion_masks import binary_mask
+from engines.diffusion.masks import binary_mask
 
 
 @pytest.fixture(scope="module")
 def model_id(tmp_path_factory):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("diffusion-model"))
 
@@ -196,7 +196,7 @@ def test_best_of_n_keeps_the_best_by_clip_score(engine):
 
 
 def test_runtime_options_from_environment(monkeypatch):
-    from engines.diffusion_loading import RuntimeOptions
+    from engines.diffusion.loading import RuntimeOptions
 
     monkeypatch.setenv("GENSTUDIO_FP16", "0")
     monkeypatch.setenv("GENSTUDIO_VAE_TILING", "1")
@@ -221,7 +221,7 @@ def small_attention_unet():
 def test_token_merging_roundtrip_and_effect():
     import torch
 
-    from engines.diffusion_speed import bipartite_merge, set_token_merging
+    from engines.diffusion.speed import bipartite_merge, set_token_merging
 
     x = torch.randn(2, 16 * 16, 8)
     merge, unmerge = bipartite_merge(x, 16, 16, 0.5)
@@ -269,7 +269,7 @@ def test_step_cache_reuses_deep_features_and_switches_off_exactly(engine):
 def test_step_cache_skips_the_deep_blocks_between_full_calls():
     import torch
 
-    from engines.diffusion_speed import set_step_cache
+    from engines.diffusion.speed import set_step_cache
 
     unet = small_attention_unet()
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
@@ -298,7 +298,7 @@ def test_single_file_that_cannot_load_is_an_engine_error(tmp_path):
 
 @pytest.mark.parametrize("name", DiffusionEngine.SCHEDULERS)
 def test_schedulers_keep_the_checkpoint_training_settings(engine, name):
-    from engines.diffusion_loading import make_scheduler
+    from engines.diffusion.loading import make_scheduler
 
     base = engine._scheduler_config
     scheduler = make_scheduler(base, name)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.diffusion import DiffusionEngine
-from engines.diffusion_loading import RuntimeOptions
-from engines.diffusion_params import Txt2ImgParams
+from engines.diffusion.engine import DiffusionEngine
+from engines.diffusion.loading import RuntimeOptions
+from engines.diffusion.params import Txt2ImgParams
 
 PARAMS = Txt2ImgParams(prompt="a large green circle in the middle on a white background",
                        steps=2, seed=4, guidance_scale=2.0, width=576, height=576)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engines.base import EngineError
-from engines.diffusion import DiffusionEngine
-from engines.diffusion_loading import RuntimeOptions
-from engines.diffusion_params import Txt2ImgParams
+from engines.diffusion.engine import DiffusionEngine
+from engines.diffusion.loading import RuntimeOptions
+from engines.diffusion.params import Txt2ImgParams
 
 PARAMS = Txt2ImgParams(prompt="a small red star at the top left on a blue background", steps=8,
                        seed=11, guidance_scale=2.0, batch_size=2)
@@ -122,7 +122,7 @@ def test_sdxl_style_unet_with_pooled_text_and_size_ids():
     import torch
     from diffusers import UNet2DConditionModel
 
-    from engines.diffusion_openvino import enable_openvino
+    from engines.diffusion.openvino import enable_openvino
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.browser
 
 
 def seed(data_dir):
-    from studio.gallery.db import Database
+    from studio.db.database import Database
     from studio.gallery.store import GalleryStore
 
     db = Database(data_dir / "studio.sqlite3")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import inspect
 
-from studio.gallery.db import Base, Database
+from studio.db.database import Base, Database
 from studio.gallery.pnginfo import read_png_metadata
 from studio.gallery.store import GalleryQuery, GalleryStore, NewImage
 
@@ -118,7 +118,7 @@ def test_sweep_repairs_what_a_crash_left(gallery, data_dir):
 
 
 def test_migrations_backup_and_orm_agree(tmp_path, monkeypatch):
-    import studio.gallery.db as dbmodule
+    import studio.db.database as dbmodule
 
     path = tmp_path / "studio.sqlite3"
     every = dbmodule.list_migrations()

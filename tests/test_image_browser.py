@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture
 def model_id(tmp_path_factory):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("diffusion-model"))
 

@@ -16,7 +16,7 @@ from studio.tasks import run_task, task_names, validate_task
 
 @pytest.fixture(scope="module")
 def model_id(tmp_path_factory):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("diffusion-model"))
 

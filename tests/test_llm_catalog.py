@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engines import llm_catalog
-from engines.llm_catalog import (EMBEDDED_ID, assemble_qwen_coder, embedded_gguf, list_models,
+from engines.llm import catalog as llm_catalog
+from engines.llm.catalog import (EMBEDDED_ID, assemble_qwen_coder, embedded_gguf, list_models,
                                  resolve, verify_sha256)
 
 

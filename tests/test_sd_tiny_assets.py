@@ -116,7 +116,7 @@ def test_judge_reads_real_images():
 
 
 def test_clip_scorer_prefers_the_true_caption():
-    from engines.clip_score import ClipScorer
+    from engines.diffusion.clip_score import ClipScorer
 
     scorer = ClipScorer.from_folder(MODEL)
     scenes = eval_scenes(16, "train")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from engines.base import EngineError
-from engines.diffusion_single_file import SUPPORTED, checkpoint_family, config_folder
+from engines.diffusion.single_file import SUPPORTED, checkpoint_family, config_folder
 from ldm_checkpoint import family_parts
 
 # Parameter counts of the public checkpoints' components (diffusers layout).
@@ -129,8 +129,8 @@ def test_family_detection_and_clear_refusals(tmp_path):
 
 
 def test_native_side_from_header_or_folder_without_torch(tmp_path):
-    from engines.diffusion_loading import ALIASES, DEFAULT_MODEL
-    from engines.diffusion_single_file import native_side
+    from engines.diffusion.loading import ALIASES, DEFAULT_MODEL
+    from engines.diffusion.single_file import native_side
 
     unet_key = "model.diffusion_model.input_blocks.0.0.weight"
     sd2_key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
@@ -145,7 +145,7 @@ def test_native_side_from_header_or_folder_without_torch(tmp_path):
 
 
 def test_sidecar_yaml_sets_the_prediction_type(tmp_path):
-    from engines.diffusion_single_file import sidecar_prediction_type
+    from engines.diffusion.single_file import sidecar_prediction_type
 
     checkpoint = tmp_path / "sd21.safetensors"
     assert sidecar_prediction_type(checkpoint) is None
@@ -166,8 +166,8 @@ def test_single_file_loads_offline_and_generates(tmp_path, family):
     file in the A1111 layout, loads through the engine with the hub off and generates."""
     from ldm_checkpoint import ldm_state_dict
 
-    from engines.diffusion import DiffusionEngine
-    from engines.diffusion_params import Txt2ImgParams
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.diffusion.params import Txt2ImgParams
 
     # 1. Random weights in the family's architecture, written as a single file.
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.browser
 
 
 def embedded_style():
-    from engines.style import list_styles
+    from engines.style.engine import list_styles
 
     embedded = [s for s in list_styles() if s.source == "embedded"]
     if not embedded:

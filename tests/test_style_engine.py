@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from engines.base import EngineError
-from engines.style import (MAX_PIXELS, StyleEngine, StyleParams, find_style, list_styles,
+from engines.style.engine import (MAX_PIXELS, StyleEngine, StyleParams, find_style, list_styles,
                            open_image, vintage_weights)
-from engines.style_net import (GeneratorConfig, ResnetGenerator, convert_state_dict,
+from engines.style.net import (GeneratorConfig, ResnetGenerator, convert_state_dict,
                                load_generator, stylize_tensor, _starts)
 
 

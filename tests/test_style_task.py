@@ -32,7 +32,7 @@ def _b64(image: Image.Image) -> str:
 def user_style(ctx) -> str:
     from safetensors.torch import save_file
 
-    from engines.style_net import GeneratorConfig, ResnetGenerator
+    from engines.style.net import GeneratorConfig, ResnetGenerator
 
     folder = Path(ctx.config.styles_dir) / "tiny"
     folder.mkdir(parents=True)
@@ -149,7 +149,7 @@ def test_cancel_keeps_a_resumable_checkpoint(tmp_path):
 
 
 def test_background_training_saves_a_listed_style(ctx):
-    from engines.style import list_styles
+    from engines.style.engine import list_styles
     from studio.tasks.style import TrainingRun
 
     style, content = _domains()

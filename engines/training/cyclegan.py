@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from engines.base import CancelToken, Cancelled, Progress, ProgressCallback, no_progress
-from engines.style_net import GeneratorConfig, InstanceNorm, ResnetGenerator
+from engines.style.net import GeneratorConfig, InstanceNorm, ResnetGenerator
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.clip_score import ImageEncoder, ImageEncoderConfig, TextProjection, save_scorer
+from engines.diffusion.clip_score import ImageEncoder, ImageEncoderConfig, TextProjection, save_scorer
 from .sd_data import all_captions
 
 MAX_LENGTH = 32  # tokens; the longest caption is ~15, and short sequences keep cross-attention cheap

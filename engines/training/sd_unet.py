@@ -108,7 +108,7 @@ A tiny Stable Diffusion (diffusers layout) trained offline by `engines/training/
 on procedural scenes: one shape (circle, square, triangle, star), 8 colours, small or large, 5
 positions, 6 plain backgrounds. Native size 64 x 64; v-prediction; prompts cut at 32 tokens.
 Suggested: DPM++ 2M (shipped), 20 steps, guidance_scale 2.0 (higher shifts colours).
-`clip_scorer/` is the image side of the CLIP pair (see engines/clip_score.py).
+`clip_scorer/` is the image side of the CLIP pair (see engines/diffusion/clip_score.py).
 Recipe, measured adherence and limits: docs/sd-tiny.md.
 """
 

@@ -64,7 +64,7 @@ def _field_of(message: str) -> str | None:
 
 # ------------------------------------------------------------------ samplers
 def _schedulers_table() -> dict[str, tuple[str, str, str | None]]:
-    from engines.diffusion_params import SCHEDULERS
+    from engines.diffusion.params import SCHEDULERS
 
     return {name: (name, sampler, schedule) for name, (_, _, sampler, schedule) in SCHEDULERS.items()}
 
@@ -76,7 +76,7 @@ def scheduler_name(sampler: str | None, schedule: str | None) -> str | None:
     if sampler is None and automatic:
         return None
     if sampler is None:
-        from engines.diffusion_params import DEFAULT_SCHEDULER
+        from engines.diffusion.params import DEFAULT_SCHEDULER
 
         sampler = table[DEFAULT_SCHEDULER][1]
     if sampler in table and table[sampler][1] != sampler:  # "DPM++ 2M Karras": old combined name

@@ -59,7 +59,7 @@ class Checkpoints:
         self._known: dict[str, str] = {}  # model id -> hash reported by a generation
 
     def default_id(self) -> str:
-        from engines.diffusion_loading import DEFAULT_MODEL
+        from engines.diffusion.loading import DEFAULT_MODEL
 
         try:
             return self.ctx.engines.spec("diffusion").default_model
@@ -100,7 +100,7 @@ class Checkpoints:
         return found[0] if found else None
 
     def list(self) -> list[Checkpoint]:
-        from engines.diffusion_loading import ALIASES
+        from engines.diffusion.loading import ALIASES
 
         found: list[Checkpoint] = []
         default = self.default_id()

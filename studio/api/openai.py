@@ -126,8 +126,8 @@ def router(ctx: "StudioContext") -> APIRouter:
         return (ctx.config.models_dir, *ctx.config.extra_models_dirs)
 
     def make_params(model: str, values: dict):
-        from engines.llm import LLMParams
-        from engines.llm_catalog import resolve
+        from engines.llm.engine import LLMParams
+        from engines.llm.catalog import resolve
 
         try:
             resolve(model, offline=ctx.config.offline or None)
@@ -207,7 +207,7 @@ def router(ctx: "StudioContext") -> APIRouter:
     # ------------------------------------------------------------ routes
     @api.get("/models")
     def list_models_route() -> dict:
-        from engines.llm_catalog import list_models
+        from engines.llm.catalog import list_models
 
         return {"object": "list", "data": [
             {"id": m.model_id, "object": "model", "created": 0, "owned_by": "genstudio",

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from sqlalchemy import delete, func, select
 
 from studio.chat.models import Conversation, Message
-from studio.gallery.db import Database
+from studio.db.database import Database
 
 MAX_TITLE = 120
 

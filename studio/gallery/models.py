@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import Column, DateTime, Float, ForeignKey, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from studio.gallery.db import Base
+from studio.db.database import Base
 
 item_tags = Table(
     "item_tags",

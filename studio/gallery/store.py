@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from PIL import Image
 from sqlalchemy import and_, delete, func, select, text
 
-from studio.gallery.db import Database
+from studio.db.database import Database
 from studio.gallery.models import Item, Tag
 from studio.gallery.pnginfo import format_infotext, png_bytes_with_metadata
 

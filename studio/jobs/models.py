@@ -1,4 +1,4 @@
-"""Typed ORM rows of the queue; they mirror studio/gallery/migrations/0003_queue.sql."""
+"""Typed ORM rows of the queue; they mirror studio/db/migrations/0003_queue.sql."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from studio.gallery.db import Base
+from studio.db.database import Base
 
 PENDING, RUNNING, COMPLETED, FAILED, CANCELED, PAUSED = (
     "pending", "running", "completed", "failed", "canceled", "paused")

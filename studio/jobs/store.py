@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from studio.gallery.db import Database
+from studio.db.database import Database
 from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, PENDING, RUNNING,
                                 Job, JobItem, QueueState)
 

@@ -129,7 +129,7 @@ def make_context(data_dir: Path):
     from engines.base import EngineManager
     from studio.config import StudioConfig
     from studio.context import StudioContext
-    from studio.gallery.db import Database
+    from studio.db.database import Database
     from studio.gallery.store import GalleryStore
 
     db = Database(Path(data_dir) / "studio.sqlite3")

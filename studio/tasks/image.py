@@ -200,7 +200,7 @@ def _engine_class(ctx):
     try:
         return ctx.engines.engine_class(ENGINE)
     except ValueError:  # a manager without the diffusion engine registered (tools, tests)
-        from engines.diffusion import DiffusionEngine
+        from engines.diffusion.engine import DiffusionEngine
 
         return DiffusionEngine
 

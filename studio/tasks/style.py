@@ -51,7 +51,7 @@ class Prepared:
 
 
 def _image_param(ctx, params: dict, name: str) -> tuple[Image.Image | None, int | None]:
-    from engines.style import open_image
+    from engines.style.engine import open_image
 
     if params.get(f"{name}_id") is not None:
         item_id = params[f"{name}_id"]
@@ -74,7 +74,7 @@ def _image_param(ctx, params: dict, name: str) -> tuple[Image.Image | None, int 
 
 def prepare(ctx, params: dict) -> Prepared:
     """Check and convert a request; raises ValueError naming the field. Loads no weights."""
-    from engines.style import StyleParams, find_style
+    from engines.style.engine import StyleParams, find_style
 
     if not isinstance(params, dict):
         raise ValueError(f"parameters must be an object, got {type(params).__name__}")

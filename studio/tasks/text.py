@@ -18,7 +18,7 @@ from engines.base import CancelToken, ProgressCallback
 from studio.tasks import TaskResult, TaskSpec, register
 
 if TYPE_CHECKING:
-    from engines.llm import GenerationStats, LLMParams
+    from engines.llm.engine import GenerationStats, LLMParams
     from studio.context import StudioContext
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -32,8 +32,8 @@ _DONE = object()
 # ---------------------------------------------------------------- parameters
 def llm_params(params: dict[str, Any]) -> tuple[str, "LLMParams"]:
     """Split a JSON-able request into (model id, LLMParams); ValueError names a bad field."""
-    from engines.llm import LLMParams
-    from engines.llm_catalog import resolve
+    from engines.llm.engine import LLMParams
+    from engines.llm.catalog import resolve
 
     values = dict(params)
     model = values.pop("model", None) or DEFAULT_MODEL
@@ -48,7 +48,7 @@ class LiveGeneration:
 
     def __init__(self, ctx: "StudioContext", model: str, params: "LLMParams",
                  cancel: CancelToken | None = None) -> None:
-        from engines.llm import GenerationStats
+        from engines.llm.engine import GenerationStats
 
         self.ctx, self.model, self.params = ctx, model, params
         self.cancel = cancel or CancelToken()
@@ -193,7 +193,7 @@ SYSTEM_CODER = "You are a careful senior programmer. Answer precisely and briefl
 def code_llm_params(request: CodeRequest, sampling: dict[str, Any]) -> "LLMParams":
     """The prompt for each mode. Complete uses fill-in-the-middle (the engine picks the model's
     FIM tokens, or asks in words when it has none)."""
-    from engines.llm import ChatMessage, LLMParams
+    from engines.llm.engine import ChatMessage, LLMParams
 
     lang = request.language
     if request.mode == "complete":
@@ -231,7 +231,7 @@ def split_code_params(params: dict) -> tuple[str, CodeRequest, dict, bool, int]:
         raise ValueError("run & fix needs the write or fix mode")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_FIX_ROUNDS:
         raise ValueError(f"`rounds` must be a whole number from 1 to {MAX_FIX_ROUNDS}, got {rounds!r}")
-    from engines.llm_catalog import resolve
+    from engines.llm.catalog import resolve
 
     resolve(model)
     code_llm_params(request, values)  # validates the sampling values

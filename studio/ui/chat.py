@@ -23,7 +23,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def model_choices(ctx: "StudioContext") -> list[tuple[str, str]]:
-    from engines.llm_catalog import list_models
+    from engines.llm.catalog import list_models
 
     models = list_models((ctx.config.models_dir, *ctx.config.extra_models_dirs))
     return [(m.label, m.model_id) for m in models]

@@ -26,7 +26,7 @@ OUTPUT_SIZES = ["Same as input", "256", "512", "1024", "2048"]
 
 
 def _styles(ctx):
-    from engines.style import list_styles
+    from engines.style.engine import list_styles
 
     return list_styles(ctx.config.styles_dir)
 
@@ -109,7 +109,7 @@ def queue_style(ctx, path, parent, style_id, strength_value, size_choice, painti
         validate_task(ctx, "style", {**params, "image": Path(path)})
     except ValueError as error:
         return refuse(f"Not queued: {error}"), gr.skip()
-    from engines.style import open_image
+    from engines.style.engine import open_image
 
     saved = ctx.gallery.add_image(open_image(path, "image"), task="upload", engine="",
                                   prompt="uploaded photo", params={"source": "style tab"})
@@ -278,7 +278,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
         if not name or not name.strip():
             raise gr.Error("Give the new style a name.")
         try:
-            from engines.style import open_image
+            from engines.style.engine import open_image
 
             styles = [open_image(f, "style image").convert("RGB") for f in style_uploads or []]
             contents = [open_image(f, "content image").convert("RGB") for f in content_uploads or []]

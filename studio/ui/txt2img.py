@@ -18,13 +18,13 @@ from typing import Any, Iterator
 import gradio as gr
 
 from engines.base import Cancelled, CancelToken, EngineError
-from engines.diffusion_single_file import native_side
+from engines.diffusion.single_file import native_side
 from studio.tasks import run_task, validate_task
 
 TAB_ID = "txt2img"
 TITLE = "Text to image"
 DEFAULT_MODEL = "genstudio-tiny-sd"
-# The engine's scheduler names (engines/diffusion_params.py), listed here so this tab imports
+# The engine's scheduler names (engines/diffusion/params.py), listed here so this tab imports
 # no engine module at start-up; the task rejects any name the engine does not know.
 SCHEDULER_NAMES = ["Euler", "Euler a", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "UniPC", "LCM"]
 _UID = re.compile(r"^[0-9a-f]{32}$")

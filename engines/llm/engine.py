@@ -6,7 +6,7 @@ middle, streamed token by token with a cancel check before every step.
   result = engine.generate(params, on_progress, cancel)        # tasks, queue
 
 The backend (llama.cpp for GGUF files, transformers otherwise) is chosen in load(); see
-engines/llm_backends.py. Where models come from: engines/llm_catalog.py.
+engines/llm/backends.py. Where models come from: engines/llm/catalog.py.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from engines.base import (Cancelled, CancelToken, EngineError, Progress, ProgressCallback,
                           check_int, check_range, no_progress)
-from engines.llm_catalog import EMBEDDED_ID, ModelSource, resolve
+from engines.llm.catalog import EMBEDDED_ID, ModelSource, resolve
 
 MAX_MESSAGE_CHARS = 32_000  # one message; longer text is refused before tokenizing
 MAX_MESSAGES = 500
@@ -207,7 +207,7 @@ class LLMEngine:
 
     def load(self) -> None:
         if self._backend is None:
-            from engines.llm_backends import open_backend
+            from engines.llm.backends import open_backend
 
             try:
                 self._backend = open_backend(self.source, self.device, self.requested_context)
@@ -304,7 +304,7 @@ class LLMEngine:
                stats: GenerationStats | None = None) -> Iterator[str]:
         """Text chunks as they are sampled. Ends quietly on Stop (stats.finish_reason =
         "cancelled"), on an end token or a stop string ("stop"), or at max_new_tokens ("length")."""
-        from engines.llm_backends import Sampling
+        from engines.llm.backends import Sampling
 
         cancel = cancel or CancelToken()
         stats = stats if stats is not None else GenerationStats()

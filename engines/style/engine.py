@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from engines.base import (CancelToken, EngineError, Progress, ProgressCallback, check_int,
                           check_range, no_progress)
 
-EMBEDDED_STYLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "styles"
+EMBEDDED_STYLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "styles"
 MIN_SIDE = 16  # the generator halves the image twice and reflect-pads by 3
 MAX_PIXELS = 50_000_000  # larger uploads are refused from the header, before decoding
 MAX_OUTPUT_SIDE = 4096
@@ -100,7 +100,7 @@ def list_styles(user_dir: Path | None = None) -> list[StyleInfo]:
             if (folder / "generator.safetensors").is_file() and (folder / "style.json").is_file():
                 style_id = folder.name if source == "embedded" else f"user:{folder.name}"
                 styles.append(read_style_folder(folder, source, style_id))
-    from engines import style_arbitrary
+    from engines.style import arbitrary as style_arbitrary
 
     if style_arbitrary.model_files() is not None:
         styles.append(StyleInfo(
@@ -234,12 +234,12 @@ class StyleEngine:
 
     def load(self) -> None:
         if self.style.kind == "arbitrary":
-            from engines.style_arbitrary import ArbitraryStyle
+            from engines.style.arbitrary import ArbitraryStyle
 
             self._arbitrary = ArbitraryStyle()
             self._arbitrary.load()
             return
-        from engines.style_net import load_generator
+        from engines.style.net import load_generator
 
         generator, self.layout = load_generator(self.style.weights)
         self._generator = generator.to(self.device)
@@ -296,7 +296,7 @@ class StyleEngine:
         import numpy as np
         import torch
 
-        from engines.style_net import stylize_tensor
+        from engines.style.net import stylize_tensor
 
         x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         x = (x / 127.5 - 1.0).to(self.device)

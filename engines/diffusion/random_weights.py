@@ -102,7 +102,7 @@ def build_random_sd(folder: str | Path, architecture: str = "tiny", seed: int = 
 def embedded_or_random(cache_dir: str | Path) -> str:
     """The model id tests should use: the embedded model when it is present, else a random tiny
     folder built (once) under cache_dir."""
-    from engines.diffusion_loading import ALIASES, DEFAULT_MODEL
+    from engines.diffusion.loading import ALIASES, DEFAULT_MODEL
 
     if (ALIASES[DEFAULT_MODEL] / "model_index.json").exists():
         return DEFAULT_MODEL

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from engines.diffusion_params import MIN_SIDE
+from engines.diffusion.params import MIN_SIDE
 
 
 def binary_mask(mask: Image.Image) -> np.ndarray:

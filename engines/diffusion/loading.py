@@ -4,7 +4,7 @@ A model id is one of:
   - "genstudio-tiny-sd": the embedded model under assets/sd-tiny;
   - a local diffusers folder (model_index.json), loaded with safetensors only;
   - a single `.safetensors` checkpoint (SD 1.x/2.x, SDXL, Turbo, LCM) via `from_single_file`,
-    with the family configs shipped in assets/sd-configs (engines/diffusion_single_file.py);
+    with the family configs shipped in assets/sd-configs (engines/diffusion/single_file.py);
   - a hub id such as "stabilityai/sd-turbo" (needs the hub or its local cache).
 Pickled checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling runs arbitrary code.
 """
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.base import EngineError
-from engines.diffusion_params import SCHEDULERS
-from engines.diffusion_single_file import (checkpoint_family, config_folder,
+from engines.diffusion.params import SCHEDULERS
+from engines.diffusion.single_file import (checkpoint_family, config_folder,
                                            sidecar_prediction_type)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "genstudio-tiny-sd"
 ALIASES = {DEFAULT_MODEL: REPO_ROOT / "assets" / "sd-tiny"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -44,7 +44,7 @@ class RuntimeOptions:
     compile: bool = False
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     # CPU only: run the UNet on OpenVINO, "f32" (same outputs to 1e-5) or "bf16" (about half
-    # the time on AVX-512 BF16 CPUs, slightly different images); engines/diffusion_openvino.py
+    # the time on AVX-512 BF16 CPUs, slightly different images); engines/diffusion/openvino.py
     openvino: str | None = None
 
     @classmethod
@@ -131,7 +131,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
                            StableDiffusionXLPipeline)
 
     if options.openvino is not None:
-        from engines.diffusion_openvino import PRECISIONS
+        from engines.diffusion.openvino import PRECISIONS
 
         if options.openvino not in PRECISIONS:
             raise EngineError(f"GENSTUDIO_OPENVINO must be one of {', '.join(PRECISIONS)}, "
@@ -186,7 +186,7 @@ def load_pipeline(source: ModelSource, device: str, options: RuntimeOptions):
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if options.openvino and device == "cpu":
-        from engines.diffusion_openvino import enable_openvino
+        from engines.diffusion.openvino import enable_openvino
 
         enable_openvino(pipe.unet, options.openvino, torch.get_num_threads())
     if options.compile:

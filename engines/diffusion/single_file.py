@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engines.base import EngineError, models_cache_dir
 
-CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "sd-configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "sd-configs"
 SUPPORTED = {
     "v1": "Stable Diffusion 1.x",
     "v2": "Stable Diffusion 2.x (768, v-prediction)",

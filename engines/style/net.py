@@ -4,7 +4,7 @@ The module tree copies the layout of the widely used pytorch CycleGAN-and-pix2pi
 (`networks.ResnetGenerator`, `resnet_9blocks`), so its `latest_net_G.pth` state dicts load with
 their keys unchanged: `model.1` first 7x7 conv, `model.4`/`model.7` downsampling, `model.10..`
 residual blocks (`conv_block.1`, `conv_block.5`), then two transposed convs and the 7x7 output.
-Imported only by engines.style when weights are loaded: it imports torch at the top.
+Imported only by engines.style.engine when weights are loaded: it imports torch at the top.
 """
 from __future__ import annotations
 

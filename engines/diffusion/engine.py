@@ -7,8 +7,8 @@ outpainting and best-of-N by CLIP score, on diffusers pipelines.
 
 Reading order: the engine (load/unload), generate() which dispatches on the params type, one
 method per mode, then the shared denoising run (`_denoise`) with its step callback (progress,
-previews, cancel). Parameters live in engines/diffusion_params.py, loading and speed options in
-engines/diffusion_loading.py, mask arithmetic in engines/diffusion_masks.py.
+previews, cancel). Parameters live in engines/diffusion/params.py, loading and speed options in
+engines/diffusion/loading.py, mask arithmetic in engines/diffusion/masks.py.
 
 torch and diffusers are imported inside methods, so importing this module to reach the params
 classes (task validation) stays cheap.
@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from engines.base import CancelToken, EngineError, Progress, ProgressCallback, no_progress
-from engines.diffusion_loading import (DEFAULT_MODEL, ModelSource, RuntimeOptions, load_pipeline,
+from engines.diffusion.loading import (DEFAULT_MODEL, ModelSource, RuntimeOptions, load_pipeline,
                                        make_scheduler, model_hash, resolve_model)
-from engines.diffusion_masks import (binary_mask, composite, crop_region, feathered_alpha,
+from engines.diffusion.masks import (binary_mask, composite, crop_region, feathered_alpha,
                                      fill_masked, outpaint_canvas, work_size)
-from engines.diffusion_params import (MAX_SEED, SCHEDULERS, Img2ImgParams, InpaintParams,
+from engines.diffusion.params import (MAX_SEED, SCHEDULERS, Img2ImgParams, InpaintParams,
                                       OutpaintParams, Txt2ImgParams)
 
 # SD 1.x latent -> RGB, a linear fit (A1111's "Approx cheap" preview) for VAEs too big to run
@@ -252,7 +252,7 @@ class DiffusionEngine:
         seed reproduces on any device."""
         import torch
 
-        from engines.diffusion_speed import set_step_cache, set_token_merging
+        from engines.diffusion.speed import set_step_cache, set_token_merging
 
         pipe = self._pipe(mode)
         pipe.scheduler = make_scheduler(self._scheduler_config, params.scheduler)
@@ -341,7 +341,7 @@ class DiffusionEngine:
             if self.source.kind != "folder" or not (folder / "clip_scorer").is_dir():
                 raise EngineError(f"best-of-N needs a CLIP scorer; {self.model_name} has none "
                                   f"(the embedded model ships one)")
-            from engines.clip_score import ClipScorer
+            from engines.diffusion.clip_score import ClipScorer
 
             self._scorer = ClipScorer.from_folder(folder)
         return self._scorer

