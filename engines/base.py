@@ -32,12 +32,22 @@ class Cancelled(Exception):
     """Raised inside generate() when the caller's CancelToken was set; nothing is saved."""
 
 
+class ParamError(ValueError):
+    """A parameter the caller sent is wrong. `field` names it (in the engine's spelling), so an
+    API maps it to its own error shape without reading the message."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Progress:
     step: int
     total: int
     message: str = ""
     preview: Any = None  # a PIL image every few steps, where the engine can make one
+    text: str | None = None  # text engines: the whole text generated so far (not a delta)
 
     @property
     def fraction(self) -> float:
@@ -95,14 +105,14 @@ class Engine(Protocol):
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """Raise ValueError naming the parameter and the bad value (diffusers' check_inputs style)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number, got {value!r}")
+        raise ParamError(name, f"`{name}` must be a number, got {value!r}")
     if not (low <= value <= high):
-        raise ValueError(f"`{name}` must be between {low} and {high}, got {value!r}")
+        raise ParamError(name, f"`{name}` must be between {low} and {high}, got {value!r}")
 
 
 def check_int(name: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"`{name}` must be a whole number, got {value!r}")
+        raise ParamError(name, f"`{name}` must be a whole number, got {value!r}")
     check_range(name, value, low, high)
 
 

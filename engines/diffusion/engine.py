@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from engines.base import CancelToken, EngineError, Progress, ProgressCallback, no_progress
+from engines.base import CancelToken, EngineError, ParamError, Progress, ProgressCallback, no_progress
 from engines.diffusion.loading import (DEFAULT_MODEL, ModelSource, RuntimeOptions, load_pipeline,
                                        make_scheduler, model_hash, resolve_model)
 from engines.diffusion.masks import (binary_mask, composite, crop_region, feathered_alpha,
@@ -127,7 +127,7 @@ class DiffusionEngine:
                  cancel: CancelToken | None = None) -> DiffusionResult:
         on_progress, cancel = on_progress or no_progress, cancel or CancelToken()
         if not isinstance(params, Txt2ImgParams):
-            raise ValueError(f"`params` must be Txt2ImgParams or a subclass, got "
+            raise ParamError("params", f"`params` must be Txt2ImgParams or a subclass, got "
                              f"{type(params).__name__}")
         cancel.raise_if_cancelled()
         started = time.perf_counter()
@@ -192,7 +192,7 @@ class DiffusionEngine:
         original = params.init_image.convert("RGB")
         painted = binary_mask(params.mask) if painted is None else painted
         if not painted.any():
-            raise ValueError("`mask` is empty: paint the area to repaint (white on black)")
+            raise ParamError("mask", "`mask` is empty: paint the area to repaint (white on black)")
         seeds = self._seeds(params)
         # 2. The region to work on: the whole image, or the mask's box ("only masked").
         if params.inpaint_full_res:

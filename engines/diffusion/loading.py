@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.base import EngineError
+from engines.base import EngineError, ParamError
 from engines.diffusion.params import SCHEDULERS
 from engines.diffusion.single_file import (checkpoint_family, config_folder,
                                            sidecar_prediction_type)
@@ -72,7 +72,7 @@ class ModelSource:
 
 def resolve_model(model_id: str) -> ModelSource:
     if not isinstance(model_id, str) or not model_id.strip():
-        raise ValueError(f"`model_id` must be a model name, folder or file, got {model_id!r}")
+        raise ParamError("model_id", f"`model_id` must be a model name, folder or file, got {model_id!r}")
     if model_id in ALIASES:
         folder = ALIASES[model_id]
         if not (folder / "model_index.json").exists():

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engines.base import check_int, check_range
+from engines.base import ParamError, check_int, check_range
 
 # Scheduler names as A1111 shows them -> (diffusers class, extra config, A1111 sampler, schedule).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str, str | None]] = {
@@ -108,13 +108,13 @@ class Txt2ImgParams:
         check_size("width", self.width)
         check_size("height", self.height)
         if self.width and self.height and self.width * self.height > MAX_PIXELS:
-            raise ValueError(f"`width` x `height` = {self.width}x{self.height} is over the pixel "
+            raise ParamError("width", f"`width` x `height` = {self.width}x{self.height} is over the pixel "
                              f"budget of {MAX_PIXELS} pixels")
         check_int("seed", self.seed, -1, MAX_SEED)
         check_int("batch_size", self.batch_size, 1, 16)
         check_int("batch_count", self.batch_count, 1, MAX_IMAGES)
         if self.batch_size * self.batch_count > MAX_IMAGES:
-            raise ValueError(f"`batch_count` x `batch_size` = {self.batch_count}x{self.batch_size}"
+            raise ParamError("batch_count", f"`batch_count` x `batch_size` = {self.batch_count}x{self.batch_size}"
                              f" is more than {MAX_IMAGES} images")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown `scheduler` {self.scheduler!r}; known: "
@@ -122,7 +122,7 @@ class Txt2ImgParams:
         check_int("candidates", self.candidates, 0, MAX_IMAGES)
         check_int("keep", self.keep, 1, MAX_IMAGES)
         if self.candidates and self.keep > self.candidates:
-            raise ValueError(f"`keep` ({self.keep}) must not exceed `candidates` "
+            raise ParamError("keep", f"`keep` ({self.keep}) must not exceed `candidates` "
                              f"({self.candidates})")
         check_int("preview_every", self.preview_every, 0, 1000)
         check_range("token_merging", self.token_merging, 0.0, 0.75)
@@ -144,7 +144,7 @@ class Img2ImgParams(Txt2ImgParams):
         check_image("init_image", self.init_image)
         check_range("strength", self.strength, 0.0, 1.0)
         if int(self.steps * self.strength) < 1:
-            raise ValueError(f"`strength` {self.strength} x `steps` {self.steps} leaves no "
+            raise ParamError("strength", f"`strength` {self.strength} x `steps` {self.steps} leaves no "
                              f"denoising step; raise either")
 
 
@@ -160,11 +160,11 @@ class InpaintParams(Img2ImgParams):
         super().check_inputs()
         check_image("mask", self.mask)
         if self.mask.size != self.init_image.size:
-            raise ValueError(f"`mask` is {self.mask.width}x{self.mask.height} but the image is "
+            raise ParamError("mask", f"`mask` is {self.mask.width}x{self.mask.height} but the image is "
                              f"{self.init_image.width}x{self.init_image.height}; they must match")
         check_int("mask_blur", self.mask_blur, 0, 64)
         if not isinstance(self.inpaint_full_res, bool):
-            raise ValueError(f"`inpaint_full_res` must be true or false, got "
+            raise ParamError("inpaint_full_res", f"`inpaint_full_res` must be true or false, got "
                              f"{self.inpaint_full_res!r}")
         check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
         if self.inpainting_fill not in MASKED_CONTENT:
@@ -184,11 +184,11 @@ class OutpaintParams(Img2ImgParams):
         super().check_inputs()
         sides = tuple(self.sides) if isinstance(self.sides, (list, tuple)) else ()
         if not sides or any(s not in OUTPAINT_SIDES for s in sides):
-            raise ValueError(f"`sides` must be some of {', '.join(OUTPAINT_SIDES)}, got "
+            raise ParamError("sides", f"`sides` must be some of {', '.join(OUTPAINT_SIDES)}, got "
                              f"{self.sides!r}")
         check_int("pixels", self.pixels, 8, 1024)
         if self.pixels % 8:
-            raise ValueError(f"`pixels` must be a multiple of 8, got {self.pixels}")
+            raise ParamError("pixels", f"`pixels` must be a multiple of 8, got {self.pixels}")
         check_int("mask_blur", self.mask_blur, 0, 64)
         if self.inpainting_fill not in MASKED_CONTENT:
             raise ValueError(f"unknown `inpainting_fill` {self.inpainting_fill!r}; known: "

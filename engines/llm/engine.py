@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Iterator
 
-from engines.base import (Cancelled, CancelToken, EngineError, Progress, ProgressCallback,
+from engines.base import (Cancelled, CancelToken, EngineError, ParamError, Progress, ProgressCallback,
                           check_int, check_range, no_progress)
 from engines.llm.catalog import EMBEDDED_ID, ModelSource, resolve
 
@@ -59,22 +59,22 @@ class LLMParams:
         if bool(self.messages) == (self.prompt is not None):
             raise ValueError("give either `messages` (chat) or `prompt` (completion), not both or neither")
         if len(self.messages) > MAX_MESSAGES:
-            raise ValueError(f"`messages` holds {len(self.messages)} messages; the limit is {MAX_MESSAGES}")
+            raise ParamError("messages", f"`messages` holds {len(self.messages)} messages; the limit is {MAX_MESSAGES}")
         for index, message in enumerate(self.messages):
             if not isinstance(message, ChatMessage) or message.role not in ROLES:
-                raise ValueError(f"`messages[{index}]` must have a role in {ROLES}, got {message!r}")
+                raise ParamError("messages", f"`messages[{index}]` must have a role in {ROLES}, got {message!r}")
             _check_text(f"messages[{index}].content", message.content)
         if self.messages and not self.messages[-1].content.strip() and not self.continue_last:
             raise ValueError("the message is empty: type something to send")
         if self.continue_last and (not self.messages or self.messages[-1].role != "assistant"):
-            raise ValueError("`continue_last` needs the messages to end with an assistant message")
+            raise ParamError("continue_last", "`continue_last` needs the messages to end with an assistant message")
         if self.prompt is not None:
             _check_text("prompt", self.prompt)
             if not self.prompt and not self.suffix:
-                raise ValueError("`prompt` is empty")
+                raise ParamError("prompt", "`prompt` is empty")
         if self.suffix is not None:
             if self.prompt is None:
-                raise ValueError("`suffix` needs a `prompt` (fill in the middle)")
+                raise ParamError("suffix", "`suffix` needs a `prompt` (fill in the middle)")
             _check_text("suffix", self.suffix)
         _check_text("system_prompt", self.system_prompt)
         check_int("max_new_tokens", self.max_new_tokens, 1, 8192)
@@ -86,7 +86,7 @@ class LLMParams:
             check_int("seed", self.seed, 0, 2**32 - 1)
         if not isinstance(self.stop, tuple) or len(self.stop) > 8 or not all(
                 isinstance(s, str) and 0 < len(s) <= 200 for s in self.stop):
-            raise ValueError(f"`stop` must be up to 8 non-empty strings, got {self.stop!r}")
+            raise ParamError("stop", f"`stop` must be up to 8 non-empty strings, got {self.stop!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LLMParams":
@@ -100,7 +100,7 @@ class LLMParams:
         values = dict(data)
         messages = values.get("messages") or ()
         if not isinstance(messages, (list, tuple)):
-            raise ValueError(f"`messages` must be a list, got {type(messages).__name__}")
+            raise ParamError("messages", f"`messages` must be a list, got {type(messages).__name__}")
         parsed = []
         for index, m in enumerate(messages):
             if isinstance(m, ChatMessage):
@@ -108,7 +108,7 @@ class LLMParams:
             elif isinstance(m, dict) and set(m) >= {"role", "content"}:
                 parsed.append(ChatMessage(str(m["role"]), m["content"]))
             else:
-                raise ValueError(f"`messages[{index}]` must be an object with role and content")
+                raise ParamError("messages", f"`messages[{index}]` must be an object with role and content")
         values["messages"] = tuple(parsed)
         stop = values.get("stop") or ()
         values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -264,7 +264,7 @@ class LLMEngine:
         messages first (the system prompt and the last message always stay)."""
         budget = self.context_length - params.max_new_tokens
         if budget < 16:
-            raise ValueError(f"`max_new_tokens` is {params.max_new_tokens}, which leaves no room for "
+            raise ParamError("max_new_tokens", f"`max_new_tokens` is {params.max_new_tokens}, which leaves no room for "
                              f"the prompt in this model's context of {self.context_length} tokens")
         tokenize = self.backend.tokenize
         if params.prompt is not None:
@@ -356,7 +356,8 @@ class LLMEngine:
         stats, parts = GenerationStats(), []
         for chunk in self.stream(params, cancel, stats):
             parts.append(chunk)
-            on_progress(Progress(stats.completion_tokens, params.max_new_tokens, "".join(parts)))
+            on_progress(Progress(stats.completion_tokens, params.max_new_tokens,
+                                 f"{stats.completion_tokens} tokens", text="".join(parts)))
         if stats.finish_reason == "cancelled":
             raise Cancelled()
         return GenerationResult("".join(parts), stats)

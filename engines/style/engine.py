@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from PIL import Image, ImageOps
 
+from engines.base import ParamError
 from engines.base import (CancelToken, EngineError, Progress, ProgressCallback, check_int,
                           check_range, no_progress)
 
@@ -195,7 +196,7 @@ class StyleParams:
             check_int("output_side", self.output_side, MIN_SIDE, MAX_OUTPUT_SIDE)
         check_int("tile_size", self.tile_size, 64, 2048)
         if self.tile_size % 4:
-            raise ValueError(f"`tile_size` must be a multiple of 4, got {self.tile_size}")
+            raise ParamError("tile_size", f"`tile_size` must be a multiple of 4, got {self.tile_size}")
         check_int("tile_overlap", self.tile_overlap, 0, self.tile_size // 2 - 1)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.base import EngineError
+from engines.base import EngineError, ParamError
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def stylize_tensor(generator: nn.Module, x: torch.Tensor, tile: int = 512, overl
             on_tile(1, 1)
         return out
     if overlap >= tile // 2:
-        raise ValueError(f"`tile_overlap` must be under half the tile ({tile}), got {overlap}")
+        raise ParamError("tile_overlap", f"`tile_overlap` must be under half the tile ({tile}), got {overlap}")
 
     # 1. statistics of every norm layer over the whole picture
     scale = min(1.0, stats_side / max(h, w))

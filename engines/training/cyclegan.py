@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from engines.base import CancelToken, Cancelled, Progress, ProgressCallback, no_progress
+from engines.base import CancelToken, Cancelled, ParamError, Progress, ProgressCallback, no_progress
 from engines.style.net import GeneratorConfig, InstanceNorm, ResnetGenerator
 
 
@@ -57,7 +57,7 @@ class TrainConfig:
             if not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"`{name}` must be a whole number from {low} to {high}, got {value!r}")
         if self.size % 4:
-            raise ValueError(f"`size` must be a multiple of 4, got {self.size}")
+            raise ParamError("size", f"`size` must be a multiple of 4, got {self.size}")
 
 
 # ---------------------------------------------------------------- networks

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.base import ParamError
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
@@ -192,5 +193,5 @@ class Options:
         checkpoint = self.checkpoints.find(name)
         if checkpoint is None:
             titles = ", ".join(c.title for c in self.checkpoints.list()) or "none"
-            raise ValueError(f"`sd_model_checkpoint`: no checkpoint {name!r}; known: {titles}")
+            raise ParamError("sd_model_checkpoint", f"`sd_model_checkpoint`: no checkpoint {name!r}; known: {titles}")
         return checkpoint

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from engines.base import ParamError
 from studio.jobs.models import FINISHED, PAUSED, PENDING, RUNNING
 from studio.jobs.store import JobStore, JobView, NewJob
 from studio.jobs.worker import InProcessWorker, LiveProgress, Worker
@@ -83,7 +84,7 @@ class JobQueue:
         from studio.tasks import get_task, validate_task
 
         if not isinstance(request.task, str) or not request.task:
-            raise ValueError(f"`task` must be a task name, got {request.task!r}")
+            raise ParamError("task", f"`task` must be a task name, got {request.task!r}")
         spec = get_task(request.task)  # ValueError listing the known tasks
         if spec.engine not in self.ctx.engines.kinds():
             raise ValueError(f"task {request.task!r} needs the {spec.engine!r} engine, which this "
@@ -91,7 +92,7 @@ class JobQueue:
         priority = request.priority
         if isinstance(priority, bool) or not isinstance(priority, int) or not (
                 PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
-            raise ValueError(f"`priority` must be a whole number from {PRIORITY_RANGE[0]} to "
+            raise ParamError("priority", f"`priority` must be a whole number from {PRIORITY_RANGE[0]} to "
                              f"{PRIORITY_RANGE[1]}, got {priority!r}")
         if not isinstance(request.params, dict):
             raise ValueError(f"parameters must be an object, got {type(request.params).__name__}")

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from engines.base import ParamError
 from studio.db.database import Database
 from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, PENDING, RUNNING,
                                 Job, JobItem, QueueState)
@@ -220,7 +221,7 @@ class JobStore:
         """`up`/`down` past the neighbouring waiting job, or to the `top`/`bottom` of the queue.
         A job moved past one of another priority takes that priority."""
         if where not in ("up", "down", "top", "bottom"):
-            raise ValueError(f"`where` must be up, down, top or bottom, got {where!r}")
+            raise ParamError("where", f"`where` must be up, down, top or bottom, got {where!r}")
         with self.db.transaction() as session:
             row = self._row(session, job_id)
             if row.status not in (PENDING, PAUSED):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.base import ParamError
 from engines.base import (CancelToken, EngineError, EngineSpec, Progress, ProgressCallback,
                           check_int, check_range)
 from studio.gallery.store import NewImage
@@ -81,11 +82,11 @@ def _validate(ctx, params: dict) -> None:
     if params.get("fail_at") is not None:
         check_int("fail_at", params["fail_at"], 1, 10_000)
     if not isinstance(params.get("prompt", ""), str):
-        raise ValueError(f"`prompt` must be text, got {params.get('prompt')!r}")
+        raise ParamError("prompt", f"`prompt` must be text, got {params.get('prompt')!r}")
     if params.get("die_at_step") is not None:
         check_int("die_at_step", params["die_at_step"], 1, 10_000)
     if params.get("write", "end") not in ("end", "each"):
-        raise ValueError(f"`write` must be end or each, got {params.get('write')!r}")
+        raise ParamError("write", f"`write` must be end or each, got {params.get('write')!r}")
 
 
 def _run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) -> TaskResult:

@@ -52,6 +52,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
 from studio.tasks import TaskResult, TaskSpec, register
@@ -143,12 +144,12 @@ def _normalise(params: dict) -> dict:
     if "init_images" in out and "init_image" not in out and "init_image_id" not in out:
         images = out.pop("init_images")
         if not isinstance(images, list) or not images:
-            raise ValueError("`init_images` must be a list with one image")
+            raise ParamError("init_images", "`init_images` must be a list with one image")
         out["init_image"] = images[0]
     fill = out.get("inpainting_fill")
     if isinstance(fill, int) and not isinstance(fill, bool):
         if fill not in FILL_CODES:
-            raise ValueError(f"`inpainting_fill` code must be 0..3, got {fill}")
+            raise ParamError("inpainting_fill", f"`inpainting_fill` code must be 0..3, got {fill}")
         out["inpainting_fill"] = FILL_CODES[fill]
     if isinstance(out.get("sides"), list):
         out["sides"] = tuple(out["sides"])
@@ -165,10 +166,10 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
     if unknown:
         raise ValueError(f"unknown parameter(s) for {task}: {', '.join(unknown)}")
     if "prompt" not in p:
-        raise ValueError("`prompt` is required")
+        raise ParamError("prompt", "`prompt` is required")
     model = p.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise ValueError(f"`model` must be a model name, got {model!r}")
+        raise ParamError("model", f"`model` must be a model name, got {model!r}")
     kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
     stored = {k: v for k, v in kwargs.items()}
     parent_id = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from engines.base import Cancelled, CancelToken
+from engines.base import CancelToken, Cancelled, ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
 from studio.tasks import TaskResult, TaskSpec, register
@@ -83,7 +83,7 @@ def prepare(ctx, params: dict) -> Prepared:
         raise ValueError(f"unknown parameter(s) for style: {', '.join(unknown)}")
     style_id = params.get("style", "vintage")
     if not isinstance(style_id, str):
-        raise ValueError(f"`style` must be a style id, got {style_id!r}")
+        raise ParamError("style", f"`style` must be a style id, got {style_id!r}")
     style = find_style(style_id, ctx.config.styles_dir)
     image, parent_id = _image_param(ctx, params, "image")
     if image is None:
@@ -93,7 +93,7 @@ def prepare(ctx, params: dict) -> Prepared:
         raise ValueError("the arbitrary style needs `style_image_id` or `style_image` (any painting)")
     save_input = params.get("save_input", True)
     if not isinstance(save_input, bool):
-        raise ValueError(f"`save_input` must be true or false, got {save_input!r}")
+        raise ParamError("save_input", f"`save_input` must be true or false, got {save_input!r}")
     engine_params = StyleParams(image=image, strength=params.get("strength", 1.0),
                                 output_side=params.get("output_side"),
                                 style_image=style_image if style.kind == "arbitrary" else None)
@@ -153,7 +153,7 @@ register(TaskSpec("style", ENGINE, validate, run,
 def slugify(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")[:40]
     if not slug:
-        raise ValueError(f"`name` must contain letters or digits, got {name!r}")
+        raise ParamError("name", f"`name` must contain letters or digits, got {name!r}")
     return slug
 
 

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
-from engines.base import CancelToken, ProgressCallback
+from engines.base import CancelToken, ParamError, ProgressCallback
 from studio.tasks import TaskResult, TaskSpec, register
 
 if TYPE_CHECKING:
@@ -177,9 +177,9 @@ class CodeRequest:
 
     def __post_init__(self) -> None:
         if self.mode not in CODE_MODES:
-            raise ValueError(f"`mode` must be one of {', '.join(CODE_MODES)}, got {self.mode!r}")
+            raise ParamError("mode", f"`mode` must be one of {', '.join(CODE_MODES)}, got {self.mode!r}")
         if self.language not in LANGUAGES:
-            raise ValueError(f"`language` must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
+            raise ParamError("language", f"`language` must be one of {', '.join(LANGUAGES)}, got {self.language!r}")
         needed = {"write": ("description", self.description), "explain": ("code", self.code),
                   "fix": ("code", self.code), "complete": ("prefix", self.prefix + self.suffix)}
         name, value = needed[self.mode]
@@ -223,14 +223,14 @@ def split_code_params(params: dict) -> tuple[str, CodeRequest, dict, bool, int]:
     rounds = values.pop("rounds", 3)
     request_fields = {k: values.pop(k) for k in list(values) if k in CodeRequest.__dataclass_fields__}
     if "mode" not in request_fields:  # a clear message, not Python's missing-argument TypeError
-        raise ValueError(f"`mode` is required: one of {', '.join(CODE_MODES)}")
+        raise ParamError("mode", f"`mode` is required: one of {', '.join(CODE_MODES)}")
     request = CodeRequest(**request_fields)
     if run_and_fix and request.language != "python":
         raise ValueError("run & fix runs Python only; pick python as the language")
     if run_and_fix and request.mode not in ("write", "fix"):
         raise ValueError("run & fix needs the write or fix mode")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_FIX_ROUNDS:
-        raise ValueError(f"`rounds` must be a whole number from 1 to {MAX_FIX_ROUNDS}, got {rounds!r}")
+        raise ParamError("rounds", f"`rounds` must be a whole number from 1 to {MAX_FIX_ROUNDS}, got {rounds!r}")
     from engines.llm.catalog import resolve
 
     resolve(model)
