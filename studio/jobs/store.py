@@ -108,10 +108,17 @@ class JobStore:
     # ------------------------------------------------------------ the worker's side
     # The worker's calls run once or twice per job: plain Core statements on a connection, no
     # ORM session, to keep the queue's own cost per job to about a millisecond each.
-    def claim(self, worker: str) -> JobView | None:
-        """Mark the next pending job running (attempts + 1) and return it; None when none waits."""
+    def claim(self, worker: str, tasks: tuple[str, ...] | None = None,
+              skip_tasks: tuple[str, ...] = ()) -> JobView | None:
+        """Mark the next pending job running (attempts + 1) and return it; None when none waits.
+        `tasks` limits the claim to those tasks, `skip_tasks` leaves those to another worker."""
         jobs = Job.__table__
-        next_id = (select(jobs.c.id).where(jobs.c.status == PENDING)
+        waiting = select(jobs.c.id).where(jobs.c.status == PENDING)
+        if tasks is not None:
+            waiting = waiting.where(jobs.c.task.in_(tasks))
+        if skip_tasks:
+            waiting = waiting.where(jobs.c.task.not_in(skip_tasks))
+        next_id = (waiting
                    .order_by(jobs.c.priority.desc(), jobs.c.position, jobs.c.id).limit(1)
                    .scalar_subquery())
         moment = now()
@@ -140,7 +147,9 @@ class JobStore:
             raise ValueError(f"finish() takes one of {FINISHED}, got {status!r}")
         values: dict[str, Any] = {"status": status, "error": error, "finished_at": now()}
         if status == COMPLETED:
-            values.update(progress=1.0, result_json=json.dumps(result or {}, default=str))
+            values.update(progress=1.0)
+        if status == COMPLETED or result:  # a failure may carry details, e.g. the bad field
+            values.update(result_json=json.dumps(result or {}, default=str))
         jobs = Job.__table__
         with self.db.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == RUNNING).values(**values))
