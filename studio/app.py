@@ -18,6 +18,8 @@ from studio.config import StudioConfig
 from studio.context import StudioContext
 from studio.db.database import Database
 from studio.gallery.store import GalleryStore
+from studio.jobs.queue import JobQueue
+from studio.jobs.runner import Runner
 
 log = logging.getLogger("genstudio")
 
@@ -67,11 +69,9 @@ def build_context(config: StudioConfig) -> StudioContext:
     for spec in ENGINES:
         engines.register(spec)
     ctx = StudioContext(config=config, db=db, gallery=gallery, engines=engines)
-    # 3. The persistent queue, when its package is present.
-    if _module_exists("studio.jobs.queue"):
-        from studio.jobs.queue import JobQueue
-
-        ctx.queue = JobQueue(ctx)
+    # 3. The persistent queue and the one runner every generation goes through.
+    ctx.queue = JobQueue(ctx)
+    ctx.runner = Runner(ctx.queue)
     return ctx
 
 

@@ -18,3 +18,5 @@ class StudioContext:
     gallery: GalleryStore
     engines: EngineManager
     queue: Any = None  # studio.jobs.queue.JobQueue once the app has built it
+    runner: Any = None  # studio.jobs.runner.Runner: the one way to run a generation
+    job_id: int | None = None  # inside a running job: its id, so its gallery writes link to it

@@ -212,8 +212,6 @@ def test_malformed_jobs_are_rejected_at_enqueue(queue, qctx):
 def test_recovery_after_a_crash(queue, qctx):
     """Rows a dead process left running: requeued, failed after N attempts, or completed when
     their outputs had been committed (the gap between the gallery commit and the job's)."""
-    from studio.jobs.worker import InProcessWorker
-
     store = queue.store
     a, b, c = queue.enqueue_many("queue_test", [{"prompt": x} for x in "abc"])
     for _ in range(3):  # three crashed claims: a (1 attempt), b (1), c (1)
@@ -222,10 +220,9 @@ def test_recovery_after_a_crash(queue, qctx):
         from studio.jobs.models import Job
         session.get(Job, c).attempts = 3
     # b's outputs were committed through the job's gallery, then the process died.
-    worker = InProcessWorker(qctx, store, lambda: False)
     from PIL import Image
-    item = worker._job_context(b).gallery.add_image(Image.new("RGB", (4, 4)), task="queue_test",
-                                                    engine="null", prompt="b")
+    item = qctx.gallery.add_image(Image.new("RGB", (4, 4)), task="queue_test", engine="null",
+                                  prompt="b", job_id=b)
     assert store.recover(max_attempts=3) == {"completed": 1, "requeued": 1, "failed": 1}
     assert queue.get(a).status == PENDING and queue.get(a).attempts == 1
     assert queue.get(b).status == COMPLETED and queue.get(b).item_ids == (item.id,)

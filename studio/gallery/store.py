@@ -129,11 +129,12 @@ class GalleryStore:
         self.thumbnails_dir = self.data_dir / "thumbnails"
 
     # ------------------------------------------------------------ writing
-    def add_image(self, image: Image.Image, **fields: Any) -> ItemView:
-        return self.add_images([NewImage(image=image, **fields)])[0]
+    def add_image(self, image: Image.Image, *, job_id: int | None = None, **fields: Any) -> ItemView:
+        return self.add_images([NewImage(image=image, **fields)], job_id=job_id)[0]
 
-    def add_images(self, entries: list[NewImage]) -> list[ItemView]:
-        """Save every image or none of them."""
+    def add_images(self, entries: list[NewImage], job_id: int | None = None) -> list[ItemView]:
+        """Save every image or none of them. `job_id`: the queue job they are the outputs of;
+        the links commit in the same transaction as the rows (a crash leaves both or neither)."""
         written: list[Path] = []
         try:
             # 1. Files as tmp.
@@ -162,6 +163,7 @@ class GalleryStore:
                     session.add(row)
                     rows.append(row)
                 session.flush()
+                _link_job(session, job_id, rows)
                 for _, rel_file, rel_thumb, _ in staged:
                     for rel in (rel_file, rel_thumb):
                         os.replace(self.data_dir / f"{rel}.tmp", self.data_dir / rel)
@@ -175,7 +177,8 @@ class GalleryStore:
     def add_text(self, text_output: str, *, task: str, engine: str, model: str = "",
                  prompt: str = "", negative_prompt: str = "", params: dict | None = None,
                  seed: int | None = None, duration_s: float | None = None,
-                 parent_id: int | None = None, tags: Iterable[str] = ()) -> ItemView:
+                 parent_id: int | None = None, tags: Iterable[str] = (),
+                 job_id: int | None = None) -> ItemView:
         with self.db.transaction() as session:
             row = Item(uid=uuid.uuid4().hex, kind="text", task=task, engine=engine, model=model,
                        prompt=prompt, negative_prompt=negative_prompt, text=text_output,
@@ -184,6 +187,7 @@ class GalleryStore:
                        created_at=_now(), tags=self._tags(session, tags))
             session.add(row)
             session.flush()
+            _link_job(session, job_id, [row])
             return self._view(row)
 
     def set_favourite(self, item_id: int, favourite: bool) -> None:
@@ -364,6 +368,15 @@ class GalleryStore:
             created_at=row.created_at,
             file_path=self.data_dir / row.file_path if row.file_path else None,
             thumb_path=self.data_dir / row.thumb_path if row.thumb_path else None)
+
+
+def _link_job(session, job_id: int | None, rows: list[Item]) -> None:
+    """Record rows as outputs of a queue job, inside the caller's transaction."""
+    if job_id is not None:
+        from studio.jobs.models import JobItem  # the queue's table; the gallery works without it
+
+        session.add_all(JobItem(job_id=job_id, item_id=row.id) for row in rows)
+        session.flush()
 
 
 def _thumbnail(image: Image.Image) -> bytes:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from engines.base import ParamError
+from studio.jobs.live import LiveBoard, LiveProgress
 from studio.jobs.models import FINISHED, PAUSED, PENDING, RUNNING
 from studio.jobs.store import JobStore, JobView, NewJob
-from studio.jobs.worker import InProcessWorker, LiveProgress, Worker
+from studio.jobs.worker import InProcessWorker, Worker
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 MAX_ATTEMPTS = 3  # a job that was running during this many crashes fails instead of looping
 MAX_PARAMS_BYTES = 8 << 20  # 8 MiB of JSON: room for a base64 init image, not for a dataset
 MAX_JOBS_PER_REQUEST = 10_000  # one enqueue call; expansions are capped the same way
+MAX_WAITING_JOBS = 100_000  # the whole queue: a client cannot fill the disk with job rows
 PRIORITY_RANGE = (-1000, 1000)
 WAIT_RECHECK_S = 1.0  # wait() re-reads the row this often: jobs finished by another process
 
@@ -46,7 +48,10 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.max_params_bytes = max_params_bytes
         self.max_jobs_per_request = max_jobs_per_request
-        self.worker: Worker | None = None
+        self.worker: Worker | None = None  # generation: one job at a time on the device
+        self.lanes: list[Worker] = []  # long jobs (training) beside it, e.g. style training
+        self.board = LiveBoard()  # live progress of jobs run in this process (runner handles)
+        self.max_waiting_jobs = MAX_WAITING_JOBS
         self.recovered: dict[str, int] = {}
         self._paused = self.store.is_paused()  # the row is the truth; this saves a query per job
         self._waiters: dict[int, set[threading.Event]] = {}  # job id -> events of wait() calls
@@ -72,11 +77,17 @@ class JobQueue:
             try:
                 jobs.append(self.check(request))
             except ValueError as error:
-                raise ValueError(f"job {index + 1} of {len(requests)}: {error}" if len(requests) > 1
-                                 else str(error)) from None
+                if len(requests) == 1:
+                    raise
+                raise ParamError(getattr(error, "field", None),
+                                 f"job {index + 1} of {len(requests)}: {error}") from None
+        waiting = self.store.counts()
+        if waiting[PENDING] + waiting[PAUSED] + len(jobs) > self.max_waiting_jobs:
+            raise ValueError(f"the queue is full: {waiting[PENDING] + waiting[PAUSED]:,} jobs wait "
+                             f"and the limit is {self.max_waiting_jobs:,}; wait for some to run "
+                             f"or clear them")
         ids = self.store.insert(jobs)
-        if self.worker is not None:
-            self.worker.wake()
+        self._wake_workers()
         return ids
 
     def check(self, request: JobRequest) -> NewJob:
@@ -117,17 +128,35 @@ class JobQueue:
         """Recover jobs a crash left running, then start the worker (in-process by default)."""
         if self.worker is not None:
             raise RuntimeError("the queue's worker is already running")
+        from studio.tasks import lane_tasks
+
         self.recovered = self.store.recover(self.max_attempts)
+        training = lane_tasks("training")
         self.worker = worker or InProcessWorker(self.ctx, self.store, lambda: self._paused,
-                                                on_finished=self._notify_finished)
+                                                on_finished=self._notify_finished,
+                                                board=self.board, skip_tasks=training)
         self.worker.start()
+        if worker is None and training:
+            lane = InProcessWorker(self.ctx, self.store, lambda: self._paused,
+                                   name=f"{self.worker.name}-training",
+                                   on_finished=self._notify_finished, board=self.board,
+                                   tasks=training)
+            lane.start()
+            self.lanes.append(lane)
         return self.worker
+
+    def _workers(self) -> list[Worker]:
+        return ([self.worker] if self.worker is not None else []) + self.lanes
+
+    def _wake_workers(self) -> None:
+        for worker in self._workers():
+            worker.wake()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the worker; a job it was running goes back to pending and runs at next start."""
-        if self.worker is not None:
-            self.worker.stop(timeout)
-            self.worker = None
+        for worker in self._workers():
+            worker.stop(timeout)
+        self.worker, self.lanes = None, []
 
     # ------------------------------------------------------------ control
     def pause(self) -> None:
@@ -138,8 +167,7 @@ class JobQueue:
     def resume(self) -> None:
         self.store.set_paused(False)
         self._paused = False
-        if self.worker is not None:
-            self.worker.wake()
+        self._wake_workers()
 
     @property
     def paused(self) -> bool:
@@ -149,16 +177,16 @@ class JobQueue:
         """A waiting job is canceled at once; a running one stops at its next step and saves
         nothing (outputs of finished jobs are kept)."""
         status = self.store.request_cancel(job_id)
-        if status == RUNNING and self.worker is not None:
-            self.worker.cancel(job_id)
-        elif status != RUNNING:  # canceled before it started: final now
+        if status == RUNNING:
+            for worker in self._workers():
+                worker.cancel(job_id)
+        else:  # canceled before it started: final now
             self._notify_finished(job_id)
         return self.store.get(job_id)
 
     def retry(self, job_id: int) -> JobView:
         self.store.retry(job_id)
-        if self.worker is not None:
-            self.worker.wake()
+        self._wake_workers()
         return self.store.get(job_id)
 
     def move(self, job_id: int, where: str) -> None:
@@ -167,8 +195,8 @@ class JobQueue:
     def hold(self, job_id: int, held: bool = True) -> None:
         """Hold one waiting job back (status paused) or let it run again."""
         self.store.hold(job_id, held)
-        if not held and self.worker is not None:
-            self.worker.wake()
+        if not held:
+            self._wake_workers()
 
     def clear_finished(self) -> int:
         """Delete completed, failed and canceled jobs; their gallery items stay."""
@@ -185,7 +213,16 @@ class JobQueue:
         return self.store.counts()
 
     def live(self) -> dict[int, LiveProgress]:
-        return self.worker.live() if self.worker is not None else {}
+        """Progress of the jobs running in this process (a worker's own view, else the board's)."""
+        live = self.board.snapshot()
+        for worker in self._workers():
+            if not isinstance(worker, InProcessWorker):  # e.g. a remote worker with its own view
+                live.update(worker.live())
+        return live
+
+    def position(self, job: JobView) -> int:
+        """Jobs that will run before this waiting one."""
+        return self.store.jobs_ahead(job)
 
     def etas(self, jobs: list[JobView]) -> dict[int, float]:
         """Seconds until each running or waiting job in `jobs` finishes: the running job's own
@@ -247,6 +284,7 @@ class JobQueue:
             events = list(self._waiters.get(job_id, ()))
         for event in events:
             event.set()
+        self.board.touch()  # runner handles re-read the row
 
     def wait_idle(self, timeout: float = 60.0, poll_s: float = 0.05) -> bool:
         """Until nothing is pending or running (tests, benchmarks, scripts)."""

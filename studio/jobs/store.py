@@ -307,6 +307,14 @@ class JobStore:
                 links.setdefault(job_id, []).append(item_id)
             return [self._view(r, tuple(links.get(r.id, ()))) for r in found]
 
+    def jobs_ahead(self, job: JobView) -> int:
+        """How many waiting jobs run before this one (claim order: priority, position, id)."""
+        with self.db.session() as session:
+            return session.scalar(select(func.count()).select_from(Job).where(
+                Job.status == PENDING,
+                (Job.priority > job.priority) | ((Job.priority == job.priority) & (
+                    (Job.position < job.position) | ((Job.position == job.position) & (Job.id < job.id))))))
+
     def counts(self) -> dict[str, int]:
         with self.db.session() as session:
             found = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())

@@ -102,11 +102,11 @@ def _run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) 
     ids: list[int] = []
     if full.get("write") == "each":  # a task that saves as it goes (keeps outputs on cancel)
         full["_on_image"] = lambda image, index: ids.extend(
-            v.id for v in ctx.gallery.add_images([entry(image, index)]))
+            v.id for v in ctx.gallery.add_images([entry(image, index)], job_id=ctx.job_id))
     with ctx.engines.use("null") as engine:
         images = engine.generate(full, on_progress, cancel)
     if full.get("write") != "each":
-        ids = [v.id for v in ctx.gallery.add_images([entry(im, i) for i, im in enumerate(images)])]
+        ids = [v.id for v in ctx.gallery.add_images([entry(im, i) for i, im in enumerate(images)], job_id=ctx.job_id)]
     if full.get("die_after_save"):  # a crash between the gallery's commit and the job's
         os.kill(os.getpid(), signal.SIGKILL)
     return TaskResult(item_ids=ids, images=images, info={"seed": full["seed"]})

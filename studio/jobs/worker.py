@@ -7,27 +7,27 @@ distributed runner (docs/scale-out.md) replaces `InProcessWorker` behind those t
 without touching the UI, the REST API or the store.
 
 Exactly once: a job's gallery items and the links from the job to them are written in the
-gallery's own transaction (see `_job_gallery`), so after a crash a job either has its outputs
-(it finished; recovery marks it completed) or has none (it is run again) — never twice.
+gallery's own transaction (tasks pass `job_id=ctx.job_id` to the gallery's writes), so after a
+crash a job either has its outputs (it finished; recovery marks it completed) or has none (it is
+run again) — never twice.
+
+Lanes: a worker may take only some tasks (`tasks`) or leave some to another worker
+(`skip_tasks`): style training runs for minutes on its own lane, so generation never waits
+behind it.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
-
-from sqlalchemy import event
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from engines.base import CancelToken, Cancelled, EngineError, Progress
-from studio.gallery.models import Item
+from studio.jobs.live import LiveBoard, LiveProgress
 from studio.jobs.models import CANCELED, COMPLETED, FAILED
-from studio.jobs.store import JobStore, JobView
+from studio.jobs.store import JobView
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 class JobSource(Protocol):
     """What a worker needs from the queue. JobStore implements it over SQLite."""
 
-    def claim(self, worker: str) -> JobView | None: ...
+    def claim(self, worker: str, tasks: tuple[str, ...] | None = None,
+              skip_tasks: tuple[str, ...] = ()) -> JobView | None: ...
 
     def report_progress(self, job_id: int, progress: float, message: str) -> bool:
         """Returns True when the job should be canceled."""
@@ -48,28 +49,6 @@ class JobSource(Protocol):
                result: dict[str, Any] | None = None) -> None: ...
 
     def release(self, job_id: int) -> None: ...
-
-
-@dataclass
-class LiveProgress:
-    """In-memory progress of the running job, fresher than the row (written twice a second)."""
-    job_id: int
-    step: int = 0
-    total: int = 0
-    message: str = ""
-    preview: Any = None
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        if not self.fraction:
-            return None
-        elapsed = time.monotonic() - self.started
-        return elapsed * (1 - self.fraction) / self.fraction
 
 
 class Worker(Protocol):
@@ -96,7 +75,9 @@ class InProcessWorker:
     def __init__(self, ctx: "StudioContext", source: JobSource, is_paused: Callable[[], bool],
                  name: str | None = None, idle_poll_s: float = 1.0,
                  progress_interval_s: float = 0.5,
-                 on_finished: Callable[[int], None] | None = None) -> None:
+                 on_finished: Callable[[int], None] | None = None,
+                 board: LiveBoard | None = None, tasks: tuple[str, ...] | None = None,
+                 skip_tasks: tuple[str, ...] = ()) -> None:
         self.ctx = ctx
         self.source = source
         self.is_paused = is_paused
@@ -104,11 +85,13 @@ class InProcessWorker:
         self.name = name or f"inproc-{uuid.uuid4().hex[:8]}"
         self.idle_poll_s = idle_poll_s  # also picks up jobs queued by other processes
         self.progress_interval_s = progress_interval_s  # how often progress reaches the row
+        self.board = board or LiveBoard()
+        self.tasks, self.skip_tasks = tasks, tuple(skip_tasks)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._current: tuple[LiveProgress, CancelToken] | None = None
+        self._current: tuple[int, CancelToken] | None = None  # (job id, its cancel token)
         self._user_canceled = False
         self.busy = False  # between claim and finish
 
@@ -134,7 +117,7 @@ class InProcessWorker:
 
     def cancel(self, job_id: int) -> bool:
         with self._lock:
-            if self._current is None or self._current[0].job_id != job_id:
+            if self._current is None or self._current[0] != job_id:
                 return False
             self._user_canceled = True
             self._current[1].cancel()
@@ -142,7 +125,9 @@ class InProcessWorker:
 
     def live(self) -> dict[int, LiveProgress]:
         with self._lock:
-            return {self._current[0].job_id: self._current[0]} if self._current else {}
+            running = self._current[0] if self._current else None
+        live = self.board.get(running) if running is not None else None
+        return {running: live} if live is not None else {}
 
     @property
     def alive(self) -> bool:
@@ -153,7 +138,8 @@ class InProcessWorker:
         while not self._stop.is_set():
             try:
                 self._wake.clear()
-                job = None if self.is_paused() else self.source.claim(self.name)
+                job = None if self.is_paused() else self.source.claim(
+                    self.name, self.tasks, self.skip_tasks)
                 if job is None:
                     self._wake.wait(self.idle_poll_s)
                     continue
@@ -163,16 +149,16 @@ class InProcessWorker:
                 self._stop.wait(2.0)
 
     def _run(self, job: JobView) -> None:
-        live, token = LiveProgress(job.id), CancelToken()
+        token = CancelToken()
+        self.board.start(job.id)
         with self._lock:
-            self.busy, self._current, self._user_canceled = True, (live, token), False
+            self.busy, self._current, self._user_canceled = True, (job.id, token), False
         last_write = time.monotonic()  # the claim wrote the row; short jobs write no progress
 
         def on_progress(progress: Progress) -> None:
             nonlocal last_write
-            live.step, live.total, live.message = progress.step, progress.total, progress.message
-            if progress.preview is not None:
-                live.preview = progress.preview
+            self.board.publish(job.id, progress.step, progress.total, progress.message,
+                               progress.preview, progress.text)
             moment = time.monotonic()
             if moment - last_write >= self.progress_interval_s:
                 last_write = moment
@@ -185,7 +171,9 @@ class InProcessWorker:
 
         finished = True
         try:
-            result = run_task(self._job_context(job.id), job.task, job.params, on_progress, token)
+            # The queue validated the params when it stored them; the task runs them as stored.
+            job_ctx = dataclasses.replace(self.ctx, job_id=job.id)
+            result = run_task(job_ctx, job.task, job.params, on_progress, token)
         except Cancelled:
             if self._stop.is_set() and not self._user_canceled:
                 # shutdown, not the user: the job runs again at the next start
@@ -194,7 +182,9 @@ class InProcessWorker:
             else:
                 self._record(self.source.finish, job.id, CANCELED, "canceled by user")
         except (EngineError, ValueError) as error:
-            self._record(self.source.finish, job.id, FAILED, str(error) or type(error).__name__)
+            field = getattr(error, "field", None)  # engines.base.ParamError names the field
+            self._record(self.source.finish, job.id, FAILED, str(error) or type(error).__name__,
+                         result={"error_field": field} if field else None)
         except Exception as error:
             log.exception("queue job %s (%s) failed", job.id, job.task)
             self._record(self.source.finish, job.id, FAILED, f"{type(error).__name__}: {error}")
@@ -205,6 +195,7 @@ class InProcessWorker:
         finally:
             with self._lock:
                 self.busy, self._current = False, None
+            self.board.end(job.id)
         if finished and self.on_finished is not None:
             self.on_finished(job.id)  # after the row: whoever wakes reads the final state
 
@@ -220,39 +211,3 @@ class InProcessWorker:
                 log.warning("queue worker %s: recording job %s failed; retrying", self.name, args[0],
                             exc_info=True)
                 time.sleep(0.5 * (attempt + 1))
-
-    def _job_context(self, job_id: int) -> "StudioContext":
-        """The studio context, but with a gallery whose writes also link items to this job."""
-        gallery = copy.copy(self.ctx.gallery)
-        gallery.db = _LinkingDatabase(self.ctx.gallery.db, job_id)
-        return dataclasses.replace(self.ctx, gallery=gallery)
-
-
-class _LinkingDatabase:
-    """Stands in for the Database inside one job's gallery: every transaction that adds gallery
-    items also adds the job -> item links, before the same commit."""
-
-    def __init__(self, db: Any, job_id: int) -> None:
-        self._db = db
-        self._job_id = job_id
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        with self._db.transaction() as session:
-            added: list[Item] = []
-
-            def collect(_session, instance) -> None:
-                if isinstance(instance, Item):
-                    added.append(instance)
-
-            event.listen(session, "pending_to_persistent", collect)
-            try:
-                yield session
-                session.flush()
-                JobStore.link_items(session, self._job_id, [item.id for item in added])
-                session.flush()
-            finally:
-                event.remove(session, "pending_to_persistent", collect)

@@ -34,6 +34,7 @@ class TaskSpec:
     validate: Callable[["StudioContext", dict], None]
     run: Callable[["StudioContext", dict, ProgressCallback, CancelToken], TaskResult]
     description: str = ""
+    lane: str = "generate"  # "training": long jobs run by a worker of their own (studio/jobs)
 
 
 # Modules that define tasks; each calls register() at import. Imported lazily on first use so the
@@ -42,6 +43,7 @@ TASK_MODULES = (
     "studio.tasks.text",
     "studio.tasks.image",
     "studio.tasks.style",
+    "studio.tasks.style_training",
 )
 
 _registry: dict[str, TaskSpec] = {}
@@ -78,6 +80,12 @@ def get_task(name: str) -> TaskSpec:
     return _registry[name]
 
 
+def lane_tasks(lane: str) -> tuple[str, ...]:
+    """Names of the tasks that run on `lane`."""
+    _import_task_modules()
+    return tuple(sorted(name for name, spec in _registry.items() if spec.lane == lane))
+
+
 def validate_task(ctx: "StudioContext", name: str, params: dict) -> None:
     if not isinstance(params, dict):
         raise ValueError(f"parameters for {name!r} must be an object, got {type(params).__name__}")
@@ -87,6 +95,7 @@ def validate_task(ctx: "StudioContext", name: str, params: dict) -> None:
 def run_task(ctx: "StudioContext", name: str, params: dict,
              on_progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None) -> TaskResult:
+    """Run a task on params the queue has validated (JobQueue.check at enqueue); every caller
+    goes through the queue (studio/jobs/runner.py), so nothing is validated twice."""
     spec = get_task(name)
-    spec.validate(ctx, params)
     return spec.run(ctx, params, on_progress or no_progress, cancel or CancelToken())

@@ -268,7 +268,7 @@ def _run(task: str):
                 prompt=p.prompt, negative_prompt=p.negative_prompt, params=stored, seed=seed,
                 duration_s=round(per_image, 3), parent_id=prepared.parent_id,
                 infotext=infotext(result.info, p, seed, image.width, image.height, task)))
-        items = ctx.gallery.add_images(entries)
+        items = ctx.gallery.add_images(entries, job_id=ctx.job_id)
         info = dict(result.info, seeds=result.seeds, infotexts=[e.infotext for e in entries],
                     scores=result.scores)
         return TaskResult(item_ids=[i.id for i in items], images=result.images, info=info)

@@ -136,7 +136,8 @@ def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
     try:
         item = ctx.gallery.add_image(
             image, task="style", engine=ENGINE, model=style.id, prompt=f"{style.name} style",
-            params=stored, duration_s=round(seconds, 3), parent_id=parent_id, infotext=text)
+            params=stored, duration_s=round(seconds, 3), parent_id=parent_id, infotext=text,
+            job_id=ctx.job_id)  # only the result is the job's output, not the saved upload
     except BaseException:
         if saved_input is not None:
             ctx.gallery.delete(saved_input.id)

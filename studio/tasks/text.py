@@ -141,7 +141,7 @@ def record_reply(ctx: "StudioContext", task: str, model: str, prompt: str, param
     return ctx.gallery.add_text(
         text, task=task, engine="llm", model=model, prompt=prompt,
         params=reply_params(params, stats, **extra), seed=stats.seed,
-        duration_s=round(stats.duration_s, 3), tags=tags)
+        duration_s=round(stats.duration_s, 3), tags=tags, job_id=ctx.job_id)
 
 
 def last_user_message(params: "LLMParams") -> str:
