@@ -121,3 +121,23 @@ def test_updates_time_out(runner):
         for _ in handle.updates(timeout=0.3, cancel_on_exit=True):
             pass
     assert runner.queue.get(handle.id).status == "canceled"
+
+
+def test_async_updates_stream_and_cancel_when_left(runner):
+    import asyncio
+
+    runner.queue.start_worker()
+
+    async def read(handle, stop_at=None):
+        seen = []
+        async for update in handle.aupdates(cancel_on_exit=True):
+            seen.append(update)
+            if stop_at is not None and update.step >= stop_at:
+                break
+        return seen
+
+    done = asyncio.run(read(runner.submit("queue_test", {"steps": 5, "step_s": 0.02})))
+    assert done[-1].status == "completed" and len(done) >= 2
+    left = runner.submit("queue_test", {"steps": 400, "step_s": 0.02})
+    asyncio.run(read(left, stop_at=2))
+    assert left.wait(20).status == "canceled"

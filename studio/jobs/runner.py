@@ -32,6 +32,7 @@ INTERACTIVE = 900  # a click in a tab: runs next
 API = 500  # an HTTP API request someone is waiting on
 BATCH = 0  # queued work
 ROW_RECHECK_S = 0.25  # how often a handle re-reads the row when nothing live is seen
+ASYNC_POLL_S = 0.01  # async handles look at the in-memory board this often
 
 
 class JobFailed(RuntimeError):
@@ -113,14 +114,30 @@ class JobHandle:
 
     async def aupdates(self, cancel_on_exit: bool = True,
                        timeout: float | None = None) -> AsyncIterator[JobUpdate]:
-        """`updates()` for async code: the waiting happens on a worker thread."""
-        iterator = self.updates(cancel_on_exit=cancel_on_exit, timeout=timeout)
-        done = object()
+        """`updates()` for async code. It waits on the event loop (polling the in-memory board
+        every few milliseconds, the row every ROW_RECHECK_S), never on a pooled thread: a
+        thousand waiting requests must not starve the threads that serve /progress or cancel."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished, last_key = False, None
         try:
-            while (update := await asyncio.to_thread(next, iterator, done)) is not done:
-                yield update
+            while True:
+                version = self.queue.board.version
+                live = self.queue.board.get(self.id)
+                update = self.snapshot() if live is not None else await asyncio.to_thread(self.snapshot)
+                if update._key() != last_key:
+                    last_key = update._key()
+                    yield update
+                if update.finished:
+                    finished = True
+                    return
+                recheck = time.monotonic() + ROW_RECHECK_S
+                while self.queue.board.version == version and time.monotonic() < recheck:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"job {self.id} did not finish within {timeout:g} s")
+                    await asyncio.sleep(ASYNC_POLL_S)
         finally:
-            await asyncio.to_thread(iterator.close)  # runs its cancel_on_exit
+            if cancel_on_exit and not finished:
+                self.cancel()
 
     # ------------------------------------------------------------ acting
     def cancel(self) -> None:
