@@ -20,6 +20,9 @@ class StudioConfig:
     memory_budget_gb: float = 8.0  # loaded models above this are unloaded, least recent first
     queue_worker: bool = True  # run the persistent queue's worker in this process
     extra_models_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    allow_code_execution: bool = False  # run & fix runs model-written code: only when asked
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names to answer (a reverse proxy's name)
+    max_request_mb: float = 64.0  # largest request body; an img2img upload is base64 (4/3 larger)
 
     @property
     def database_path(self) -> Path:

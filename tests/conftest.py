@@ -60,7 +60,8 @@ def ctx(db, gallery, data_dir):
     engines = EngineManager("cpu", memory_budget_bytes=8 << 30)
     for spec in ENGINES:
         engines.register(spec)
-    config = StudioConfig(data_dir=data_dir, device="cpu", offline=True, queue_worker=False)
+    config = StudioConfig(data_dir=data_dir, device="cpu", offline=True, queue_worker=False,
+                          allow_code_execution=True)  # as with --allow-code-execution: run & fix tests
     yield StudioContext(config=config, db=db, gallery=gallery, engines=engines)
     engines.unload()
 

@@ -8,6 +8,11 @@ from helpers import open_tab
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+@pytest.fixture
+def studio_server(launch_studio):  # run & fix is off unless the studio is started with the switch
+    return launch_studio(args=("--allow-code-execution",))
+
+
 def test_write_with_run_and_fix_shows_code_and_rounds(page):
     open_tab(page, "Code")
     page.locator("#code-description textarea").fill("Print the sum of 2 and 3.")

@@ -253,10 +253,12 @@ def code_events(ctx: "StudioContext", params: dict,
     Yields ("text", round, reply so far) while streaming and ("round", round, CodeRound) after
     each round. Raises Cancelled on Stop."""
     from engines.base import Cancelled
-    from studio.code_runner import run_python
+    from studio.code_runner import check_code_execution, run_python
 
     cancel = cancel or CancelToken()
     model, request, sampling, run_and_fix, rounds = split_code_params(params)
+    if run_and_fix:  # off unless the studio was started with --allow-code-execution
+        check_code_execution(ctx.config)
     for number in range(1, (rounds if run_and_fix else 1) + 1):
         live = LiveGeneration(ctx, model, code_llm_params(request, sampling), cancel).start()
         for _ in live:
@@ -288,7 +290,10 @@ def record_code(ctx: "StudioContext", params: dict, rounds: list[CodeRound]):
 
 
 def validate_code(ctx: "StudioContext", params: dict) -> None:
-    split_code_params(params)
+    if split_code_params(params)[3]:  # run & fix: refused at once when the studio forbids it
+        from studio.code_runner import check_code_execution
+
+        check_code_execution(ctx.config)
 
 
 def run_code(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
