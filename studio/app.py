@@ -27,6 +27,7 @@ ENGINES = (
     EngineSpec("llm", "engines.llm.engine:LLMEngine", "smollm2-135m-instruct"),
     EngineSpec("diffusion", "engines.diffusion.engine:DiffusionEngine", "genstudio-tiny-sd"),
     EngineSpec("style", "engines.style.engine:StyleEngine", "vintage"),
+    EngineSpec("upscale", "engines.upscale.engine:UpscaleEngine", "R-ESRGAN AnimeVideo"),
 )
 
 # Tab order is the order users see. Each module: TAB_ID, TITLE, build(ctx), optional wire(...).
