@@ -67,6 +67,7 @@ class DiffusionEngine:
         self._hash: str | None = None
         self._scheduler_config: dict = {}
         self._scorer = None
+        self._vae: tuple[tuple, Any] | None = None  # (file key, AutoencoderKL): the last VAE chosen
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -83,6 +84,7 @@ class DiffusionEngine:
     def unload(self) -> None:
         self._pipes.clear()
         self._scorer = None
+        self._vae = None
         if self.device == "cuda":
             import torch
 
@@ -237,7 +239,9 @@ class DiffusionEngine:
             guidance_scale=params.guidance_scale, seed=params.seed, batch_size=params.batch_size,
             batch_count=params.batch_count, scheduler=params.scheduler,
             preview_every=params.preview_every, token_merging=params.token_merging,
-            step_cache=params.step_cache, init_image=canvas, strength=params.strength,
+            step_cache=params.step_cache, lora_dirs=params.lora_dirs,
+            embedding_dirs=params.embedding_dirs, vae=params.vae, init_image=canvas,
+            strength=params.strength,
             mask=Image.fromarray(painted.astype(np.uint8) * 255), mask_blur=params.mask_blur,
             inpainting_fill=params.inpainting_fill)
         result = self._inpaint(inpaint, on_progress, cancel, painted=painted)
@@ -252,67 +256,71 @@ class DiffusionEngine:
         seed reproduces on any device."""
         import torch
 
+        from engines.diffusion.extras import conditioning
         from engines.diffusion.speed import set_step_cache, set_token_merging
 
         pipe = self._pipe(mode)
         pipe.scheduler = make_scheduler(self._scheduler_config, params.scheduler)
         set_token_merging(pipe.unet, params.token_merging)
-        info: dict[str, Any] = {"warnings": self._prompt_warnings(pipe, params)}
         strength = extra.get("strength", 1.0)
         steps_per_run = max(1, int(params.steps * strength)) if mode != "txt2img" else params.steps
         batches = [seeds[i:i + params.batch_size] for i in range(0, len(seeds), params.batch_size)]
         total = steps_per_run * len(batches)
-        info["total_steps"] = total
         images: list[Image.Image] = []
         step_times: list[float] = []
-        for b, batch_seeds in enumerate(batches):
-            cancel.raise_if_cancelled()
-            base, last = b * steps_per_run, [time.perf_counter()]
-
-            def on_step_end(_pipe, i, _t, kwargs, base=base, last=last, b=b):
-                now = time.perf_counter()
-                step_times.append(now - last[0])
-                last[0] = now
-                preview = None
-                every = params.preview_every
-                if every and (i + 1) % every == 0 and i + 1 < steps_per_run:
-                    preview = self._preview(kwargs["latents"])
-                on_progress(Progress(base + i + 1, total,
-                                     f"step {i + 1}/{steps_per_run}, batch {b + 1}/{len(batches)}",
-                                     preview))
-                cancel.raise_if_cancelled()  # stops between steps; nothing is returned
-                return {}
-
-            generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-            try:
-                set_step_cache(pipe.unet, params.step_cache)  # each run starts with a full call
-            except ValueError as error:
-                raise EngineError(str(error)) from None
-            with torch.inference_mode():
-                output = pipe(prompt=[params.prompt] * len(batch_seeds),
-                              negative_prompt=[params.negative_prompt] * len(batch_seeds),
-                              num_inference_steps=params.steps,
-                              guidance_scale=params.guidance_scale, width=width, height=height,
-                              generator=generators, callback_on_step_end=on_step_end,
-                              output_type="pil", **extra)
-            images.extend(output.images)
+        # LoRAs, embeddings, weighted prompt and VAE for this generation only (extras.py).
+        with conditioning(self._pipes, mode, params, self.model_name, self._load_vae) as cond:
+            info: dict[str, Any] = dict(cond.info, total_steps=total,
+                                        prompt_tokens=cond.prompt_tokens)
+            for b, batch_seeds in enumerate(batches):
+                cancel.raise_if_cancelled()
+                on_step_end = self._step_callback(params, b, len(batches), steps_per_run, total,
+                                                  step_times, on_progress, cancel)
+                generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+                try:
+                    set_step_cache(pipe.unet, params.step_cache)  # each run starts with a full call
+                except ValueError as error:
+                    raise EngineError(str(error)) from None
+                with torch.inference_mode():
+                    output = pipe(**cond.embeds_for(len(batch_seeds)),
+                                  num_inference_steps=params.steps,
+                                  guidance_scale=params.guidance_scale, width=width, height=height,
+                                  generator=generators, callback_on_step_end=on_step_end,
+                                  output_type="pil", **extra)
+                images.extend(output.images)
         if step_times:
             info["seconds_per_step"] = round(float(np.median(step_times)), 4)
         return images, info
 
-    @staticmethod
-    def _prompt_warnings(pipe, params: Txt2ImgParams) -> list[str]:
-        tokenizer = getattr(pipe, "tokenizer", None)
-        if tokenizer is None:
-            return []
-        warnings = []
-        for name in ("prompt", "negative_prompt"):
-            text = getattr(params, name)
-            count = len(tokenizer(text).input_ids)
-            if count > tokenizer.model_max_length:
-                warnings.append(f"{name} is {count} tokens; the model read the first "
-                                f"{tokenizer.model_max_length}")
-        return warnings
+    def _step_callback(self, params, b: int, batches: int, steps_per_run: int, total: int,
+                       step_times: list[float], on_progress, cancel):
+        """diffusers' callback_on_step_end for run b: progress, previews, cancel."""
+        base, last = b * steps_per_run, [time.perf_counter()]
+
+        def on_step_end(_pipe, i, _t, kwargs):
+            now = time.perf_counter()
+            step_times.append(now - last[0])
+            last[0] = now
+            preview = None
+            every = params.preview_every
+            if every and (i + 1) % every == 0 and i + 1 < steps_per_run:
+                preview = self._preview(kwargs["latents"])
+            on_progress(Progress(base + i + 1, total,
+                                 f"step {i + 1}/{steps_per_run}, batch {b + 1}/{batches}", preview))
+            cancel.raise_if_cancelled()  # stops between steps; nothing is returned
+            return {}
+        return on_step_end
+
+    def _load_vae(self, path):
+        """The VAE at `path` in the model's VAE architecture; the last one is kept for reuse."""
+        from engines.diffusion.vae import load_vae
+
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime)
+        if self._vae is None or self._vae[0] != key:
+            self._vae = None  # free the previous one first
+            self._vae = (key, load_vae(path, self._pipes["txt2img"].vae))
+        return self._vae[1]
 
     def _preview(self, latents) -> Image.Image:
         """A small picture of the current latents: decoded by a small VAE, else linearly."""

@@ -39,7 +39,7 @@ OUTPAINT_SIDES = ("left", "right", "up", "down")
 MIN_SIDE = 64  # A1111's minimum; the VAE needs at least a few latent pixels
 MAX_SIDE = 4096
 MAX_PIXELS = 2048 * 2048  # pixel budget per image; far beyond what a CPU does in reasonable time
-MAX_PROMPT_CHARS = 4000  # CLIP reads 77 tokens (~300 characters); beyond this is surely a mistake
+MAX_PROMPT_CHARS = 4000  # long prompts are chunked by 75 tokens (A1111); beyond this is a mistake
 MAX_SEED = 2**32 - 1  # A1111's range; -1 means "pick one at random"
 MAX_IMAGES = 64  # batch_count * batch_size (or candidates) per request
 
@@ -59,7 +59,7 @@ def check_text(name: str, value: Any) -> None:
     if len(value) > MAX_PROMPT_CHARS:
         words = len(value.split())
         raise ValueError(f"`{name}` is {len(value)} characters ({words} words); at most "
-                         f"{MAX_PROMPT_CHARS} are accepted (the text encoder reads ~75 tokens)")
+                         f"{MAX_PROMPT_CHARS} are accepted")
 
 
 def check_image(name: str, value: Any) -> None:
@@ -96,6 +96,12 @@ class Txt2ImgParams:
     # DeepCache-style: run the whole UNet every `step_cache` steps and only its shallowest level
     # in between, reusing the deep blocks' features; faster, slightly different. 0 = exact.
     step_cache: int = 0
+    # Extra networks, A1111-style (engines/diffusion/lora.py, textual_inversion.py, vae.py):
+    # `<lora:name:weight>` tags in the prompt are looked up in these folders (and subfolders);
+    # embeddings are triggered by their file name in the prompt.
+    lora_dirs: tuple[str, ...] = ()
+    embedding_dirs: tuple[str, ...] = ()
+    vae: str | None = None  # a VAE file or folder path; None = the model's own
 
     def __post_init__(self) -> None:
         self.check_inputs()
@@ -127,6 +133,16 @@ class Txt2ImgParams:
         check_int("preview_every", self.preview_every, 0, 1000)
         check_range("token_merging", self.token_merging, 0.0, 0.75)
         check_int("step_cache", self.step_cache, 0, 5)
+        for name in ("lora_dirs", "embedding_dirs"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise ParamError(name, f"`{name}` must be a tuple of folder paths, got {value!r}")
+        if self.vae is not None and not isinstance(self.vae, str):
+            raise ParamError("vae", f"`vae` must be a file or folder path, got {self.vae!r}")
+        # Tags name LoRAs that exist and are readable (no weights are read here).
+        from engines.diffusion.lora import parse_tags, resolve
+
+        resolve(parse_tags(self.prompt)[1], self.lora_dirs)
 
     @property
     def image_count(self) -> int:

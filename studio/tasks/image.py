@@ -19,6 +19,11 @@ Common to all four:
                                faster at large sizes, slightly different images
   step_cache                   0..5, default 0 (exact): DeepCache-style, the whole UNet every N
                                steps, its shallowest level in between; faster, approximate
+  vae                          a VAE from <data>/models/VAE by file name (A1111's `sd_vae`,
+                               alias sd_vae), or "Automatic" / "None" / absent: the model's own
+  <lora:name:weight> in the prompt   a LoRA from <data>/models/Lora (subfolders too); an unknown
+                               name, unreadable file or another model family is refused here
+  embeddings                   a file name from <data>/models/embeddings in the prompt
 txt2img only:
   candidates, keep             DALL-E-style best-of-N: generate `candidates`, keep the `keep`
                                best by CLIP score (0 = off)
@@ -48,9 +53,10 @@ import base64
 import binascii
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
@@ -59,11 +65,11 @@ from studio.tasks import TaskResult, TaskSpec, register
 
 ENGINE = "diffusion"
 ALIASES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
-           "sampler_name": "scheduler", "n_iter": "batch_count"}
+           "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
 FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
           "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
-          "step_cache")
+          "step_cache", "vae")
 FIELDS = {
     "txt2img": COMMON + ("candidates", "keep"),
     "img2img": COMMON + ("strength",),
@@ -101,13 +107,11 @@ def decode_image(value: Any, name: str) -> Image.Image:
         raise ValueError(f"`{name}` is larger than {MAX_UPLOAD_BYTES >> 20} MB")
     try:
         raw = base64.b64decode(data, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"`{name}` is not valid base64: {error}") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"`{name}` is not a readable image ({error})") from None
-    return image
+    from studio.images import open_user_image  # size from the header first; 5 formats only
+
+    return open_user_image(raw, name=name)
 
 
 def encode_image(image: Image.Image) -> str:
@@ -172,6 +176,7 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
         raise ParamError("model", f"`model` must be a model name, got {model!r}")
     kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
     stored = {k: v for k, v in kwargs.items()}
+    kwargs.update(extra_networks(ctx, kwargs.pop("vae", None)))
     parent_id = None
     if task != "txt2img":
         image, parent_id = _resolve_image(ctx, p, "init_image")
@@ -185,6 +190,9 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
         if mask is None:
             raise ValueError("inpaint needs `mask_id` or `mask` (white = repaint)")
         kwargs["mask"] = mask
+        if mask.size != kwargs["init_image"].size:  # checked before any work on the mask
+            raise ParamError("mask", f"`mask` is {mask.width}x{mask.height} but the image is "
+                             f"{kwargs['init_image'].width}x{kwargs['init_image'].height}")
         if mask_id is not None:
             stored["mask_id"] = mask_id
         else:  # small once binarised: keep it so "reuse parameters" can repeat the edit
@@ -192,9 +200,49 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
             stored["mask"] = encode_image(binary)
     engine_class = _engine_class(ctx)
     engine_params = getattr(engine_class, PARAMS_CLASS[task])(**kwargs)  # checks every value
+    check_loras_fit(ctx, engine_params, model)
     if model:
         stored["model"] = model
     return Prepared(engine_params, stored, parent_id, model)
+
+
+def model_folders(ctx, kind: str) -> tuple[str, ...]:
+    """A1111's folder names under <data>/models: "Lora", "embeddings", "VAE"."""
+    return (str(Path(ctx.config.models_dir) / kind),)
+
+
+def extra_networks(ctx, vae: Any) -> dict:
+    """The engine's folder and VAE params for this studio's data folder."""
+    from engines.diffusion.vae import resolve_vae
+
+    if vae is not None and not isinstance(vae, str):
+        raise ParamError("vae", f"`vae` must be a VAE file name or \"Automatic\", got {vae!r}")
+    path = resolve_vae(vae, model_folders(ctx, "VAE"))
+    return {"lora_dirs": model_folders(ctx, "Lora"),
+            "embedding_dirs": model_folders(ctx, "embeddings"),
+            "vae": str(path) if path else None}
+
+
+def check_loras_fit(ctx, params, model: str | None) -> None:
+    """A LoRA for another model family is refused before the job runs (headers only)."""
+    from engines.diffusion import lora
+
+    loras = lora.resolve(lora.parse_tags(params.prompt)[1], params.lora_dirs)
+    if not loras:
+        return
+    model_id = model or _default_model(ctx)
+    dims = lora.model_dims(model_id)
+    for info, _ in loras:
+        lora.check_fits(info, dims, Path(model_id).name)
+
+
+def _default_model(ctx) -> str:
+    try:
+        return ctx.engines.spec(ENGINE).default_model
+    except ValueError:
+        from engines.diffusion.loading import DEFAULT_MODEL
+
+        return DEFAULT_MODEL
 
 
 def _engine_class(ctx):
@@ -227,6 +275,9 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
         settings["Step cache"] = params.step_cache  # DeepCache-style: full UNet every N steps
     if engine_info.get("unet_backend"):
         settings["UNet backend"] = engine_info["unet_backend"]  # e.g. OpenVINO bf16
+    vae = engine_info.get("vae")
+    if vae:
+        settings["VAE hash"], settings["VAE"] = vae["hash"], vae["name"]
     if task in ("inpaint", "outpaint"):
         settings["Mask blur"] = params.mask_blur
     if task == "inpaint" and params.inpaint_full_res:
@@ -235,6 +286,14 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
     if task == "outpaint":
         settings["Outpaint sides"] = " ".join(params.sides)
         settings["Outpaint pixels"] = params.pixels
+    # A1111's extra-network records: "name: short hash" for every LoRA / embedding used.
+    loras = [f"{r['name'].replace(':', '').replace(',', '')}: {r['hash']}"
+             for r in engine_info.get("loras") or ()]
+    if loras:
+        settings["Lora hashes"] = ", ".join(loras)
+    embeddings = [f"{r['name']}: {r['hash']}" for r in engine_info.get("embeddings") or ()]
+    if embeddings:
+        settings["TI hashes"] = ", ".join(embeddings)
     settings["Version"] = "GenStudio"
     return format_infotext(params.prompt, params.negative_prompt, settings)
 
