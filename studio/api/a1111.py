@@ -153,7 +153,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
                 mask, changed = ImageOps.invert(mask.convert("L")), True
             if mask.size != init.size:  # A1111 resizes both to the target size
                 mask, changed = mask.convert("L").resize(init.size), True
-            if not any(value > 127 for value in mask.convert("L").getdata()):
+            if mask.convert("L").getextrema()[1] <= 127:  # one C pass, not a Python loop per pixel
                 raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
             params["mask"] = _encode_png(mask) if changed else request.mask
             if not 0 <= request.inpainting_fill <= 3:
