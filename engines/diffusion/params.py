@@ -50,15 +50,15 @@ def check_size(name: str, value: int | None) -> None:
         return
     check_int(name, value, MIN_SIDE, MAX_SIDE)
     if value % 8:
-        raise ValueError(f"`{name}` must be a multiple of 8, got {value}")
+        raise ParamError(name, f"`{name}` must be a multiple of 8, got {value}")
 
 
 def check_text(name: str, value: Any) -> None:
     if not isinstance(value, str):
-        raise ValueError(f"`{name}` must be text, got {type(value).__name__}")
+        raise ParamError(name, f"`{name}` must be text, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         words = len(value.split())
-        raise ValueError(f"`{name}` is {len(value)} characters ({words} words); at most "
+        raise ParamError(name, f"`{name}` is {len(value)} characters ({words} words); at most "
                          f"{MAX_PROMPT_CHARS} are accepted")
 
 
@@ -67,11 +67,11 @@ def check_image(name: str, value: Any) -> None:
     from PIL import Image
 
     if not isinstance(value, Image.Image):
-        raise ValueError(f"`{name}` must be an image, got {type(value).__name__}")
+        raise ParamError(name, f"`{name}` must be an image, got {type(value).__name__}")
     if value.width < 8 or value.height < 8:
-        raise ValueError(f"`{name}` is {value.width}x{value.height}; at least 8x8 is needed")
+        raise ParamError(name, f"`{name}` is {value.width}x{value.height}; at least 8x8 is needed")
     if value.width * value.height > MAX_PIXELS:
-        raise ValueError(f"`{name}` is {value.width}x{value.height}, over the pixel budget of "
+        raise ParamError(name, f"`{name}` is {value.width}x{value.height}, over the pixel budget of "
                          f"{MAX_PIXELS} pixels")
 
 

@@ -55,7 +55,7 @@ class TrainConfig:
                                 ("d_layers", 1, 5), ("threads", 1, 64)):
             value = getattr(self, name)
             if not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"`{name}` must be a whole number from {low} to {high}, got {value!r}")
+                raise ParamError(name, f"`{name}` must be a whole number from {low} to {high}, got {value!r}")
         if self.size % 4:
             raise ParamError("size", f"`size` must be a multiple of 4, got {self.size}")
 

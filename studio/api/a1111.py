@@ -11,10 +11,10 @@ Design:
   `studio.tasks` like a UI generation: txt2img, img2img, or inpaint when a mask is given. So
   every image lands in the gallery with its parameters and A1111 infotext, and the same params
   give the same pixels as the UI.
-- It runs through the persistent queue when the studio has a running one (high priority jobs,
-  visible in the Queue tab, on the one worker that owns the device), else directly on the
-  engine manager's device lock; either way a UI user and an API client never run a model at
-  once. See studio/api/a1111_runs.py for both paths and how progress/interrupt/skip reach them.
+- Every run is a job on the studio's one runner (studio/api/a1111_runs.py): queued at API
+  priority, visible in the Queue tab, on the worker that owns the device; the request waits on
+  the event loop and cancels its jobs when the client disconnects. Input images are decoded
+  once, here, and stored as gallery uploads; the jobs refer to them by id.
 - Errors: a wrong type is pydantic's 422 naming the field; a value the task refuses is a 422
   in the same shape whose `loc` names the A1111 field (`cfg_scale`, not `guidance_scale`); an
   engine failure while generating is a 500 with the message.
@@ -23,22 +23,22 @@ Design:
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
-import re
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
 from studio.api.a1111_options import Checkpoints, Options
-from studio.api.a1111_runs import Run, RunFailed, Runs
+from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
 from studio.api.auth import require_auth
 
 # The task's names -> A1111's, for 422s that name the field the client sent.
@@ -46,20 +46,12 @@ FIELD_NAMES = {"guidance_scale": "cfg_scale", "strength": "denoising_strength",
                "scheduler": "sampler_name", "batch_count": "n_iter", "init_image": "init_images",
                "init_image_id": "init_images", "mask_id": "mask", "model": "sd_model_checkpoint"}
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-MAX_SEED = 2**32 - 1
 
 
 def unprocessable(field: str | None, message: str, value: Any = None) -> RequestValidationError:
     loc = ("body", field) if field else ("body",)
     return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error",
                                     "input": value}])
-
-
-def _field_of(message: str) -> str | None:
-    match = re.search(r"`(\w+)`", message)
-    if not match:
-        return None
-    return FIELD_NAMES.get(match.group(1), match.group(1))
 
 
 # ------------------------------------------------------------------ samplers
@@ -122,6 +114,8 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
     seed = request.seed
     total = request.n_iter * request.batch_size
     if seed == -1:
+        from engines.diffusion.params import MAX_SEED
+
         seed = secrets.randbelow(MAX_SEED - total + 2)
     params: dict[str, Any] = {
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": seed,
@@ -140,22 +134,21 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
         task = "img2img"
         params["strength"] = request.denoising_strength
         init = _decode(request.init_images[0], "init_images")
-        params["init_image"] = request.init_images[0]
+        params["init_image"] = init  # checked as an image now, stored as an upload below
         if request.mask is not None:
             task = "inpaint"
             mask = _decode(request.mask, "mask")
-            changed = False
             if mask.mode in ("RGBA", "LA"):  # A1111 reads painted alpha as the mask
-                mask, changed = mask.getchannel("A"), True
+                mask = mask.getchannel("A")
             if request.inpainting_mask_invert:
                 from PIL import ImageOps
 
-                mask, changed = ImageOps.invert(mask.convert("L")), True
+                mask = ImageOps.invert(mask.convert("L"))
             if mask.size != init.size:  # A1111 resizes both to the target size
-                mask, changed = mask.convert("L").resize(init.size), True
+                mask = mask.convert("L").resize(init.size)
             if mask.convert("L").getextrema()[1] <= 127:  # one C pass, not a Python loop per pixel
                 raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
-            params["mask"] = _encode_png(mask) if changed else request.mask
+            params["mask"] = mask
             if not 0 <= request.inpainting_fill <= 3:
                 raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
                                     request.inpainting_fill)
@@ -172,9 +165,24 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
     try:
         get_task(task).validate(ctx, whole)
     except ValueError as error:
-        raise unprocessable(_field_of(str(error)), str(error)) from None
+        raise unprocessable(_a1111_field(getattr(error, "field", None)), str(error)) from None
+    uploads = _store_uploads(ctx, params)
     iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
-    return Run(kind=kind, task=task, iterations=iterations)
+    return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
+
+
+def _store_uploads(ctx, params: dict) -> list[int]:
+    """Input images become gallery uploads, referred to by id: the job row stays small and no
+    layer decodes base64 again. Returns the new items' ids (deleted if the request fails)."""
+    stored = []
+    for name, label in (("init_image", "init image"), ("mask", "mask")):
+        image = params.pop(name, None)
+        if image is not None:
+            item = ctx.gallery.add_image(image, task="upload", engine="",
+                                         prompt=f"{label} (A1111 API)", params={"source": "sdapi"})
+            params[f"{name}_id"] = item.id
+            stored.append(item.id)
+    return stored
 
 
 # ------------------------------------------------------------------ router
@@ -196,72 +204,65 @@ def router(ctx) -> APIRouter:
             model_id = options.model_id
         return None if model_id == checkpoints.default_id() else model_id
 
-    def generate(request: Txt2ImgRequest, kind: str) -> GenerationResponse:
+    async def generate(request: Txt2ImgRequest, kind: str, http: Request) -> GenerationResponse:
         model_id = model_for(request)
-        run = build_run(ctx, request, kind, model_id)
+        run = await asyncio.to_thread(build_run, ctx, request, kind, model_id)
         try:
-            outcomes = runs.execute(run)
-        except ValueError as error:  # refused at enqueue (checked above; a race at most)
-            raise unprocessable(_field_of(str(error)), str(error)) from None
+            outcomes = await runs.execute(run, http.is_disconnected)
+        except ValueError as error:  # refused at enqueue (the queue is full...)
+            _forget_uploads(ctx, run)
+            raise unprocessable(_a1111_field(getattr(error, "field", None)), str(error)) from None
+        except QueueUnavailable as error:
+            _forget_uploads(ctx, run)
+            raise HTTPException(503, detail=str(error), headers={"Retry-After": "30"}) from None
+        except TimeoutError as error:
+            raise HTTPException(504, detail=f"{error}; its jobs were canceled") from None
         except RunFailed as error:
+            if error.field:
+                raise unprocessable(_a1111_field(error.field), str(error)) from None
             raise HTTPException(500, detail=str(error)) from None
-        item_ids = [i for outcome in outcomes for i in outcome.item_ids]
-        images = []
-        for item_id in item_ids:
-            item = ctx.gallery.get(item_id)
-            if request.send_images:
-                images.append(base64.b64encode(item.file_path.read_bytes()).decode("ascii"))
-        for outcome in outcomes:
-            checkpoints.remember_hash(model_id or checkpoints.default_id(),
-                                      outcome.info.get("model_hash"))
-        parameters = request.model_dump()
-        if isinstance(request, Img2ImgRequest) and not request.include_init_images:
-            parameters.update(init_images=None, mask=None)
-        return GenerationResponse(images=images, parameters=parameters,
-                                  info=json.dumps(_info(ctx, request, run, outcomes, item_ids)))
+        return await asyncio.to_thread(_response, ctx, checkpoints, request, run, outcomes, model_id)
 
     @api.post("/txt2img", response_model=GenerationResponse)
-    def txt2img(request: Txt2ImgRequest) -> GenerationResponse:
-        """Text to image. Runs through the queue at high priority when there is one."""
-        return generate(request, "txt2img")
+    async def txt2img(request: Txt2ImgRequest, http: Request) -> GenerationResponse:
+        """Text to image: queued at API priority on the studio's one runner."""
+        return await generate(request, "txt2img", http)
 
     @api.post("/img2img", response_model=GenerationResponse)
-    def img2img(request: Img2ImgRequest) -> GenerationResponse:
+    async def img2img(request: Img2ImgRequest, http: Request) -> GenerationResponse:
         """Image to image; with `mask` (white = repaint) it inpaints."""
-        return generate(request, "img2img")
+        return await generate(request, "img2img", http)
 
     @api.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = False) -> ProgressResponse:
-        run = runs.current()
-        if run is None:
+        """The job running now, whoever started it (a tab, the queue or this API)."""
+        current = runs.current()
+        if current is None:
             return ProgressResponse(progress=0, eta_relative=0, state=ProgressState())
-        fraction = run.fraction()
-        eta = 0.0
-        if run.started is not None and fraction > 0:
-            import time
-
-            elapsed = time.time() - run.started
-            eta = elapsed / fraction - elapsed
+        job_id, live, run = current
+        job_no, job_count = (run.job_ids.index(job_id), run.job_count) if run else (0, 1)
+        fraction = min(1.0, (job_no + live.fraction) / job_count)
+        eta = live.eta_s or 0.0
         preview = None
-        if run.preview is not None and not skip_current_image:
-            preview = _encode_png(run.preview)
+        if live.preview is not None and not skip_current_image:
+            preview = _encode_png(live.preview)
         state = ProgressState(
-            skipped=run.skipped, interrupted=run.interrupted, job=f"{run.kind} {run.job_no + 1}",
-            job_count=run.job_count, job_timestamp=run.timestamp, job_no=run.job_no,
-            sampling_step=run.step, sampling_steps=run.total)
-        text = (f"step {run.step}/{run.total}" if run.running
-                else "waiting for the device (queued)" if run.mode == "queue" else "starting")
+            skipped=bool(run and run.skips), interrupted=bool(run and run.interrupted),
+            job=f"{run.kind if run else 'job'} {job_no + 1}", job_count=job_count,
+            job_timestamp=run.timestamp if run else "", job_no=job_no,
+            sampling_step=live.step, sampling_steps=live.total)
         return ProgressResponse(progress=round(fraction, 4), eta_relative=round(eta, 3),
-                                state=state, current_image=preview, textinfo=text)
+                                state=state, current_image=preview,
+                                textinfo=f"job #{job_id}: step {live.step}/{live.total}")
 
     @api.post("/interrupt")
     def interrupt() -> dict:
-        """Stop the request in progress; it answers with the images finished so far."""
+        """Stop the job running now (a whole A1111 request with all its runs)."""
         return {"interrupted": runs.interrupt()}
 
     @api.post("/skip")
     def skip() -> dict:
-        """Drop the current run (of n_iter) of the request in progress and go on to the next."""
+        """Stop the job running now; an A1111 request goes on with its next run."""
         return {"skipped": runs.skip()}
 
     @api.get("/sd-models", response_model=list[SDModel])
@@ -323,6 +324,35 @@ def router(ctx) -> APIRouter:
     return api
 
 
+def _a1111_field(field: str | None) -> str | None:
+    """The A1111 name of a task parameter (`guidance_scale` -> `cfg_scale`)."""
+    return FIELD_NAMES.get(field, field) if field else None
+
+
+def _forget_uploads(ctx, run: Run) -> None:
+    """A request refused before any job ran leaves nothing behind."""
+    for item_id in run.uploads:
+        ctx.gallery.delete(item_id)
+
+
+def _response(ctx, checkpoints, request: Txt2ImgRequest, run: Run, outcomes,
+              model_id: str | None) -> GenerationResponse:
+    item_ids = [i for outcome in outcomes for i in outcome.item_ids]
+    images = []
+    if request.send_images:
+        for item_id in item_ids:  # the gallery files themselves: they carry the infotext
+            images.append(base64.b64encode(ctx.gallery.get(item_id).file_path.read_bytes())
+                          .decode("ascii"))
+    for outcome in outcomes:
+        checkpoints.remember_hash(model_id or checkpoints.default_id(),
+                                  outcome.info.get("model_hash"))
+    parameters = request.model_dump()
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        parameters.update(init_images=None, mask=None)
+    return GenerationResponse(images=images, parameters=parameters,
+                              info=json.dumps(_info(ctx, request, run, outcomes, item_ids)))
+
+
 def _constant(value: Any):
     def endpoint() -> Any:
         return value
@@ -361,7 +391,7 @@ def _info(ctx, request: Txt2ImgRequest, run: Run, outcomes, item_ids: list[int])
         "is_using_inpainting_conditioning": False, "version": "GenStudio",
         # GenStudio's own: where the images went, and what happened to the runs.
         "task": run.task, "gallery_ids": item_ids, "interrupted": run.interrupted,
-        "skipped_runs": run.skips, "queued": run.mode == "queue",
+        "skipped_runs": run.skips, "queued": True,
         "job_ids": list(run.job_ids),
         "warnings": sorted({w for o in outcomes for w in (o.info.get("warnings") or [])}),
     }

@@ -1,43 +1,42 @@
-"""Running A1111 generation requests: one `Run` per request, tracked so that /progress,
-/interrupt and /skip can reach it from other HTTP calls.
+"""A1111 generation requests on the studio's one runner, and what /progress, /interrupt and /skip
+see: the job running now, whoever started it (a tab, the queue, this API), since every
+generation is a job.
 
-A request with `n_iter` runs becomes `n_iter` task runs of `batch_size` images each (seeds
-`seed + k * batch_size` onward, which is exactly what the engine gives image k of one big
-request), so that /skip can drop the run in progress and go on with the next, as A1111 does.
-
-Two ways to run them, same results:
-
-- **Queue** (the studio's normal case): the runs are queued as jobs at priority `API_PRIORITY`
-  (ahead of batch work) and the request waits for them. They show in the Queue tab, the worker
-  runs them on the engine manager's device lock like every other job, live progress and preview
-  come from `queue.live()`, and interrupt/skip are `queue.cancel(job)`.
-- **Direct**: when there is no queue, its worker is not running or paused, or the parameters are
-  too big for a job row, the request thread calls `run_task` itself with its own progress
-  callback and CancelToken. The device lock still keeps it from running beside anything else.
+A request with `n_iter` runs becomes `n_iter` jobs of `batch_size` images each (seeds
+`seed + k * batch_size` onward, which is what the engine gives image k of one big request), all
+queued at once at API priority, so that /skip can drop the run in progress and go on with the
+next, as A1111 does. The request waits on the event loop (never on a pooled thread), for at most
+SYNC_TIMEOUT_S, and cancels its jobs when the client goes away.
 """
 from __future__ import annotations
 
-import json
+import asyncio
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from engines.base import CancelToken, Cancelled, Progress
+from studio.jobs.runner import API, JobHandle
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
-API_PRIORITY = 500  # ahead of ordinary queue work (0), below nothing the UI uses
-# A queued run waits on queue.wait(), which wakes the moment its job ends; every PROGRESS_S it
-# copies the job's live progress into the run (/progress also copies it when asked).
-PROGRESS_S = 0.5
+SYNC_TIMEOUT_S = 1800.0  # a request waits this long for its jobs, then they are canceled
+DISCONNECT_CHECK_S = 0.5  # how often a waiting request asks whether its client is still there
 
 
 class RunFailed(RuntimeError):
-    """A task run failed while generating (engine error); the message is the user's to read."""
+    """A job of the request failed; `field` names the parameter at fault when one was."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class QueueUnavailable(RuntimeError):
+    """The request cannot run now (the queue is paused); the message says what to do."""
 
 
 @dataclass
@@ -51,178 +50,108 @@ class Run:
     kind: str  # "txt2img" | "img2img"
     task: str  # the task that does the work: txt2img, img2img, inpaint
     iterations: list[dict]  # task params, one per n_iter
+    uploads: list[int] = field(default_factory=list)  # gallery ids of stored input images
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d%H%M%S"))
-    created: float = field(default_factory=time.time)
-    started: float | None = None  # when the first step was seen
-    job_no: int = 0
-    step: int = 0
-    total: int = 0
-    preview: Any = None
-    running: bool = False
-    skipped: bool = False
+    handles: list[JobHandle] = field(default_factory=list)
     interrupted: bool = False
     skips: int = 0
-    mode: str = "direct"
-    job_ids: list[int] = field(default_factory=list)
-    current_job: int | None = None
-    token: CancelToken | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [h.id for h in self.handles]
 
     @property
     def job_count(self) -> int:
         return len(self.iterations)
 
-    def progress(self, step: int, total: int, preview: Any = None) -> None:
-        if self.started is None:
-            self.started = time.time()
-        self.running, self.step, self.total = True, step, total
-        if preview is not None:
-            self.preview = preview
-
-    def fraction(self) -> float:
-        done = self.job_no / self.job_count if self.job_count else 0.0
-        if self.total and self.job_count:
-            done += self.step / self.total / self.job_count
-        return min(done, 1.0)
-
 
 class Runs:
-    """The requests in flight in this process, oldest first."""
+    """A1111 requests in flight in this process, and the running job as A1111's /progress sees it."""
 
     def __init__(self, ctx: "StudioContext") -> None:
         self.ctx = ctx
         self._runs: list[Run] = []
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------ which run is "current"
-    def current(self) -> Run | None:
-        """The run generating now, else the oldest waiting one (what A1111's progress shows)."""
-        with self._lock:
-            runs = list(self._runs)
-        if not runs:
+    # ------------------------------------------------------------ the job running now
+    def current(self) -> tuple[int, Any, Run | None] | None:
+        """(job id, live progress, the A1111 request it belongs to or None) of the running job
+        (a job of an A1111 request first, else any generation), or None when nothing runs."""
+        live = self.ctx.queue.live()
+        if not live:
             return None
-        queue = self.ctx.queue
-        live = queue.live() if queue is not None else {}
-        for run in runs:
-            if run.mode == "queue" and run.current_job in live:
-                progress = live[run.current_job]
-                run.progress(progress.step, progress.total, progress.preview)
-        for run in runs:
-            if run.running:
-                return run
-        return runs[0]
+        with self._lock:
+            owners = {job_id: run for run in self._runs for job_id in run.job_ids}
+        ordered = sorted(live, key=lambda job_id: (job_id not in owners, job_id))
+        job_id = ordered[0]
+        return job_id, live[job_id], owners.get(job_id)
 
     def interrupt(self) -> bool:
-        run = self.current()
-        if run is None:
+        """Stop the running job; when it belongs to an A1111 request, the rest of it too."""
+        current = self.current()
+        if current is None:
             return False
-        with run.lock:
+        job_id, _, run = current
+        if run is not None:
             run.interrupted = True
-            if run.token is not None:
-                run.token.cancel()
-            for job_id in run.job_ids:
-                self._cancel_job(job_id)
+            for handle in run.handles:
+                handle.cancel()
+        else:
+            self.ctx.runner.handle(job_id).cancel()
         return True
 
     def skip(self) -> bool:
-        run = self.current()
-        if run is None:
+        """Stop the running job only; an A1111 request goes on with its next run."""
+        current = self.current()
+        if current is None:
             return False
-        with run.lock:
-            run.skipped = True
-            if run.token is not None:
-                run.token.cancel()
-            if run.current_job is not None:
-                self._cancel_job(run.current_job)
+        job_id, _, run = current
+        if run is not None:
+            run.skips += 1
+        self.ctx.runner.handle(job_id).cancel()
         return True
 
-    def _cancel_job(self, job_id: int) -> None:
-        try:
-            self.ctx.queue.cancel(job_id)
-        except (ValueError, LookupError):  # finished meanwhile
-            pass
-
-    # ------------------------------------------------------------ running
-    def use_queue(self, params: dict) -> bool:
-        queue = self.ctx.queue
-        if queue is None or queue.worker is None or queue.paused:
-            return False
-        if not getattr(queue.worker, "alive", True):
-            return False
-        size = len(json.dumps(params).encode())
-        return size <= getattr(queue, "max_params_bytes", 4 << 20)
-
-    def execute(self, run: Run) -> list[Outcome]:
-        """Run every iteration; returns the outcomes of those that finished (skipped and
-        interrupted ones give none). Raises RunFailed when a run fails."""
-        run.mode = "queue" if self.use_queue(run.iterations[0]) else "direct"
+    # ------------------------------------------------------------ running a request
+    async def execute(self, run: Run, disconnected: Callable[[], Awaitable[bool]],
+                      timeout: float = SYNC_TIMEOUT_S) -> list[Outcome]:
+        """Queue every run of the request and wait for them in order; returns the outcomes of
+        those that finished (skipped and interrupted ones give none). Raises RunFailed when a
+        run fails, TimeoutError past `timeout`, QueueUnavailable when the queue is paused."""
+        if self.ctx.queue.paused:
+            raise QueueUnavailable("the queue is paused, so this request would wait forever; "
+                                   "resume it in the Queue tab or with POST /api/queue/resume")
+        run.handles = self.ctx.runner.submit_many(run.task, run.iterations, priority=API)
         with self._lock:
             self._runs.append(run)
+        watcher = asyncio.create_task(_watch(disconnected, run))
         try:
-            if run.mode == "queue":
-                return self._execute_queued(run)
-            return self._execute_direct(run)
+            return await self._wait_all(run, time.monotonic() + timeout)
         finally:
+            watcher.cancel()
             with self._lock:
                 self._runs.remove(run)
+            for handle in run.handles:  # left early (timeout, failure, client gone): stop the rest
+                handle.cancel()
 
-    def _execute_direct(self, run: Run) -> list[Outcome]:
-        from studio.tasks import run_task
-
+    async def _wait_all(self, run: Run, deadline: float) -> list[Outcome]:
         outcomes = []
-        for index, params in enumerate(run.iterations):
-            with run.lock:
-                if run.interrupted:
-                    break
-                run.job_no, run.step, run.total, run.skipped = index, 0, 0, False
-                run.token = token = CancelToken()
-
-            def on_progress(progress: Progress) -> None:
-                run.progress(progress.step, progress.total, progress.preview)
-
-            try:
-                result = run_task(self.ctx, run.task, params, on_progress, token)
-            except Cancelled:
-                run.skips += 0 if run.interrupted else 1
-                continue
-            except ValueError:
-                raise
-            except Exception as error:
-                raise RunFailed(str(error) or type(error).__name__) from error
-            outcomes.append(Outcome(list(result.item_ids), dict(result.info)))
+        for handle in run.handles:
+            final = None
+            async for update in handle.aupdates(cancel_on_exit=False,
+                                                timeout=max(0.0, deadline - time.monotonic())):
+                final = update
+            if final.status == "completed":
+                outcomes.append(Outcome(list(final.result["item_ids"]), dict(final.result["info"])))
+            elif final.status == "failed":
+                raise RunFailed(final.error or "the generation failed", final.error_field)
         return outcomes
 
-    def _execute_queued(self, run: Run) -> list[Outcome]:
-        from studio.jobs.queue import JobRequest
 
-        queue = self.ctx.queue
-        with run.lock:
-            run.job_ids = queue.enqueue_batch(
-                [JobRequest(run.task, params, API_PRIORITY) for params in run.iterations])
-        outcomes = []
-        for index, job_id in enumerate(run.job_ids):
-            with run.lock:
-                if run.interrupted:
-                    break
-                run.job_no, run.step, run.total, run.skipped = index, 0, 0, False
-                run.current_job = job_id
-            while (job := queue.wait(job_id, PROGRESS_S)) is None:  # waiting or running
-                live = queue.live().get(job_id)
-                if live is not None:
-                    run.progress(live.step, live.total, live.preview)
-            if job.status == "completed":
-                result = job.result or {}
-                outcomes.append(Outcome(list(result.get("item_ids") or job.item_ids),
-                                        dict(result.get("info") or {})))
-            elif job.status == "failed":
-                with run.lock:  # the rest would fail the same way
-                    run.interrupted = True
-                    for later in run.job_ids[index + 1:]:
-                        self._cancel_job(later)
-                raise RunFailed(job.error or "the generation failed")
-            elif not run.interrupted:  # canceled: by /skip, or in the Queue tab
-                run.skips += 1
-        with run.lock:
-            run.current_job = None
-        return outcomes
+async def _watch(disconnected: Callable[[], Awaitable[bool]], run: Run) -> None:
+    """Cancel the request's jobs when its client goes away."""
+    while not await disconnected():
+        await asyncio.sleep(DISCONNECT_CHECK_S)
+    run.interrupted = True
+    for handle in run.handles:
+        handle.cancel()

@@ -98,17 +98,17 @@ def decode_image(value: Any, name: str) -> Image.Image:
     if isinstance(value, Image.Image):
         return value
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"`{name}` must be a base64 image or a data URL, got "
+        raise ParamError(name, f"`{name}` must be a base64 image or a data URL, got "
                          f"{type(value).__name__}")
     data = value.strip()
     if data.startswith("data:"):
         data = data.partition(",")[2]
     if len(data) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
-        raise ValueError(f"`{name}` is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        raise ParamError(name, f"`{name}` is larger than {MAX_UPLOAD_BYTES >> 20} MB")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ValueError(f"`{name}` is not valid base64: {error}") from None
+        raise ParamError(name, f"`{name}` is not valid base64: {error}") from None
     from studio.images import open_user_image  # size from the header first; 5 formats only
 
     return open_user_image(raw, name=name)
@@ -122,11 +122,11 @@ def encode_image(image: Image.Image) -> str:
 
 def _gallery_image(ctx, item_id: Any, name: str) -> Image.Image:
     if isinstance(item_id, bool) or not isinstance(item_id, int):
-        raise ValueError(f"`{name}` must be a gallery item id, got {item_id!r}")
+        raise ParamError(name, f"`{name}` must be a gallery item id, got {item_id!r}")
     try:
         return ctx.gallery.open_image(item_id)
     except LookupError:
-        raise ValueError(f"`{name}`: no gallery item with id {item_id}") from None
+        raise ParamError(name, f"`{name}`: no gallery item with id {item_id}") from None
 
 
 def _resolve_image(ctx, params: dict, name: str) -> tuple[Image.Image | None, int | None]:

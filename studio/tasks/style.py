@@ -56,13 +56,13 @@ def _image_param(ctx, params: dict, name: str) -> tuple[Image.Image | None, int 
     if params.get(f"{name}_id") is not None:
         item_id = params[f"{name}_id"]
         if isinstance(item_id, bool) or not isinstance(item_id, int):
-            raise ValueError(f"`{name}_id` must be a gallery item id, got {item_id!r}")
+            raise ParamError(f"{name}_id", f"`{name}_id` must be a gallery item id, got {item_id!r}")
         try:
             item = ctx.gallery.get(item_id)
         except LookupError:
-            raise ValueError(f"`{name}_id`: no gallery item with id {item_id}") from None
+            raise ParamError(f"{name}_id", f"`{name}_id`: no gallery item with id {item_id}") from None
         if item.file_path is None:
-            raise ValueError(f"`{name}_id`: item #{item_id} is text, not an image")
+            raise ParamError(f"{name}_id", f"`{name}_id`: item #{item_id} is text, not an image")
         return open_image(item.file_path, name.replace("_", " ")), item_id
     value = params.get(name)
     if value is None:

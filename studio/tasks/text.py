@@ -184,7 +184,7 @@ class CodeRequest:
                   "fix": ("code", self.code), "complete": ("prefix", self.prefix + self.suffix)}
         name, value = needed[self.mode]
         if not value.strip():
-            raise ValueError(f"`{name}` is empty: the {self.mode} mode needs it")
+            raise ParamError(name, f"`{name}` is empty: the {self.mode} mode needs it")
 
 
 SYSTEM_CODER = "You are a careful senior programmer. Answer precisely and briefly."

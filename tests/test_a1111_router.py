@@ -1,5 +1,5 @@
-"""The A1111 API without a queue worker (the direct path: run_task on the request thread), on a
-FastAPI app with only this router; plus the sampler/scheduler mapping."""
+"""The A1111 router on a FastAPI app of its own over a studio context built by the app's own
+wiring (queue, runner and worker included); plus the sampler/scheduler mapping."""
 from __future__ import annotations
 
 import json
@@ -20,6 +20,18 @@ def model_source(tmp_path_factory):
     from engines.diffusion.random_weights import embedded_or_random
 
     return embedded_or_random(tmp_path_factory.mktemp("a1111-direct-model"))
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    from studio.app import build_context
+    from studio.config import StudioConfig
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
+    ctx.queue.start_worker()
+    yield ctx
+    ctx.queue.stop(10)
+    ctx.engines.unload()
 
 
 @pytest.fixture
@@ -61,12 +73,12 @@ def test_options_persist_and_models_list(client):
     assert client.get("/sdapi/v1/options").json()["my_option"] == 3
 
 
-def test_direct_generation_interrupt_and_skip(client):
-    # Plain run: no queue, so no job ids, and the images are in the gallery.
+def test_generation_interrupt_and_skip(client):
+    # Plain run: one job per n_iter, and the images are in the gallery.
     body = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "seed": 3, "steps": 3,
                                                   "n_iter": 2}).json()
     info = json.loads(body["info"])
-    assert info["queued"] is False and info["all_seeds"] == [3, 4] and len(body["images"]) == 2
+    assert len(info["job_ids"]) == 2 and info["all_seeds"] == [3, 4] and len(body["images"]) == 2
     assert [client.ctx.gallery.get(i).seed for i in info["gallery_ids"]] == [3, 4]
 
     def run(payload, holder):
