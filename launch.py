@@ -78,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unload least recently used models above this (default 8)")
     parser.add_argument("--no-queue-worker", action="store_true",
                         help="do not run queued jobs in this process")
+    parser.add_argument("--autolaunch", action="store_true",
+                        help="open the studio in your web browser once it serves (when there is one)")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="never open a browser (wins over --autolaunch, which ./run.sh passes)")
     parser.add_argument("--openvino", choices=["f32", "bf16"],
                         help="CPU: run the diffusion UNet on OpenVINO; bf16 about halves the time "
                              "on AVX-512 BF16 CPUs (slightly different images), f32 keeps them")
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=Path(args.data_dir).expanduser().resolve(), host=args.host,
         port=free_port(args.host, args.port), share=args.share, auth=auth, device=args.device,
         offline=args.offline, memory_budget_gb=args.memory_budget_gb,
-        queue_worker=not args.no_queue_worker)
+        queue_worker=not args.no_queue_worker,
+        open_browser=args.autolaunch and not args.no_browser)
     serve(config)
 
 

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh run
 export OMP_WAIT_POLICY=PASSIVE
-exec .venv/bin/python launch.py "$@"
+# --autolaunch opens the studio in your browser when there is one; pass --no-browser to skip it.
+exec .venv/bin/python launch.py --autolaunch "$@"

@@ -94,6 +94,7 @@ def build_ui(ctx: StudioContext):
                 module.wire(ctx, tabs, handles)
             if hasattr(module, "on_load"):  # refresh on page load (e.g. the gallery grid)
                 module.on_load(ctx, demo, handles[module.TAB_ID])
+        importlib.import_module("studio.ui.api").register(ctx)  # the named "Use via API" endpoints
     return demo
 
 
@@ -114,6 +115,8 @@ def serve(config: StudioConfig, block: bool = True):
     """Start the studio; returns (demo, ctx, local_url, share_url)."""
     import gradio as gr
 
+    from studio.ui import widgets
+
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     ctx = build_context(config)
     demo = build_ui(ctx)
@@ -124,7 +127,7 @@ def serve(config: StudioConfig, block: bool = True):
         prevent_thread_lock=True, show_error=False, quiet=True,
         allowed_paths=[str(config.data_dir.resolve()), str(Path(__file__).resolve().parent.parent / "assets")],
         app_kwargs={"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"},
-        theme=gr.themes.Soft(), css=CSS,
+        theme=gr.themes.Soft(), css=CSS + widgets.CSS, head=widgets.HEAD,
     )
     share_url = None
     try:
@@ -142,6 +145,10 @@ def serve(config: StudioConfig, block: bool = True):
     if ctx.queue is not None and config.queue_worker:
         ctx.queue.start_worker()
     print(f"GenStudio running at {local_url}" + (f"  (public: {share_url})" if share_url else ""), flush=True)
+    if config.open_browser:
+        from studio.browser import open_studio
+
+        open_studio(local_url)
     if block:
         # SIGTERM (service managers, `kill`) closes like Ctrl-C, so a running job is put back
         # cleanly by queue.stop() instead of being recovered as a crash at the next start.

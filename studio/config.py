@@ -19,6 +19,7 @@ class StudioConfig:
     offline: bool = False  # never try a model hub; set automatically when none is reachable
     memory_budget_gb: float = 8.0  # loaded models above this are unloaded, least recent first
     queue_worker: bool = True  # run the persistent queue's worker in this process
+    open_browser: bool = False  # open the page in the user's browser once it serves (run.sh)
     extra_models_dirs: tuple[Path, ...] = field(default_factory=tuple)
     allow_code_execution: bool = False  # run & fix runs model-written code: only when asked
     allowed_hosts: tuple[str, ...] = ()  # extra Host names to answer (a reverse proxy's name)

@@ -1,25 +1,30 @@
 """Chat tab: streamed replies from a local language model, conversations kept in the database.
 
-Send, Stop (sets the generation's cancel token: the engine stops within one token and the partial
-reply is kept), Regenerate, Continue, Edit last, Add to queue (a one-off `chat` job whose reply
-goes to the gallery). The history shown is a copy of the messages held in a gr.State; a
-conversation is saved whole once a reply has ended, so nothing is ever stored half-way. No torch
-or engine import here: the work happens in studio.tasks.text.
+Send (the button, or Enter; Shift+Enter starts a new line), Stop (cancels the reply's job: the
+engine stops within one token and the words so far stay in the conversation), Regenerate,
+Continue, Edit last, Add to queue (a one-off `chat` job whose reply goes to the gallery only).
+
+Each reply is a `chat` job run through the runner (studio/ui/widgets.follow_job); its text
+streams from the job's updates. Storage is behind studio/chat/service.py: the conversation is
+saved whole once a reply has ended, so nothing is ever stored half-way.
 """
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 import gradio as gr
+
+from studio.chat.service import ChatService, as_dicts, for_display
+from studio.ui.widgets import PRIVATE, cancel_job, follow_job
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
 TAB_ID = "chat"
 TITLE = "Chat"
-STREAM_EVERY_S = 0.05  # at most ~20 UI updates a second while streaming
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SLIDERS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
 
 def model_choices(ctx: "StudioContext") -> list[tuple[str, str]]:
@@ -29,29 +34,29 @@ def model_choices(ctx: "StudioContext") -> list[tuple[str, str]]:
     return [(m.label, m.model_id) for m in models]
 
 
-def conversation_choices(store) -> list[tuple[str, int]]:
-    return [(f"{c.title}  ·  {c.message_count} msg", c.id) for c in store.list()]
-
-
-def stats_line(stats, stopped: bool) -> str:
-    parts = [f"{stats.completion_tokens} tokens", f"{stats.tokens_per_s:.1f} tok/s"]
-    if stats.ttft_s is not None:
-        parts.append(f"first token {stats.ttft_s:.2f} s")
-    if stats.cached_tokens:
-        parts.append(f"{stats.cached_tokens} prompt tokens from cache")
-    parts += [stats.backend, f"seed {stats.seed}"]
+def stats_line(info: dict | None, stopped: bool) -> str:
+    """The line under the chat: tokens, speed, time to first token, backend, seed."""
+    if not info:
+        return "**stopped**" if stopped else ""
+    parts = [f"{info.get('completion_tokens', 0)} tokens",
+             f"{info.get('tokens_per_s', 0):.1f} tok/s"]
+    if info.get("ttft_s") is not None:
+        parts.append(f"first token {info['ttft_s']:.2f} s")
+    if info.get("cached_tokens"):
+        parts.append(f"{info['cached_tokens']} prompt tokens from cache")
+    parts += [str(info.get("backend", "")), f"seed {info.get('seed')}"]
     if stopped:
         parts.append("**stopped**")
-    elif stats.finish_reason == "length":
+    elif info.get("finish_reason") == "length":
         parts.append("hit max new tokens")
     return " · ".join(parts)
 
 
-def trim_notice(stats) -> str:
-    if not stats.trimmed_messages:
+def trim_notice(info: dict | None) -> str:
+    if not info or not info.get("trimmed_messages"):
         return ""
-    return (f"⚠️ The {stats.trimmed_messages} oldest message(s) did not fit the model's context window "
-            f"({stats.context_length} tokens) and were left out of this reply.")
+    return (f"⚠️ The {info['trimmed_messages']} oldest message(s) did not fit the model's "
+            f"context window ({info.get('context_length')} tokens) and were left out of this reply.")
 
 
 def sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value) -> dict:
@@ -69,251 +74,216 @@ def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sa
 
     if not (text or "").strip():
         return refuse("The message is empty: type something to queue.")
-    history = [{"role": m["role"], "content": m["content"]} for m in messages]
-    params = {**sampling_dict(*sampling), "messages": [*history, {"role": "user", "content": text}]}
+    params = {**sampling_dict(*sampling),
+              "messages": [*for_display(messages), {"role": "user", "content": text}]}
     return add_job(ctx, "chat", params,
                    "Its reply will be saved to the gallery as a chat text item.")
 
 
-def build(ctx: "StudioContext") -> dict[str, gr.Component]:
-    from studio.chat.store import ChatStore
+# ------------------------------------------------------------------ one reply
+def stream_reply(ctx, chats: ChatService, messages: list[dict], conv_id, settings: dict,
+                 continue_last: bool = False, typed: str | None = None):
+    """Run one reply to `messages` as a job; yields (job, chatbot, history, conv id, list,
+    notice, stats, title, message box). `typed`: the message just sent, cleared from the box
+    at once and given back if the reply fails. Saves the conversation once the reply ended."""
+    keep = gr.skip()
+    params = {**settings, "messages": for_display(messages), "continue_last": continue_last}
+    shown = [dict(m) for m in messages] + ([] if continue_last else
+                                           [{"role": "assistant", "content": ""}])
+    base, text, update = shown[-1]["content"], "", None
+    for update in follow_job(ctx, "chat", params):  # a refused request raises gr.Error here
+        text = update.text if update.text is not None else text
+        shown[-1]["content"] = base + text
+        if not update.finished:
+            waiting = "*generating…*" if update.status == "running" else \
+                f"*waiting for job #{update.job_id}…*"
+            yield (update.job_id, for_display(shown), keep, keep, keep, "", waiting, keep,
+                   "" if typed is not None else keep)
+    if update.status == "failed":  # bad input found late, a load failure: say it, keep nothing
+        gr.Warning(update.error or "The reply failed.")
+        before = messages[:-1] if typed is not None else messages
+        yield (None, for_display(before), keep, keep, keep, f"⚠️ {update.error}", "", keep,
+               typed if typed is not None else keep)
+        return
+    result = update.result or {}
+    if update.status == "completed":
+        text = result.get("text") or text
+    shown[-1]["content"] = base + text
+    stopped = update.status == "canceled"
+    if stopped and not text and not continue_last:
+        shown.pop()  # stopped before the first word: keep only the user's message
+    item_ids = result.get("item_ids") or [None]
+    saved = chats.record_turn(
+        conv_id, shown, reply_item_id=item_ids[0], model=settings["model"],
+        system_prompt=settings["system_prompt"],
+        params={k: v for k, v in settings.items() if k not in ("model", "system_prompt")})
+    stored = as_dicts(saved)
+    info = result.get("info")
+    yield (None, for_display(stored), stored, saved.id,
+           gr.update(choices=chats.choices(), value=saved.id), trim_notice(info),
+           stats_line(info, stopped), saved.title, keep)
 
-    store = ChatStore(ctx.db)
-    running: dict[str, Any] = {}  # session -> CancelToken of its generation in flight
 
+# ------------------------------------------------------------------ handlers
+def send(ctx, chats, text, messages, conv_id, *sampling):
+    if not (text or "").strip():
+        gr.Warning("The message is empty: type something to send.")
+        yield (gr.skip(),) * 9
+        return
+    new = [*messages, {"role": "user", "content": text}]
+    yield from stream_reply(ctx, chats, new, conv_id, sampling_dict(*sampling), typed=text)
+
+
+def regenerate(ctx, chats, text, messages, conv_id, *sampling):
+    trimmed = list(messages)
+    while trimmed and trimmed[-1]["role"] == "assistant":
+        trimmed.pop()
+    if not trimmed:
+        gr.Warning("Nothing to regenerate yet.")
+        yield (gr.skip(),) * 9
+        return
+    yield from stream_reply(ctx, chats, trimmed, conv_id, sampling_dict(*sampling))
+
+
+def continue_reply(ctx, chats, text, messages, conv_id, *sampling):
+    if not messages or messages[-1]["role"] != "assistant":
+        gr.Warning("Continue extends the last reply; there is none yet.")
+        yield (gr.skip(),) * 9
+        return
+    yield from stream_reply(ctx, chats, list(messages), conv_id, sampling_dict(*sampling),
+                            continue_last=True)
+
+
+def edit_last(messages):
+    """The last user message goes back to the box; it and what followed leave the chat."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        gr.Warning("There is no message to edit yet.")
+        return gr.skip(), gr.skip(), gr.skip()
+    kept = list(messages[:users[-1]])
+    return for_display(kept), kept, messages[users[-1]]["content"]
+
+
+def open_conversation(chats, conv_id):
+    """A saved conversation with the model, system prompt and sampling it last used."""
+    keep = (gr.skip(),) * (7 + len(SLIDERS) + 1)
+    if conv_id is None:
+        return keep
+    try:
+        conv = chats.open(conv_id)
+    except LookupError:
+        gr.Warning("That conversation no longer exists.")
+        return ([], [], None, "", gr.skip(), gr.skip(), "", *keep[7:])
+    stored = as_dicts(conv)
+    saved = [conv.params[name] if name in conv.params else gr.skip() for name in SLIDERS]
+    seed_value = conv.params.get("seed", -1)
+    return (for_display(stored), stored, conv.id, conv.title, conv.system_prompt,
+            conv.model or gr.skip(), "", *saved, -1 if seed_value is None else seed_value)
+
+
+def new_chat():
+    return [], [], None, gr.update(value=None), "", "", ""
+
+
+def rename(chats, conv_id, new_title):
+    if conv_id is None:
+        gr.Warning("Pick a conversation first (a new chat is saved after its first reply).")
+        return gr.skip()
+    try:
+        chats.rename(conv_id, new_title)
+    except (ValueError, LookupError) as error:
+        gr.Warning(str(error))
+        return gr.skip()
+    return gr.update(choices=chats.choices(), value=conv_id)
+
+
+def delete(chats, conv_id):
+    if conv_id is None:
+        gr.Warning("Pick a conversation to delete.")
+        return (gr.skip(),) * 5
+    chats.delete(conv_id)
+    return [], [], None, gr.update(choices=chats.choices(), value=None), ""
+
+
+def list_conversations(chats):
+    return gr.update(choices=chats.choices())
+
+
+# ------------------------------------------------------------------ layout
+def _controls(ctx, chats: ChatService) -> dict:
+    c: dict = {}
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
-            new_chat = gr.Button("New chat", elem_id="chat-new")
-            conversations = gr.Radio(label="Conversations", choices=conversation_choices(store),
-                                     elem_id="chat-conversations")
-            title = gr.Textbox(label="Title", elem_id="chat-title")
+            c["new"] = gr.Button("New chat", elem_id="chat-new")
+            c["conversations"] = gr.Radio(label="Conversations", choices=chats.choices(),
+                                          elem_id="chat-conversations")
+            c["title"] = gr.Textbox(label="Title", elem_id="chat-title")
             with gr.Row():
-                rename = gr.Button("Rename", size="sm", elem_id="chat-rename")
-                delete = gr.Button("Delete", size="sm", variant="stop", elem_id="chat-delete")
+                c["rename"] = gr.Button("Rename", size="sm", elem_id="chat-rename")
+                c["delete"] = gr.Button("Delete", size="sm", variant="stop", elem_id="chat-delete")
         with gr.Column(scale=4):
-            model = gr.Dropdown(label="Model", choices=model_choices(ctx), value=DEFAULT_MODEL,
-                                allow_custom_value=True, elem_id="chat-model",
-                                info="Embedded, models folder, HF cache, or a path to a .gguf / folder")
-            chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat-history",
-                                 feedback_options=None, buttons=["copy"])
-            notice = gr.Markdown(elem_id="chat-notice")
-            message = gr.Textbox(label="Message", lines=3, placeholder="Type a message…",
-                                 elem_id="chat-message")
+            c["model"] = gr.Dropdown(label="Model", choices=model_choices(ctx), value=DEFAULT_MODEL,
+                                     allow_custom_value=True, elem_id="chat-model",
+                                     info="Embedded, models folder, HF cache, or a path to a .gguf / folder")
+            c["chatbot"] = gr.Chatbot(label="Conversation", height=460, elem_id="chat-history",
+                                      feedback_options=None, buttons=["copy"])
+            c["notice"] = gr.Markdown(elem_id="chat-notice")
+            # lines=1 with room to grow: Enter sends, Shift+Enter starts a new line.
+            c["message"] = gr.Textbox(label="Message", lines=1, max_lines=10, elem_id="chat-message",
+                                      placeholder="Type a message… (Enter sends, Shift+Enter: new line)")
             with gr.Row():
-                send = gr.Button("Send", variant="primary", elem_id="chat-send")
-                stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
-                regenerate = gr.Button("Regenerate", elem_id="chat-regenerate")
-                continue_ = gr.Button("Continue", elem_id="chat-continue")
-                edit_last = gr.Button("Edit last", elem_id="chat-edit")
-                add_queue = gr.Button("Add to queue", elem_id="chat-queue")
-            stats = gr.Markdown(elem_id="chat-stats", elem_classes=["gs-muted"])
+                c["send"] = gr.Button("Send", variant="primary", elem_id="chat-send")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+                c["regenerate"] = gr.Button("Regenerate", elem_id="chat-regenerate")
+                c["continue"] = gr.Button("Continue", elem_id="chat-continue")
+                c["edit"] = gr.Button("Edit last", elem_id="chat-edit")
+                c["add"] = gr.Button("Add to queue", elem_id="chat-queue")
+            c["stats"] = gr.Markdown(elem_id="chat-stats", elem_classes=["gs-muted"])
             with gr.Accordion("System prompt and sampling", open=False):
-                system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
+                c["system"] = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
                 with gr.Row():
-                    temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.01, 1, value=0.9, step=0.01, label="Top-p")
-                    top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k")
+                    c["temperature"] = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
+                    c["top_p"] = gr.Slider(0.01, 1, value=0.9, step=0.01, label="Top-p")
+                    c["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top-k")
                 with gr.Row():
-                    repetition = gr.Slider(1, 2, value=1.1, step=0.01, label="Repetition penalty")
-                    max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-    history = gr.State([])  # [{"role", "content"}], what the model sees
-    conversation_id = gr.State(None)
-    sampling_inputs = [model, system, temperature, top_p, top_k, repetition, max_new, seed]
+                    c["repetition_penalty"] = gr.Slider(1, 2, value=1.1, step=0.01,
+                                                        label="Repetition penalty")
+                    c["max_new_tokens"] = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
+                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+    return c
 
-    # ------------------------------------------------------------ generation
-    def reply(messages: list[dict], conv_id, settings: dict, request: gr.Request,
-              continue_last: bool = False, shown_before: list[dict] | None = None,
-              outcome: dict | None = None):
-        """Stream one reply to `messages`; yields (chatbot, history, conv id, list, notice, stats,
-        title). Saves the conversation (and a gallery item) once it has ended."""
-        from engines.base import CancelToken
-        from studio.chat.store import MessageView, title_from
-        from studio.tasks.text import LiveGeneration, llm_params, record_reply
 
-        try:
-            model_id, params = llm_params({**settings, "messages": messages,
-                                           "continue_last": continue_last})
-        except ValueError as error:
-            gr.Warning(str(error))
-            if outcome is not None:
-                outcome["failed"] = True
-            yield (gr.skip(),) * 7  # a generator that yields nothing would clear every output
-            return
-        cancel = CancelToken()
-        running[request.session_hash] = cancel
-        shown = [dict(m) for m in messages] + ([] if continue_last else [{"role": "assistant", "content": ""}])
-        base = shown[-1]["content"]
-        yield shown, gr.skip(), gr.skip(), gr.skip(), "", "*generating…*", gr.skip()
-        live = LiveGeneration(ctx, model_id, params, cancel).start()
-        last = 0.0
-        try:
-            for _ in live:
-                if time.perf_counter() - last >= STREAM_EVERY_S:
-                    shown[-1]["content"] = base + live.text
-                    last = time.perf_counter()
-                    yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except Exception as error:  # bad input found late, load failure: say it, keep nothing
-            gr.Warning(str(error))
-            if outcome is not None:
-                outcome["failed"] = True
-            before = shown_before if shown_before is not None else messages
-            yield ([{"role": m["role"], "content": m["content"]} for m in before], gr.skip(),
-                   gr.skip(), gr.skip(), f"⚠️ {error}", "", gr.skip())
-            return
-        finally:
-            running.pop(request.session_hash, None)
-        shown[-1]["content"] = base + live.text
-        if not live.text and live.cancelled and not continue_last:
-            shown.pop()  # stopped before the first word: keep only the user's message
-        # Save: the gallery item, then the whole conversation in one transaction.
-        item_id = None
-        if live.text:
-            item_id = record_reply(ctx, "chat", model_id, messages[-1]["content"] if not continue_last
-                                   else "", params, live.text, live.stats).id
-        if conv_id is None:
-            first_user = next((m["content"] for m in shown if m["role"] == "user"), "New chat")
-            conv_id = store.create(title_from(first_user), model_id).id
-        views = [MessageView(m["role"], m["content"], item_id if i == len(shown) - 1 and
-                             m["role"] == "assistant" else m.get("item_id")) for i, m in enumerate(shown)]
-        saved = store.save(conv_id, views, model=model_id, system_prompt=settings["system_prompt"],
-                           params={k: v for k, v in settings.items() if k not in ("model", "system_prompt")})
-        stored = [{"role": m.role, "content": m.content, "item_id": m.item_id} for m in saved.messages]
-        yield ([{"role": m["role"], "content": m["content"]} for m in stored], stored, conv_id,
-               gr.update(choices=conversation_choices(store), value=conv_id),
-               trim_notice(live.stats), stats_line(live.stats, live.cancelled), saved.title)
-
-    reply_outputs = [chatbot, history, conversation_id, conversations, notice, stats, title]
-
-    def on_send(text, messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
-                seed_value, request: gr.Request):
-        text = text or ""
-        if not text.strip():
-            gr.Warning("The message is empty: type something to send.")
-            yield (gr.skip(),) * 8
-            return
-        new = [{"role": m["role"], "content": m["content"]} for m in messages]
-        new.append({"role": "user", "content": text})
-        first = True
-        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
-        outcome = {"failed": False}
-        for update in reply(new, conv_id, settings, request, shown_before=messages, outcome=outcome):
-            yield (*update, text if outcome["failed"] else "" if first else gr.skip())
-            first = False
-
-    def on_regenerate(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
-                      seed_value, request: gr.Request):
-        trimmed = [{"role": m["role"], "content": m["content"]} for m in messages]
-        while trimmed and trimmed[-1]["role"] == "assistant":
-            trimmed.pop()
-        if not trimmed:
-            gr.Warning("Nothing to regenerate yet.")
-            yield (gr.skip(),) * 7
-            return
-        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
-        yield from reply(trimmed, conv_id, settings, request)
-
-    def on_continue(messages, conv_id, model_id, system_prompt, temp, p, k, rep, max_tokens,
-                    seed_value, request: gr.Request):
-        listed = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if not listed or listed[-1]["role"] != "assistant":
-            gr.Warning("Continue extends the last reply; there is none yet.")
-            yield (gr.skip(),) * 7
-            return
-        settings = sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value)
-        yield from reply(listed, conv_id, settings, request, continue_last=True)
-
-    def on_stop(request: gr.Request):
-        cancel = running.get(request.session_hash)
-        if cancel is not None:
-            cancel.cancel()
-
-    def on_edit_last(messages):
-        listed = list(messages)
-        users = [i for i, m in enumerate(listed) if m["role"] == "user"]
-        if not users:
-            gr.Warning("There is no message to edit yet.")
-            return gr.skip(), gr.skip(), gr.skip()
-        cut = users[-1]
-        kept = listed[:cut]
-        return ([{"role": m["role"], "content": m["content"]} for m in kept], kept,
-                listed[cut]["content"])
-
-    send_event = dict(inputs=[message, history, conversation_id, *sampling_inputs],
-                      outputs=[*reply_outputs, message], concurrency_limit=None)
-    send.click(on_send, **send_event)
-    message.submit(on_send, **send_event)
-    regenerate.click(on_regenerate, inputs=[history, conversation_id, *sampling_inputs],
-                     outputs=reply_outputs)
-    continue_.click(on_continue, inputs=[history, conversation_id, *sampling_inputs],
-                    outputs=reply_outputs)
-    stop.click(on_stop, queue=False)
-    edit_last.click(on_edit_last, inputs=[history], outputs=[chatbot, history, message])
-    add_queue.click(lambda text, messages, *sampling: queue_chat(ctx, text, messages, *sampling),
-                    inputs=[message, history, *sampling_inputs], outputs=[notice])
-
-    # ------------------------------------------------------------ conversations
-    sliders = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
-               "repetition_penalty": repetition, "max_new_tokens": max_new}
-
-    def on_select(conv_id):
-        """Open a saved conversation with the model, system prompt and sampling it last used."""
-        keep = (gr.skip(),) * (7 + len(sliders) + 1)
-        if conv_id is None:
-            return keep
-        try:
-            conv = store.get(int(conv_id))
-        except LookupError:
-            gr.Warning("That conversation no longer exists.")
-            return ([], [], None, "", gr.skip(), gr.skip(), "", *keep[7:])
-        stored = [{"role": m.role, "content": m.content, "item_id": m.item_id} for m in conv.messages]
-        saved = [conv.params[name] if name in conv.params else gr.skip() for name in sliders]
-        seed_value = conv.params.get("seed", -1)
-        return ([{"role": m["role"], "content": m["content"]} for m in stored], stored, conv.id,
-                conv.title, conv.system_prompt, conv.model or gr.skip(), "", *saved,
-                -1 if seed_value is None else seed_value)
-
-    conversations.input(on_select, inputs=[conversations],
-                        outputs=[chatbot, history, conversation_id, title, system, model, notice,
-                                 *sliders.values(), seed])
-
-    def on_new():
-        return [], [], None, gr.update(value=None), "", "", ""
-
-    new_chat.click(on_new, outputs=[chatbot, history, conversation_id, conversations, title, notice, stats])
-
-    def on_rename(conv_id, new_title):
-        if conv_id is None:
-            gr.Warning("Pick a conversation first (a new chat is saved after its first reply).")
-            return gr.skip()
-        try:
-            store.rename(int(conv_id), new_title)
-        except (ValueError, LookupError) as error:
-            gr.Warning(str(error))
-            return gr.skip()
-        return gr.update(choices=conversation_choices(store), value=conv_id)
-
-    rename.click(on_rename, inputs=[conversation_id, title], outputs=[conversations])
-
-    def on_delete(conv_id):
-        if conv_id is None:
-            gr.Warning("Pick a conversation to delete.")
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            store.delete(int(conv_id))
-        except LookupError:
-            pass
-        return [], [], None, gr.update(choices=conversation_choices(store), value=None), ""
-
-    delete.click(on_delete, inputs=[conversation_id],
-                 outputs=[chatbot, history, conversation_id, conversations, title])
-
-    return {"message": message, "chatbot": chatbot, "conversations": conversations, "model": model}
+def build(ctx: "StudioContext") -> dict[str, gr.Component]:
+    chats = ChatService(ctx.db)
+    c = _controls(ctx, chats)
+    history, conv_id, job = gr.State([]), gr.State(None), gr.State(None)  # per browser session
+    sampling = [c["model"], c["system"], *(c[name] for name in SLIDERS), c["seed"]]
+    reply_inputs = [c["message"], history, conv_id, *sampling]
+    reply_outputs = [job, c["chatbot"], history, conv_id, c["conversations"], c["notice"],
+                     c["stats"], c["title"], c["message"]]
+    for trigger, handler in ((c["send"].click, send), (c["message"].submit, send),
+                             (c["regenerate"].click, regenerate),
+                             (c["continue"].click, continue_reply)):
+        trigger(partial(handler, ctx, chats), reply_inputs, reply_outputs,
+                concurrency_limit=None, **PRIVATE)
+    c["stop"].click(partial(cancel_job, ctx), job, c["notice"], queue=False, **PRIVATE)
+    c["edit"].click(edit_last, [history], [c["chatbot"], history, c["message"]], **PRIVATE)
+    c["add"].click(partial(queue_chat, ctx), [c["message"], history, *sampling], [c["notice"]],
+                   **PRIVATE)
+    c["conversations"].input(
+        partial(open_conversation, chats), [c["conversations"]],
+        [c["chatbot"], history, conv_id, c["title"], c["system"], c["model"], c["notice"],
+         *(c[name] for name in SLIDERS), c["seed"]], **PRIVATE)
+    c["new"].click(new_chat, None, [c["chatbot"], history, conv_id, c["conversations"],
+                                    c["title"], c["notice"], c["stats"]], **PRIVATE)
+    c["rename"].click(partial(rename, chats), [conv_id, c["title"]], [c["conversations"]], **PRIVATE)
+    c["delete"].click(partial(delete, chats), [conv_id],
+                      [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
+    return {"message": c["message"], "chatbot": c["chatbot"],
+            "conversations": c["conversations"], "model": c["model"], "_chats": chats}
 
 
 def on_load(ctx: "StudioContext", demo: gr.Blocks, handles: dict) -> None:
     """A reloaded page lists the conversations saved since the UI was built."""
-    from studio.chat.store import ChatStore
-
-    store = ChatStore(ctx.db)
-    demo.load(lambda: gr.update(choices=conversation_choices(store)), outputs=[handles["conversations"]])
+    demo.load(partial(list_conversations, handles["_chats"]), None,
+              [handles["conversations"]], **PRIVATE)

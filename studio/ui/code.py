@@ -2,47 +2,47 @@
 explain code, fix code; optionally run & fix Python in a limited subprocess, round by round.
 "Add to queue" queues the same request as a `code` job.
 
-No torch or engine import here: the rounds come from studio.tasks.text.code_events, which
-streams each reply; the final result is recorded in the gallery.
+Generate runs the `code` task as an interactive job through the runner (studio/ui/widgets): the
+reply streams from the job's updates (the step is the round), and once the job has saved its
+gallery item the rounds' runs are shown from that item. No torch or engine import here.
 """
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 import gradio as gr
+
+from studio.ui.widgets import PRIVATE, cancel_job, follow_job
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
 TAB_ID = "code"
 TITLE = "Code"
-STREAM_EVERY_S = 0.05
 GR_LANGUAGE = {"python": "python", "javascript": "javascript", "typescript": "typescript",
                "bash": "shell", "c": "c", "cpp": "cpp", "go": None, "rust": None, "java": None,
                "sql": "sql", "html": "html", "css": "css"}  # gr.Code's highlighters
 MODE_FIELDS = {"write": ("description",), "complete": ("prefix", "suffix"), "explain": ("code",),
                "fix": ("code", "error")}  # the text boxes each mode shows
+CONTROLS = ("mode", "language", "model", "description", "code", "error", "prefix", "suffix",
+            "run_and_fix", "rounds", "temperature", "top_p", "top_k", "repetition", "max_new",
+            "seed")
 
 
-def round_markdown(round_) -> str:
-    """One run & fix round: its code, the verdict, what it printed."""
-    run = round_.run
-    if run is None:
-        return ""
-    if run.ok:
-        verdict = f"passed, ran in {run.duration_s:.2f} s"
-    elif run.timed_out:
+def round_markdown(number: int, run: dict) -> str:
+    """One run & fix round (the `runs` summaries the code task stores): verdict and output."""
+    if run.get("timed_out"):
         verdict = "failed: timed out"
+    elif run.get("returncode") == 0:
+        verdict = f"passed, ran in {run.get('duration_s', 0):.2f} s"
     else:
-        verdict = f"failed: exit status {run.returncode}"
-    out = (run.stdout or "").strip()[-1500:]
-    err = (run.stderr or "").strip()[-1500:]
-    text = f"**Round {round_.round}** — {verdict}\n\n```python\n{round_.code}\n```\n"
-    if out:
-        text += f"\nstdout:\n```\n{out}\n```\n"
-    if err:
-        text += f"\nstderr:\n```\n{err}\n```\n"
+        verdict = f"failed: exit status {run.get('returncode')}"
+    text = f"**Round {number}** — {verdict}\n"
+    for name in ("stdout", "stderr"):
+        out = (run.get(name) or "").strip()[-1500:]
+        if out:
+            text += f"\n{name}:\n```\n{out}\n```\n"
     return text
 
 
@@ -57,144 +57,143 @@ def code_params(mode, lang, model_id, desc, code, err, pre, suf, fix, max_rounds
             "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
 
 
-def queue_code(ctx: "StudioContext", *controls) -> str:
-    """"Add to queue": one `code` job with the tab's mode, fields, sampling and run & fix. Only
-    the mode's own fields go in (a hidden box's old text would only mislabel the job)."""
-    from studio.ui.add_to_queue import add_job
-
+def mode_params(*controls) -> dict:
+    """`code_params` with only the mode's own fields (a hidden box's old text would only
+    mislabel the job)."""
     params = code_params(*controls)
     shown = MODE_FIELDS.get(params["mode"], ())
     for name in ("description", "code", "error", "prefix", "suffix"):
         if name not in shown:
             del params[name]
-    return add_job(ctx, "code", params,
+    return params
+
+
+def queue_code(ctx: "StudioContext", *controls) -> str:
+    """"Add to queue": one `code` job with the tab's mode, fields, sampling and run & fix."""
+    from studio.ui.add_to_queue import add_job
+
+    return add_job(ctx, "code", mode_params(*controls),
                    "Its result will be saved to the gallery as a code text item.")
 
 
-def build(ctx: "StudioContext") -> dict[str, gr.Component]:
+def on_mode(selected, lang):
+    highlight = GR_LANGUAGE.get(lang)
+    return (gr.update(visible=selected == "write"),
+            gr.update(visible=selected in ("explain", "fix"), language=highlight),
+            gr.update(visible=selected == "fix"),
+            gr.update(visible=selected == "complete", language=highlight),
+            gr.update(visible=selected == "complete", language=highlight),
+            gr.update(visible=selected != "explain", language=highlight),
+            gr.update(visible=selected == "explain"))
+
+
+def finished_status(item) -> tuple[str, str]:
+    """(rounds log, status line) from the job's gallery item."""
+    p = item.params
+    runs = p.get("runs") or []
+    log = "".join(round_markdown(n, run) for n, run in enumerate(runs, 1))
+    verdict = ""
+    if runs:
+        ok = runs[-1].get("returncode") == 0 and not runs[-1].get("timed_out")
+        verdict = (f" · runs after {len(runs)} round(s)" if ok
+                   else f" · still failing after {len(runs)} round(s)")
+    return log, (f"{p.get('completion_tokens', 0)} tokens · {p.get('tokens_per_s', 0):.1f} tok/s"
+                 f" · {'FIM tokens' if p.get('fim') else p.get('backend', '')}{verdict}"
+                 f" · gallery item {item.id}")
+
+
+def generate(ctx, *controls):
+    """Generate: yields (job id, code, explanation, rounds log, status) as the job runs."""
+    params = mode_params(*controls)
+    explain, keep = params["mode"] == "explain", gr.skip()
+    yield None, keep, keep, "", "*starting…*"
+    update = None
+    for update in follow_job(ctx, "code", params):
+        if update.finished:
+            break
+        reply = update.text if update.text is not None else update.message
+        status = (f"*round {update.step}: generating…*" if update.status == "running"
+                  else f"*waiting for job #{update.job_id}…*")
+        yield (update.job_id, keep if explain else reply, reply if explain else keep, keep, status)
+    if update.status != "completed":
+        message = "**stopped** — nothing saved" if update.status == "canceled" \
+            else f"failed: {update.error}"
+        yield None, keep, keep, keep, message
+        return
+    item = ctx.gallery.get(update.result["item_ids"][0])
+    log, status = finished_status(item)
+    text = update.result.get("text") or item.text or ""
+    if params["mode"] == "complete":
+        text = params["prefix"] + text + params["suffix"]
+    yield None, keep if explain else text, text if explain else keep, log, status
+
+
+# ------------------------------------------------------------------ layout
+def _controls(ctx) -> dict:
     from studio.tasks.text import LANGUAGES
     from studio.ui.chat import model_choices
 
-    running: dict[str, Any] = {}
+    c: dict = {}
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                mode = gr.Radio(["write", "complete", "explain", "fix"], value="write", label="Mode",
-                                elem_id="code-mode")
-                language = gr.Dropdown(list(LANGUAGES), value="python", label="Language",
-                                       elem_id="code-language")
-            model = gr.Dropdown(label="Model", choices=model_choices(ctx), value="smollm2-135m-instruct",
-                                allow_custom_value=True, elem_id="code-model",
-                                info="Qwen2.5-Coder (extra) writes better code and has FIM tokens")
-            description = gr.Textbox(label="What should the code do?", lines=3,
-                                     elem_id="code-description")
-            code = gr.Code(label="Code", language="python", lines=10, visible=False,
-                           interactive=True, elem_id="code-input")
-            error = gr.Textbox(label="Error message (optional)", lines=3, visible=False,
-                               elem_id="code-error")
-            prefix = gr.Code(label="Code before the cursor", language="python", lines=8,
-                             visible=False, interactive=True, elem_id="code-prefix")
-            suffix = gr.Code(label="Code after the cursor", language="python", lines=5,
-                             visible=False, interactive=True, elem_id="code-suffix")
+                c["mode"] = gr.Radio(["write", "complete", "explain", "fix"], value="write",
+                                     label="Mode", elem_id="code-mode")
+                c["language"] = gr.Dropdown(list(LANGUAGES), value="python", label="Language",
+                                            elem_id="code-language")
+            c["model"] = gr.Dropdown(label="Model", choices=model_choices(ctx),
+                                     value="smollm2-135m-instruct", allow_custom_value=True,
+                                     elem_id="code-model",
+                                     info="Qwen2.5-Coder (extra) writes better code and has FIM tokens")
+            c["description"] = gr.Textbox(label="What should the code do?", lines=3,
+                                          elem_id="code-description")
+            c["code"] = gr.Code(label="Code", language="python", lines=10, visible=False,
+                                interactive=True, elem_id="code-input")
+            c["error"] = gr.Textbox(label="Error message (optional)", lines=3, visible=False,
+                                    elem_id="code-error")
+            c["prefix"] = gr.Code(label="Code before the cursor", language="python", lines=8,
+                                  visible=False, interactive=True, elem_id="code-prefix")
+            c["suffix"] = gr.Code(label="Code after the cursor", language="python", lines=5,
+                                  visible=False, interactive=True, elem_id="code-suffix")
             with gr.Row():
-                run_and_fix = gr.Checkbox(label="Run & fix (Python): run the code in a limited "
-                                                "subprocess, feed errors back", value=False,
-                                          elem_id="code-run-fix")
-                rounds = gr.Slider(1, 5, value=3, step=1, label="Rounds at most")
+                c["run_and_fix"] = gr.Checkbox(label="Run & fix (Python): run the code in a "
+                                                     "limited subprocess, feed errors back",
+                                               value=False, elem_id="code-run-fix")
+                c["rounds"] = gr.Slider(1, 5, value=3, step=1, label="Rounds at most")
             with gr.Accordion("Sampling", open=False):
                 with gr.Row():
-                    temperature = gr.Slider(0, 2, value=0.2, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p")
-                    top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k")
+                    c["temperature"] = gr.Slider(0, 2, value=0.2, step=0.05, label="Temperature")
+                    c["top_p"] = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p")
+                    c["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top-k")
                 with gr.Row():
-                    repetition = gr.Slider(1, 2, value=1.05, step=0.01, label="Repetition penalty")
-                    max_new = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                    c["repetition"] = gr.Slider(1, 2, value=1.05, step=0.01,
+                                                label="Repetition penalty")
+                    c["max_new"] = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
+                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="code-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="code-stop")
-                add_queue = gr.Button("Add to queue", elem_id="code-queue")
+                c["generate"] = gr.Button("Generate", variant="primary", elem_id="code-generate")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="code-stop")
+                c["add_queue"] = gr.Button("Add to queue", elem_id="code-queue")
         with gr.Column(scale=3):
-            output = gr.Code(label="Code", language="python", lines=18, interactive=False,
-                             elem_id="code-output")
-            explanation = gr.Markdown(visible=False, elem_id="code-explanation")
-            log = gr.Markdown(elem_id="code-rounds")
-            status = gr.Markdown(elem_classes=["gs-muted"], elem_id="code-status")
+            c["output"] = gr.Code(label="Code", language="python", lines=18, interactive=False,
+                                  elem_id="code-output")
+            c["explanation"] = gr.Markdown(visible=False, elem_id="code-explanation")
+            c["log"] = gr.Markdown(elem_id="code-rounds")
+            c["status"] = gr.Markdown(elem_classes=["gs-muted"], elem_id="code-status")
+    return c
 
-    def on_mode(selected, lang):
-        highlight = GR_LANGUAGE.get(lang)
-        return (gr.update(visible=selected == "write"),
-                gr.update(visible=selected in ("explain", "fix"), language=highlight),
-                gr.update(visible=selected == "fix"),
-                gr.update(visible=selected == "complete", language=highlight),
-                gr.update(visible=selected == "complete", language=highlight),
-                gr.update(visible=selected != "explain", language=highlight),
-                gr.update(visible=selected == "explain"))
 
-    for trigger in (mode.change, language.change):
-        trigger(on_mode, inputs=[mode, language],
-                outputs=[description, code, error, prefix, suffix, output, explanation])
-
-    def on_generate(mode_, lang, model_id, desc, code_, err, pre, suf, fix, max_rounds, temp, p, k,
-                    rep, max_tokens, seed_value, request: gr.Request):
-        from engines.base import CancelToken, Cancelled
-        from studio.tasks.text import code_events, record_code, split_code_params
-
-        params = code_params(mode_, lang, model_id, desc, code_, err, pre, suf, fix, max_rounds,
-                             temp, p, k, rep, max_tokens, seed_value)
-        try:
-            split_code_params(params)
-        except ValueError as error_:
-            gr.Warning(str(error_))
-            yield (gr.skip(),) * 4
-            return
-        cancel = CancelToken()
-        running[request.session_hash] = cancel
-        done, log_text, last = [], "", 0.0
-        explain = mode_ == "explain"
-        yield "", "", "", "*generating…*"
-        try:
-            for kind, number, value in code_events(ctx, params, cancel):
-                if kind == "text":
-                    if time.perf_counter() - last >= STREAM_EVERY_S:
-                        last = time.perf_counter()
-                        yield (gr.skip(), value, gr.skip(), f"*round {number}: generating…*") if explain \
-                            else (value, gr.skip(), gr.skip(), f"*round {number}: generating…*")
-                    continue
-                done.append(value)
-                log_text += round_markdown(value)
-                code_shown = (pre or "") + value.code + (suf or "") if mode_ == "complete" else value.code
-                shown = (gr.skip(), value.reply) if explain else (code_shown, gr.skip())
-                yield (*shown, log_text, f"*round {number} done*")
-        except Cancelled:
-            yield gr.skip(), gr.skip(), log_text, "**stopped** — nothing saved"
-            return
-        except Exception as error_:
-            gr.Warning(str(error_))
-            yield gr.skip(), gr.skip(), log_text, f"failed: {error_}"
-            return
-        finally:
-            running.pop(request.session_hash, None)
-        item = record_code(ctx, params, done)
-        stats = done[-1].stats
-        verdict = ""
-        if done[-1].run is not None:
-            verdict = (f" · runs after {len(done)} round(s)" if done[-1].run.ok
-                       else f" · still failing after {len(done)} round(s)")
-        yield (gr.skip(), gr.skip(), log_text,
-               f"{stats.completion_tokens} tokens · {stats.tokens_per_s:.1f} tok/s · "
-               f"{'FIM tokens' if stats.fim else stats.backend}{verdict} · gallery item {item.id}")
-
-    controls = [mode, language, model, description, code, error, prefix, suffix, run_and_fix,
-                rounds, temperature, top_p, top_k, repetition, max_new, seed]
-    generate.click(on_generate, inputs=controls, outputs=[output, explanation, log, status],
-                   concurrency_limit=None)
-    add_queue.click(lambda *values: queue_code(ctx, *values), inputs=controls, outputs=[status])
-
-    def on_stop(request: gr.Request):
-        cancel = running.get(request.session_hash)
-        if cancel is not None:
-            cancel.cancel()
-
-    stop.click(on_stop, queue=False)
-    return {"code": code, "description": description, "output": output}
+def build(ctx: "StudioContext") -> dict[str, gr.Component]:
+    c = _controls(ctx)
+    job = gr.State(None)  # this session's running job, for Stop
+    shown = [c[name] for name in ("description", "code", "error", "prefix", "suffix", "output",
+                                  "explanation")]
+    for trigger in (c["mode"].change, c["language"].change):
+        trigger(on_mode, [c["mode"], c["language"]], shown, **PRIVATE)
+    controls = [c[name] for name in CONTROLS]
+    c["generate"].click(partial(generate, ctx), controls,
+                        [job, c["output"], c["explanation"], c["log"], c["status"]],
+                        concurrency_limit=None, **PRIVATE)
+    c["add_queue"].click(partial(queue_code, ctx), controls, [c["status"]], **PRIVATE)
+    c["stop"].click(partial(cancel_job, ctx), job, c["status"], queue=False, **PRIVATE)
+    return {"code": c["code"], "description": c["description"], "output": c["output"]}

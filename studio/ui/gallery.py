@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import textwrap
 from datetime import datetime, timedelta
-from pathlib import Path
+from functools import partial
 
 import gradio as gr
 from PIL import Image, ImageDraw
 
 from studio.gallery.store import GalleryQuery, ItemView
+from studio.ui.widgets import PRIVATE
 
 TAB_ID = "gallery"
 TITLE = "Gallery"
 PAGE_SIZE = 48
 ALL = "all"
+CHECK_EVERY_S = 2.0  # how often an open page looks for new items (one indexed query)
 
 # (target tab, receiver name, button label); a button shows only if that tab has the receiver.
 IMAGE_TARGETS = (("txt2img", "init_image", "Send to img2img"), ("inpaint", "image", "Send to inpaint"),
@@ -75,181 +77,221 @@ def _describe(ctx, item: ItemView) -> str:
     return "\n\n".join(lines)
 
 
-def build(ctx) -> dict:
-    ids = gr.State([])  # item ids of the grid, in display order
-    selected = gr.State(None)  # the item id shown in the detail panel
-    page = gr.State(1)
-    received = gr.State(None)  # receiver `item_id`: another tab puts an item id here to open it
+# ------------------------------------------------------------------ handlers
+def load_page(ctx, query_text, kind_value, engine_value, model_value, favs, start, end, page_number):
+    """One page of thumbnails for the filters: (grid, ids, page, page info, engine and model
+    choices)."""
+    day_from, day_to = _parse_day(start, "From"), _parse_day(end, "To")
+    query = GalleryQuery(
+        search=query_text or "", kind=None if kind_value == ALL else kind_value,
+        engine=None if engine_value in (ALL, None) else engine_value,
+        model=None if model_value in (ALL, None) else model_value, favourites_only=bool(favs),
+        date_from=day_from, date_to=day_to + timedelta(days=1) if day_to else None,
+        page=max(1, int(page_number)), page_size=PAGE_SIZE)
+    result = ctx.gallery.query(query)
+    if result.page > result.pages:  # e.g. the last item of the last page was deleted
+        result = ctx.gallery.query(GalleryQuery(**{**query.__dict__, "page": result.pages}))
+    entries = [(str(i.thumb_path) if i.kind == "image" else _text_card(ctx, i), _caption(i))
+               for i in result.items]
+    facets = ctx.gallery.facets()
+    info = (f"Page {result.page} of {result.pages} · {result.total} item"
+            f"{'' if result.total == 1 else 's'}" if result.total else "No items match.")
+    return (entries, [i.id for i in result.items], result.page, info,
+            gr.update(choices=[ALL] + facets["engine"]), gr.update(choices=[ALL] + facets["model"]))
 
-    with gr.Row(equal_height=True):
-        search = gr.Textbox(label="Search", placeholder="words from prompts and text outputs",
-                            elem_id="gallery-search", scale=3)
-        kind = gr.Dropdown([ALL, "image", "text"], value=ALL, label="Kind", scale=1)
-        engine = gr.Dropdown([ALL], value=ALL, label="Engine", scale=1, allow_custom_value=True)
-        model = gr.Dropdown([ALL], value=ALL, label="Model", scale=1, allow_custom_value=True)
-    with gr.Row(equal_height=True):
-        favourites = gr.Checkbox(label="Favourites only", scale=1)
-        date_from = gr.Textbox(label="From (YYYY-MM-DD)", scale=1)
-        date_to = gr.Textbox(label="To (YYYY-MM-DD, inclusive)", scale=1)
-        refresh = gr.Button("Search / refresh", variant="primary", scale=1, elem_id="gallery-refresh")
-    grid = gr.Gallery(label="Outputs", columns=8, height="auto", allow_preview=False,
-                      object_fit="cover", elem_id="gallery-grid", show_label=False)
-    with gr.Row(equal_height=True):
-        previous = gr.Button("← Previous", size="sm")
-        page_info = gr.Markdown(elem_id="gallery-page-info")
-        following = gr.Button("Next →", size="sm")
 
-    with gr.Group(visible=False, elem_id="gallery-detail-panel") as detail:
+def first_page(ctx, *filters):
+    return load_page(ctx, *filters, 1)
+
+
+def step_page(ctx, delta: int, *values):
+    *filters, current = values
+    return load_page(ctx, *filters, max(1, current + delta))
+
+
+def newest_mark(ctx) -> list:
+    """(item count, newest id): changes whenever an item lands or goes."""
+    page = ctx.gallery.query(GalleryQuery(page_size=1))
+    return [page.total, page.items[0].id if page.items else None]
+
+
+def check_new(ctx, seen, *values):
+    """The timer: reload the page only when items landed or went since it was drawn, so results
+    show here as soon as their rows are committed, without a manual refresh."""
+    mark = newest_mark(ctx)
+    if mark == seen:
+        return (gr.skip(),) * 7
+    return (mark, *load_page(ctx, *values))
+
+
+def show(ctx, item_id):
+    """The detail panel's values for one item (hidden for None or a deleted item)."""
+    hidden = (None, gr.update(visible=False)) + (gr.update(),) * 7
+    if item_id is None:
+        return hidden
+    try:
+        item = ctx.gallery.get(int(item_id))
+    except LookupError:
+        gr.Warning(f"Item #{item_id} no longer exists.")
+        return hidden
+    if item.kind == "image":
+        file = str(item.file_path)
+    else:
+        path = ctx.config.data_dir / "cache" / "downloads" / f"{item.uid}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(item.text or "")
+        file = str(path)
+    return (item.id, gr.update(visible=True),
+            gr.update(value=file if item.kind == "image" else None, visible=item.kind == "image"),
+            gr.update(value=item.text or "", visible=item.kind == "text"),
+            _describe(ctx, item), item.params,
+            "★ Favourite" if item.favourite else "☆ Favourite", file, ", ".join(item.tags))
+
+
+def picked_id(shown_ids, event: gr.SelectData):
+    """A click on a thumbnail: its item id, into the `item_id` receiver that opens it."""
+    return shown_ids[event.index] if event.index < len(shown_ids) else gr.skip()
+
+
+def toggle_favourite(ctx, item_id):
+    if item_id is None:
+        return gr.update()
+    item = ctx.gallery.get(item_id)
+    ctx.gallery.set_favourite(item_id, not item.favourite)
+    return "☆ Favourite" if item.favourite else "★ Favourite"
+
+
+def update_tags(ctx, item_id, value):
+    if item_id is not None:
+        ctx.gallery.set_tags(item_id, [t for t in (value or "").split(",")])
+        gr.Info("Tags saved.")
+
+
+def remove(ctx, item_id):
+    if item_id is not None:
+        ctx.gallery.delete(item_id)
+        gr.Info(f"Deleted item #{item_id} and its files.")
+    return None, gr.update(visible=False)
+
+
+def open_item(ctx, value):
+    if value is None:
+        raise gr.Error("Type an item number to open.")
+    return show(ctx, int(value))
+
+
+def receive(ctx, item_id):
+    return show(ctx, item_id) if item_id is not None else (gr.skip(),) * 9
+
+
+def send_item(ctx, tab_id: str, name: str, item_id):
+    """A "send to" button: the item's file, text or prompt to another tab's receiver."""
+    if item_id is None:
+        raise gr.Error("Select an item first.")
+    item = ctx.gallery.get(item_id)
+    if name in ("init_image", "image"):
+        if item.kind != "image":
+            raise gr.Error(f"Item #{item.id} is text; pick an image to send there.")
+        value = str(item.file_path)
+    elif name in ("message", "code"):
+        value = item.text or item.prompt
+    else:
+        value = item.prompt
+    return value, gr.Tabs(selected=tab_id)
+
+
+# ------------------------------------------------------------------ layout
+def _controls() -> dict:
+    c: dict = {}
+    with gr.Row(equal_height=True):
+        c["search"] = gr.Textbox(label="Search", placeholder="words from prompts and text outputs",
+                                 elem_id="gallery-search", scale=3)
+        c["kind"] = gr.Dropdown([ALL, "image", "text"], value=ALL, label="Kind", scale=1)
+        c["engine"] = gr.Dropdown([ALL], value=ALL, label="Engine", scale=1, allow_custom_value=True)
+        c["model"] = gr.Dropdown([ALL], value=ALL, label="Model", scale=1, allow_custom_value=True)
+    with gr.Row(equal_height=True):
+        c["favourites"] = gr.Checkbox(label="Favourites only", scale=1)
+        c["date_from"] = gr.Textbox(label="From (YYYY-MM-DD)", scale=1)
+        c["date_to"] = gr.Textbox(label="To (YYYY-MM-DD, inclusive)", scale=1)
+        c["refresh"] = gr.Button("Search / refresh", variant="primary", scale=1,
+                                 elem_id="gallery-refresh")
+    # Thumbnails in a grid of fixed-size cells, whatever the number or size of the items.
+    c["grid"] = gr.Gallery(label="Outputs", columns=8, height="auto", allow_preview=False,
+                           object_fit="cover", fit_columns=False, elem_id="gallery-grid",
+                           elem_classes=["gs-crisp"], show_label=False)
+    with gr.Row(equal_height=True):
+        c["previous"] = gr.Button("← Previous", size="sm")
+        c["page_info"] = gr.Markdown(elem_id="gallery-page-info")
+        c["next"] = gr.Button("Next →", size="sm")
+    with gr.Group(visible=False, elem_id="gallery-detail-panel") as c["detail"]:
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", interactive=False, show_label=False, height=384)
-                text = gr.Code(label="Text output", visible=False, interactive=False)
+                c["image"] = gr.Image(type="filepath", interactive=False, show_label=False,
+                                      height=384, elem_id="gallery-image", elem_classes=["gs-crisp"])
+                c["text"] = gr.Code(label="Text output", visible=False, interactive=False)
             with gr.Column(scale=1):
-                description = gr.Markdown(elem_id="gallery-detail")
-                params = gr.JSON(label="Parameters")
+                c["description"] = gr.Markdown(elem_id="gallery-detail")
+                c["params"] = gr.JSON(label="Parameters")
                 with gr.Row():
-                    favourite = gr.Button("☆ Favourite", size="sm", elem_id="gallery-favourite")
-                    download = gr.DownloadButton("Download", size="sm")
-                    delete = gr.Button("Delete", variant="stop", size="sm", elem_id="gallery-delete")
+                    c["favourite"] = gr.Button("☆ Favourite", size="sm", elem_id="gallery-favourite")
+                    c["download"] = gr.DownloadButton("Download", size="sm")
+                    c["delete"] = gr.Button("Delete", variant="stop", size="sm",
+                                            elem_id="gallery-delete")
                 with gr.Row():
-                    tags = gr.Textbox(label="Tags (comma-separated)", scale=3)
-                    save_tags = gr.Button("Save tags", size="sm", scale=1)
+                    c["tags"] = gr.Textbox(label="Tags (comma-separated)", scale=3)
+                    c["save_tags"] = gr.Button("Save tags", size="sm", scale=1)
                 with gr.Row():
-                    open_id = gr.Number(label="Open item #", precision=0, scale=2)
-                    open_button = gr.Button("Open", size="sm", scale=1)
-                send_buttons = {(tab, name): gr.Button(label, size="sm", visible=True)
-                                for tab, name, label in IMAGE_TARGETS + TEXT_TARGETS + PROMPT_TARGETS}
+                    c["open_id"] = gr.Number(label="Open item #", precision=0, scale=2)
+                    c["open"] = gr.Button("Open", size="sm", scale=1)
+                c["send"] = {(tab, name): gr.Button(label, size="sm")
+                             for tab, name, label in IMAGE_TARGETS + TEXT_TARGETS + PROMPT_TARGETS}
+    return c
 
-    # ------------------------------------------------------------------ handlers
-    def load_page(query_text, kind_value, engine_value, model_value, favs, start, end, page_number):
-        day_from, day_to = _parse_day(start, "From"), _parse_day(end, "To")
-        query = GalleryQuery(
-            search=query_text or "", kind=None if kind_value == ALL else kind_value,
-            engine=None if engine_value in (ALL, None) else engine_value,
-            model=None if model_value in (ALL, None) else model_value, favourites_only=bool(favs),
-            date_from=day_from, date_to=day_to + timedelta(days=1) if day_to else None,
-            page=max(1, int(page_number)), page_size=PAGE_SIZE)
-        result = ctx.gallery.query(query)
-        if result.page > result.pages:  # e.g. the last item of the last page was deleted
-            result = ctx.gallery.query(GalleryQuery(**{**query.__dict__, "page": result.pages}))
-        entries = [(str(i.thumb_path) if i.kind == "image" else _text_card(ctx, i), _caption(i))
-                   for i in result.items]
-        facets = ctx.gallery.facets()
-        info = (f"Page {result.page} of {result.pages} · {result.total} item"
-                f"{'' if result.total == 1 else 's'}" if result.total else "No items match.")
-        return (entries, [i.id for i in result.items], result.page, info,
-                gr.update(choices=[ALL] + facets["engine"]), gr.update(choices=[ALL] + facets["model"]))
 
-    filters = [search, kind, engine, model, favourites, date_from, date_to]
-    page_outputs = [grid, ids, page, page_info, engine, model]
-
-    def first_page(*values):
-        return load_page(*values, 1)
-
-    def step_page(delta):
-        def handler(*values):
-            *rest, current = values
-            return load_page(*rest, max(1, current + delta))
-        return handler
-
-    def show(item_id):
-        if item_id is None:
-            return (None, gr.update(visible=False)) + (gr.update(),) * 7
-        try:
-            item = ctx.gallery.get(int(item_id))
-        except LookupError:
-            gr.Warning(f"Item #{item_id} no longer exists.")
-            return (None, gr.update(visible=False)) + (gr.update(),) * 7
-        if item.kind == "image":
-            file = str(item.file_path)
-        else:
-            file = ctx.config.data_dir / "cache" / "downloads" / f"{item.uid}.txt"
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(item.text or "")
-            file = str(file)
-        return (item.id, gr.update(visible=True),
-                gr.update(value=file if item.kind == "image" else None, visible=item.kind == "image"),
-                gr.update(value=item.text or "", visible=item.kind == "text"),
-                _describe(ctx, item), item.params,
-                "★ Favourite" if item.favourite else "☆ Favourite", file, ", ".join(item.tags))
-
-    detail_outputs = [selected, detail, image, text, description, params, favourite, download, tags]
-
-    def select(shown_ids, event: gr.SelectData):
-        return show(shown_ids[event.index] if event.index < len(shown_ids) else None)
-
-    def toggle_favourite(item_id):
-        if item_id is None:
-            return gr.update()
-        item = ctx.gallery.get(item_id)
-        ctx.gallery.set_favourite(item_id, not item.favourite)
-        return "☆ Favourite" if item.favourite else "★ Favourite"
-
-    def update_tags(item_id, value):
-        if item_id is not None:
-            ctx.gallery.set_tags(item_id, [t for t in (value or "").split(",")])
-            gr.Info("Tags saved.")
-
-    def remove(item_id):
-        if item_id is not None:
-            ctx.gallery.delete(item_id)
-            gr.Info(f"Deleted item #{item_id} and its files.")
-        return None, gr.update(visible=False)
-
-    def open_item(value):
-        if value is None:
-            raise gr.Error("Type an item number to open.")
-        return show(int(value))
-
-    for trigger in (refresh.click, search.submit):
-        trigger(first_page, filters, page_outputs)
-    previous.click(step_page(-1), filters + [page], page_outputs)
-    following.click(step_page(+1), filters + [page], page_outputs)
-    grid.select(select, [ids], detail_outputs)
-    favourite.click(toggle_favourite, [selected], [favourite]).then(
-        load_page, filters + [page], page_outputs)
-    save_tags.click(update_tags, [selected, tags], None)
-    delete.click(remove, [selected], [selected, detail]).then(load_page, filters + [page], page_outputs)
-    open_button.click(open_item, [open_id], detail_outputs)
-
-    def receive(item_id):
-        return show(item_id) if item_id is not None else (gr.skip(),) * len(detail_outputs)
-
+def build(ctx) -> dict:
+    c = _controls()
+    ids, selected, page = gr.State([]), gr.State(None), gr.State(1)  # grid ids, detail item, page
+    seen = gr.State(None)  # newest_mark() when the grid was last drawn
+    received = gr.State(None)  # receiver `item_id`: another tab puts an item id here to open it
+    filters = [c[n] for n in ("search", "kind", "engine", "model", "favourites", "date_from",
+                              "date_to")]
+    page_outputs = [c["grid"], ids, page, c["page_info"], c["engine"], c["model"]]
+    detail_outputs = [selected, c["detail"], c["image"], c["text"], c["description"], c["params"],
+                      c["favourite"], c["download"], c["tags"]]
+    reload = partial(load_page, ctx)
+    for trigger in (c["refresh"].click, c["search"].submit):
+        trigger(partial(first_page, ctx), filters, page_outputs, **PRIVATE)
+    c["previous"].click(partial(step_page, ctx, -1), filters + [page], page_outputs, **PRIVATE)
+    c["next"].click(partial(step_page, ctx, +1), filters + [page], page_outputs, **PRIVATE)
+    c["grid"].select(picked_id, [ids], [received], **PRIVATE)
+    c["favourite"].click(partial(toggle_favourite, ctx), [selected], [c["favourite"]],
+                         **PRIVATE).then(reload, filters + [page], page_outputs, **PRIVATE)
+    c["save_tags"].click(partial(update_tags, ctx), [selected, c["tags"]], None, **PRIVATE)
+    c["delete"].click(partial(remove, ctx), [selected], [selected, c["detail"]],
+                      **PRIVATE).then(reload, filters + [page], page_outputs, **PRIVATE)
+    c["open"].click(partial(open_item, ctx), [c["open_id"]], detail_outputs, **PRIVATE)
     # Emptied after use, so that sending the same item again is a change again.
-    received.change(receive, [received], detail_outputs).then(lambda: None, None, received)
-
-    return {"item_id": received, "_refresh": (load_page, filters + [page], page_outputs),
-            "_selected": selected, "_send_buttons": send_buttons}
+    received.change(partial(receive, ctx), [received], detail_outputs, **PRIVATE).then(
+        lambda: None, None, received, **PRIVATE)
+    gr.Timer(CHECK_EVERY_S).tick(partial(check_new, ctx), [seen] + filters + [page],
+                                 [seen] + page_outputs, show_progress="hidden", **PRIVATE)
+    return {"item_id": received, "_refresh": (reload, filters + [page], page_outputs),
+            "_selected": selected, "_send_buttons": c["send"]}
 
 
 def on_load(ctx, demo, own: dict) -> None:
     handler, inputs, outputs = own["_refresh"]
-    demo.load(handler, inputs, outputs)
-    own["_tab"].select(handler, inputs, outputs)
+    demo.load(handler, inputs, outputs, **PRIVATE)
+    own["_tab"].select(handler, inputs, outputs, **PRIVATE)
 
 
 def wire(ctx, tabs, handles: dict) -> None:
     """Connect each "send to" button to its tab's receiver; hide buttons with no receiver."""
     own = handles[TAB_ID]
-    selected = own["_selected"]
     for (tab_id, name), button in own["_send_buttons"].items():
         receiver = handles.get(tab_id, {}).get(name)
         if receiver is None:
             button.visible = False
             continue
-
-        def send(item_id, tab_id=tab_id, name=name):
-            if item_id is None:
-                raise gr.Error("Select an item first.")
-            item = ctx.gallery.get(item_id)
-            if name in ("init_image", "image"):
-                if item.kind != "image":
-                    raise gr.Error(f"Item #{item.id} is text; pick an image to send there.")
-                value = str(item.file_path)
-            elif name in ("message", "code"):
-                value = item.text or item.prompt
-            else:
-                value = item.prompt
-            return value, gr.Tabs(selected=tab_id)
-
-        button.click(send, [selected], [receiver, tabs])
+        button.click(partial(send_item, ctx, tab_id, name), [own["_selected"]],
+                     [receiver, tabs], **PRIVATE)

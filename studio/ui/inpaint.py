@@ -1,6 +1,6 @@
 """Inpaint & outpaint tab: paint a mask over an image (gr.ImageEditor), repaint it, or grow the
-image on chosen sides. Thin: builds task params and calls studio.tasks through the helpers of
-the Text to image tab.
+image on chosen sides. Thin: builds task params and runs them as a job through
+`studio.ui.widgets` (the runner).
 
 The receiver "image" is a hidden gr.Image that takes a file path (what "send to" buttons give);
 on change it loads the editor and remembers which gallery item the image came from, so results
@@ -8,6 +8,8 @@ get that item as their parent.
 """
 from __future__ import annotations
 
+import hashlib
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -15,13 +17,16 @@ import numpy as np
 from PIL import Image
 
 from studio.tasks.image import encode_image
-from studio.ui.txt2img import (DEFAULT_MODEL, SCHEDULER_NAMES, cancel_running, connect_send_buttons,
-                               enqueue, item_for_path, model_choices, model_defaults, on_select,
-                               stream_task)
+from studio.ui.add_to_queue import add_job
+from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
+                               item_for_path, model_defaults, model_dropdown, results_panel,
+                               run_strip, sampling_panel, selected_item, stream_images)
 
 TAB_ID = "inpaint"
 TITLE = "Inpaint & outpaint"
 FILLS = ["original", "fill", "latent noise", "latent nothing"]
+SETTINGS = ("source_id", "prompt", "negative", "steps", "cfg", "scheduler", "seed", "strength",
+            "mask_blur", "fill", "only_masked", "padding", "batch_size", "model", "sides", "pixels")
 
 
 def editor_image_and_mask(value) -> tuple[Image.Image, Image.Image]:
@@ -44,8 +49,6 @@ def editor_image_and_mask(value) -> tuple[Image.Image, Image.Image]:
 
 
 def pixel_digest(image: Image.Image) -> str:
-    import hashlib
-
     rgb = image.convert("RGB")
     return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
 
@@ -69,6 +72,9 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
     if action == "outpaint":
         if not sides:
             raise gr.Error("Choose at least one side to extend.")
+        # New border pixels have no "original" content to start from: fill them instead.
+        if params["inpainting_fill"] == "original":
+            params["inpainting_fill"] = "fill"
         params.update(sides=list(sides), pixels=int(pixels))
         return "outpaint", params
     if not np.asarray(mask).any():
@@ -78,107 +84,94 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
     return "inpaint", params
 
 
-def build(ctx) -> dict[str, Any]:
-    ids = gr.State([])
-    chosen = gr.State(None)
-    source_id = gr.State(None)
-    receiver = gr.Image(type="filepath", visible=False, elem_id="inpaint-receiver")
+# ------------------------------------------------------------------ handlers
+def generate(ctx, action: str, value, *settings):
+    yield from stream_images(ctx, *_params(action, value, *settings))
+
+
+def add_to_queue(ctx, value, *settings) -> str:
+    return add_job(ctx, *_params("inpaint", value, *settings))
+
+
+def arrived(ctx, path):
+    """A file sent here: load the editor and remember its gallery item (with its pixels)."""
+    if not path:
+        return gr.skip(), gr.skip()
+    item_id = item_for_path(ctx, path)
+    with Image.open(path) as image:
+        source = {"id": item_id, "digest": pixel_digest(image)} if item_id else None
+    return path, source
+
+
+def open_item(ctx, item_id):
+    try:
+        item = ctx.gallery.get(int(item_id))
+    except (LookupError, TypeError, ValueError):
+        raise gr.Error(f"No gallery item #{item_id}.")
+    if item.file_path is None:
+        raise gr.Error(f"Item #{item.id} is text, not an image.")
+    return str(item.file_path)
+
+
+def edit_result(ctx, item_ids, index):
+    return str(ctx.gallery.get(selected_item(item_ids, index)).file_path)
+
+
+# ------------------------------------------------------------------ layout
+def _controls(ctx) -> dict[str, Any]:
+    c: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=3):
-            editor = gr.ImageEditor(
+            c["editor"] = gr.ImageEditor(
                 type="pil", image_mode="RGBA", label="Image: paint the area to repaint",
                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8),
                 sources=["upload", "clipboard"], height=420, elem_id="inpaint-editor")
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="inpaint-prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=1)
+            c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="inpaint-prompt")
+            c["negative"] = gr.Textbox(label="Negative prompt", lines=1)
         with gr.Column(scale=2):
+            c["run"], c["cancel"], c["add_queue"] = run_strip("inpaint", "Inpaint", "inpaint-run")
+            c["panel"] = results_panel("inpaint", ("img2img", "style", "queue"),
+                                       extra=("Edit this result",))
             with gr.Row():
-                run_inpaint = gr.Button("Inpaint", variant="primary", elem_id="inpaint-run")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="inpaint-cancel")
-                add_queue = gr.Button("Add to queue", elem_id="inpaint-queue")
-            status = gr.HTML(elem_id="inpaint-status")
-            preview = gr.Image(label="Preview", interactive=False, height=160)
-            results = gr.Gallery(label="Results", columns=4, height=220, elem_id="inpaint-results")
-            with gr.Row():
-                again = gr.Button("Edit this result", size="sm")
-                to_img2img = gr.Button("Send to img2img", size="sm")
-                to_style = gr.Button("Send to style transfer", size="sm")
-                to_queue = gr.Button("Send prompt to queue", size="sm")
-            with gr.Row():
-                open_id = gr.Number(label="Open gallery item #", precision=0, scale=2)
-                open_button = gr.Button("Open from gallery", size="sm", scale=1)
+                c["open_id"] = gr.Number(label="Open gallery item #", precision=0, scale=2)
+                c["open"] = gr.Button("Open from gallery", size="sm", scale=1)
+    c.update(sampling_panel("inpaint", size=False))
     with gr.Row():
-        steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
-        cfg = gr.Slider(0, 30, value=model_defaults(DEFAULT_MODEL)[0], step=0.5, label="CFG scale")
-        scheduler = gr.Dropdown(SCHEDULER_NAMES, value="DPM++ 2M", label="Sampler")
-        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+        c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+        c["strength"] = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength")
+        c["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur (inside the mask)")
     with gr.Row():
-        strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength")
-        mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur (inside the mask)")
-        fill = gr.Radio(FILLS, value="original", label="Masked content")
-        only_masked = gr.Checkbox(label="Only masked (work on the mask's box)", value=False)
-        padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding")
-    model = gr.Dropdown(model_choices(ctx), value=DEFAULT_MODEL, label="Model",
-                        allow_custom_value=True, elem_id="inpaint-model")
+        c["fill"] = gr.Radio(FILLS, value="original", label="Masked content")
+        c["only_masked"] = gr.Checkbox(label="Only masked (work on the mask's box)", value=False)
+        c["padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding")
+    c["model"] = model_dropdown(ctx, "inpaint-model")
     with gr.Accordion("Outpaint", open=True):
         with gr.Row():
-            sides = gr.CheckboxGroup(["left", "right", "up", "down"], value=["right"],
-                                     label="Extend sides")
-            pixels = gr.Slider(8, 512, value=32, step=8, label="Pixels per side")
-            run_outpaint = gr.Button("Outpaint", variant="primary", elem_id="outpaint-run")
+            c["sides"] = gr.CheckboxGroup(["left", "right", "up", "down"], value=["right"],
+                                          label="Extend sides")
+            c["pixels"] = gr.Slider(8, 512, value=32, step=8, label="Pixels per side")
+            c["run_outpaint"] = gr.Button("Outpaint", variant="primary", elem_id="outpaint-run")
+    return c
 
-    model.input(lambda name: model_defaults(name)[0], model, cfg)
 
-    settings = [source_id, prompt, negative, steps, cfg, scheduler, seed, strength, mask_blur,
-                fill, only_masked, padding, batch_size, model, sides, pixels]
-
-    def runner(action):
-        def run(request: gr.Request, value, *values):  # the request goes first, by type
-            task, params = _params(action, value, *values)
-            if action == "outpaint":
-                params["inpainting_fill"] = "fill" if params["inpainting_fill"] == "original" \
-                    else params["inpainting_fill"]
-            yield from stream_task(ctx, task, params, request)
-        return run
-
-    outputs = [status, preview, results, ids]
-    run_inpaint.click(runner("inpaint"), [editor] + settings, outputs, concurrency_limit=4)
-    run_outpaint.click(runner("outpaint"), [editor] + settings, outputs, concurrency_limit=4)
-    cancel.click(cancel_running, None, status)
-    add_queue.click(lambda v, *s: enqueue(ctx, *_params("inpaint", v, *s)),
-                    [editor] + settings, status)
-    results.select(on_select, None, chosen)
-
-    def arrived(path):
-        if not path:
-            return gr.skip(), gr.skip()
-        item_id = item_for_path(ctx, path)
-        with Image.open(path) as image:
-            source = {"id": item_id, "digest": pixel_digest(image)} if item_id else None
-        return path, source
-
-    receiver.change(arrived, receiver, [editor, source_id])
-
-    def open_item(item_id):
-        try:
-            item = ctx.gallery.get(int(item_id))
-        except (LookupError, TypeError, ValueError):
-            raise gr.Error(f"No gallery item #{item_id}.")
-        if item.file_path is None:
-            raise gr.Error(f"Item #{item.id} is text, not an image.")
-        return str(item.file_path)
-
-    open_button.click(open_item, open_id, receiver)
-
-    def edit_result(item_ids, index):
-        from studio.ui.txt2img import selected_item
-
-        return str(ctx.gallery.get(selected_item(item_ids, index)).file_path)
-
-    again.click(edit_result, [ids, chosen], receiver)
-    return {"image": receiver, "prompt": prompt, "_ids": ids, "_chosen": chosen,
-            "_send": {"img2img": to_img2img, "style": to_style, "queue": to_queue}}
+def build(ctx) -> dict[str, Any]:
+    receiver = gr.Image(type="filepath", visible=False, elem_id="inpaint-receiver")
+    c = _controls(ctx)
+    c["source_id"] = gr.State(None)
+    panel = c["panel"]
+    inputs = [c["editor"]] + [c[name] for name in SETTINGS]
+    c["run"].click(partial(generate, ctx, "inpaint"), inputs, panel.outputs,
+                   concurrency_limit=None, **PRIVATE)
+    c["run_outpaint"].click(partial(generate, ctx, "outpaint"), inputs, panel.outputs,
+                            concurrency_limit=None, **PRIVATE)
+    c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
+    c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
+    c["model"].input(lambda name: model_defaults(name)[0], c["model"], c["cfg"], **PRIVATE)
+    receiver.change(partial(arrived, ctx), receiver, [c["editor"], c["source_id"]], **PRIVATE)
+    c["open"].click(partial(open_item, ctx), c["open_id"], receiver, **PRIVATE)
+    panel.extra["Edit this result"].click(partial(edit_result, ctx), [panel.ids, panel.chosen],
+                                          receiver, **PRIVATE)
+    return {"image": receiver, "prompt": c["prompt"], "_panel": panel}
 
 
 def wire(ctx, tabs, handles: dict) -> None:

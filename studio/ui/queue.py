@@ -13,6 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.ui.widgets import PRIVATE
+
 TAB_ID = "queue"
 TITLE = "Queue"
 LIST_LIMIT = 200
@@ -300,25 +302,26 @@ def build(ctx) -> dict:
 
     count_inputs = [task, prompt, matrix, prompt_file]
     for component in (prompt, matrix, prompt_file):
-        component.change(preview_count, count_inputs, count, show_progress="hidden")
+        component.change(preview_count, count_inputs, count, show_progress="hidden", **PRIVATE)
     add_inputs = [task, prompt, params, matrix, priority]
-    add.click(add_prompt, add_inputs, refresh_outputs)
-    prompt.submit(add_prompt, add_inputs, refresh_outputs)
-    add_file.click(add_prompt_file, [task, prompt_file, params, matrix, priority], refresh_outputs)
+    add.click(add_prompt, add_inputs, refresh_outputs, **PRIVATE)
+    prompt.submit(add_prompt, add_inputs, refresh_outputs, **PRIVATE)
+    add_file.click(add_prompt_file, [task, prompt_file, params, matrix, priority], refresh_outputs,
+                   **PRIVATE)
     timer.tick(tick, [job_id, shown_outputs], refresh_outputs + job_outputs_outputs,
-               show_progress="hidden")
-    pause.click(set_paused(True), None, refresh_outputs)
-    resume.click(set_paused(False), None, refresh_outputs)
-    clear.click(clear_finished, None, refresh_outputs)
-    table.select(select_row, [shown_ids], [job_id, *job_outputs_outputs])
-    job_id.submit(job_outputs, [job_id], job_outputs_outputs)
-    outputs.select(pick_output, [shown_outputs], output_pick)
-    cancel.click(act(lambda q, i: q.cancel(i)), [job_id], refresh_outputs)
-    retry.click(act(lambda q, i: q.retry(i)), [job_id], refresh_outputs)
-    up.click(act(lambda q, i: q.move(i, "up")), [job_id], refresh_outputs)
-    down.click(act(lambda q, i: q.move(i, "down")), [job_id], refresh_outputs)
-    top.click(act(lambda q, i: q.move(i, "top")), [job_id], refresh_outputs)
-    hold.click(act(toggle_hold), [job_id], refresh_outputs)
+               show_progress="hidden", **PRIVATE)
+    pause.click(set_paused(True), None, refresh_outputs, **PRIVATE)
+    resume.click(set_paused(False), None, refresh_outputs, **PRIVATE)
+    clear.click(clear_finished, None, refresh_outputs, **PRIVATE)
+    table.select(select_row, [shown_ids], [job_id, *job_outputs_outputs], **PRIVATE)
+    job_id.submit(job_outputs, [job_id], job_outputs_outputs, **PRIVATE)
+    outputs.select(pick_output, [shown_outputs], output_pick, **PRIVATE)
+    cancel.click(act(lambda q, i: q.cancel(i)), [job_id], refresh_outputs, **PRIVATE)
+    retry.click(act(lambda q, i: q.retry(i)), [job_id], refresh_outputs, **PRIVATE)
+    up.click(act(lambda q, i: q.move(i, "up")), [job_id], refresh_outputs, **PRIVATE)
+    down.click(act(lambda q, i: q.move(i, "down")), [job_id], refresh_outputs, **PRIVATE)
+    top.click(act(lambda q, i: q.move(i, "top")), [job_id], refresh_outputs, **PRIVATE)
+    hold.click(act(toggle_hold), [job_id], refresh_outputs, **PRIVATE)
 
     return {"prompt": prompt, "_refresh": (refresh, refresh_outputs), "_output_pick": output_pick,
             "_open_in_gallery": open_in_gallery}
@@ -326,7 +329,7 @@ def build(ctx) -> dict:
 
 def on_load(ctx, demo, own: dict) -> None:
     handler, outputs = own["_refresh"]
-    demo.load(handler, None, outputs)
+    demo.load(handler, None, outputs, **PRIVATE)
 
 
 def wire(ctx, tabs, handles: dict) -> None:
@@ -344,4 +347,4 @@ def wire(ctx, tabs, handles: dict) -> None:
             raise gr.Error("Select a finished job (click its row), then one of its outputs.")
         return int(item_id), gr.Tabs(selected="gallery")
 
-    button.click(send, [own["_output_pick"]], [receiver, tabs])
+    button.click(send, [own["_output_pick"]], [receiver, tabs], **PRIVATE)

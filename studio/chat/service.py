@@ -1,0 +1,66 @@
+"""ChatService: what the Chat tab asks of storage — list, open, rename, delete conversations and
+record a finished turn. The tab holds messages as plain dicts ({"role", "content", "item_id"});
+this service turns them into rows and back, so no storage logic lives in the tab.
+
+A turn is recorded once its reply has ended (completed or stopped): the whole conversation is
+saved in one transaction (ChatStore.save), so a user message is never stored without the reply
+that answered it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from studio.chat.store import ChatStore, ConversationView, MessageView, title_from
+from studio.db.database import Database
+
+ROLES = ("system", "user", "assistant")
+
+
+def as_dicts(conversation: ConversationView) -> list[dict[str, Any]]:
+    """The conversation's messages as the tab holds them."""
+    return [{"role": m.role, "content": m.content, "item_id": m.item_id}
+            for m in conversation.messages]
+
+
+def for_display(messages: list[dict]) -> list[dict[str, str]]:
+    """What gr.Chatbot shows (it rejects unknown keys such as item_id)."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+class ChatService:
+    def __init__(self, db: Database) -> None:
+        self.store = ChatStore(db)
+
+    def choices(self) -> list[tuple[str, int]]:
+        """(label, id) of every conversation, most recently updated first."""
+        return [(f"{c.title}  ·  {c.message_count} msg", c.id) for c in self.store.list()]
+
+    def open(self, conversation_id: int) -> ConversationView:
+        """Raises LookupError when it no longer exists."""
+        return self.store.get(int(conversation_id))
+
+    def rename(self, conversation_id: int, title: str) -> ConversationView:
+        return self.store.rename(int(conversation_id), title)
+
+    def delete(self, conversation_id: int) -> None:
+        try:
+            self.store.delete(int(conversation_id))
+        except LookupError:
+            pass  # already gone: the tab shows the same empty state either way
+
+    def record_turn(self, conversation_id: int | None, messages: list[dict], *,
+                    reply_item_id: int | None, model: str, system_prompt: str,
+                    params: dict[str, Any]) -> ConversationView:
+        """Save `messages` (ending with the reply) as the conversation, creating it on its first
+        turn (titled after its first user message). The last message, when it is the reply,
+        links to its gallery item; earlier messages keep theirs."""
+        if conversation_id is None:
+            first_user = next((m["content"] for m in messages if m["role"] == "user"), "New chat")
+            conversation_id = self.store.create(title_from(first_user), model).id
+        last = len(messages) - 1
+        views = [MessageView(m["role"], m["content"],
+                             reply_item_id if i == last and m["role"] == "assistant"
+                             else m.get("item_id"))
+                 for i, m in enumerate(messages)]
+        return self.store.save(int(conversation_id), views, model=model,
+                               system_prompt=system_prompt, params=params)
