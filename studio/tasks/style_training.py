@@ -6,6 +6,8 @@ Params (JSON; images enter as gallery items, uploads are saved to the gallery by
   content_image_ids     gallery item ids of ordinary photos to translate from (1..64)
   size                  training crop side, 32..256 px (default 128)
   iterations            1..20000 (default 600)
+  width, blocks         generator width 8..64 (default 32) and residual blocks 1..9 (default 3):
+                        bigger learns more, and each iteration takes longer
 
 It runs on the "training" lane (a worker of its own, studio/jobs/queue.py) for minutes on one
 CPU thread, without the device lock, so generation goes on beside it. The checkpoint lives in
@@ -48,7 +50,8 @@ def _ids(params: dict, field: str) -> list[int]:
 
 
 def validate(ctx, params: dict) -> None:
-    unknown = set(params) - {"name", "style_image_ids", "content_image_ids", "size", "iterations"}
+    unknown = set(params) - {"name", "style_image_ids", "content_image_ids", "size", "iterations",
+                             "width", "blocks"}
     if unknown:
         raise ParamError(sorted(unknown)[0], f"unknown parameter(s) for train_style: "
                                              f"{', '.join(sorted(unknown))}")
@@ -65,6 +68,8 @@ def validate(ctx, params: dict) -> None:
     if params.get("size", 128) % 4:
         raise ParamError("size", f"`size` must be a multiple of 4, got {params['size']}")
     check_int("iterations", params.get("iterations", 600), 1, 20_000)
+    check_int("width", params.get("width", 32), 8, 64)
+    check_int("blocks", params.get("blocks", 3), 1, 9)
 
 
 def run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) -> TaskResult:
@@ -83,7 +88,9 @@ def run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) -
     styles = [open_rgb(i) for i in params["style_image_ids"]]
     contents = [open_rgb(i) for i in params["content_image_ids"]]
     iterations = params.get("iterations", 600)
+    width = params.get("width", 32)
     config = TrainConfig(size=params.get("size", 128), iterations=iterations, threads=1,
+                         ngf=width, ndf=width, n_blocks=params.get("blocks", 3),
                          sample_every=max(10, min(100, iterations // 20)), checkpoint_every=50)
     config.check()
 
