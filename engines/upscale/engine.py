@@ -39,32 +39,45 @@ class UpscaleResult:
 
 def import_spandrel():
     """spandrel, importable without torchvision. spandrel needs torchvision only in two
-    architectures that are not upscalers (LaMa inpainting, RestoreFormer faces), and PyPI's
-    torchvision wheels do not load on the CPU build of torch the studio pins; where no working
-    torchvision exists, a stand-in that refuses those two lets the rest of spandrel load."""
+    architectures that are not upscalers (LaMa inpainting, RestoreFormer faces), imported at
+    module level, and PyPI's torchvision wheels do not load on the CPU build of torch the
+    studio pins. Where no working torchvision exists, a stand-in that refuses those two is
+    present while spandrel imports and removed right after, so libraries that look for
+    torchvision later (diffusers, transformers) still find none."""
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
     try:
         import torchvision.transforms.functional  # noqa: F401  (a real one: use it)
     except Exception:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]  # a half-imported broken install
-
-        def refuse(*_args, **_kwargs):
-            raise EngineError("this architecture needs torchvision, which is not installed")
-
-        functional = types.ModuleType("torchvision.transforms.functional")
-        functional.InterpolationMode = types.SimpleNamespace(BILINEAR="bilinear",
-                                                             NEAREST="nearest")
-        functional.rotate = functional.normalize = refuse
-        transforms = types.ModuleType("torchvision.transforms")
-        transforms.functional = functional
-        stand_in = types.ModuleType("torchvision")
-        stand_in.transforms = transforms
-        stand_in.__genstudio_stand_in__ = True
-        sys.modules.update({"torchvision": stand_in, "torchvision.transforms": transforms,
-                            "torchvision.transforms.functional": functional})
+        stand_ins = _torchvision_stand_in()
+        sys.modules.update(stand_ins)
+        try:
+            import spandrel
+        finally:
+            for name, module in stand_ins.items():
+                if sys.modules.get(name) is module:
+                    del sys.modules[name]
+        return spandrel
     import spandrel
 
     return spandrel
+
+
+def _torchvision_stand_in() -> dict[str, types.ModuleType]:
+    def refuse(*_args, **_kwargs):
+        raise EngineError("this architecture needs torchvision, which is not installed")
+
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.InterpolationMode = types.SimpleNamespace(BILINEAR="bilinear", NEAREST="nearest")
+    functional.rotate = functional.normalize = refuse
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.functional = functional
+    stand_in = types.ModuleType("torchvision")
+    stand_in.transforms = transforms
+    return {"torchvision": stand_in, "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional}
 
 
 def load_state_dict(path: Path) -> dict:

@@ -44,6 +44,8 @@ TASK_MODULES = (
     "studio.tasks.image",
     "studio.tasks.style",
     "studio.tasks.style_training",
+    "studio.tasks.upscale",
+    "studio.tasks.hires",
 )
 
 _registry: dict[str, TaskSpec] = {}
