@@ -18,7 +18,7 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-extras=""; [ "$mode" = test ] && extras="[test]"
+extras=""; [ "$mode" = test ] && extras="[test,scale]"
 stamp_file=.venv/.genstudio-setup-$mode
 stamp=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
 installed=$(cat "$stamp_file" 2>/dev/null || true)
@@ -42,4 +42,12 @@ if [ "$mode" = test ] && [ ! -x /usr/bin/chromium ]; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+
+# The PostgreSQL tests start a throwaway server (tests/pg_server.py) from Debian's binaries.
+if [ "$mode" = test ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  echo "Installing PostgreSQL from Debian packages for the PostgreSQL tests ..."
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
 fi

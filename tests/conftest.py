@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pg_server import pg_server, pg_url  # noqa: F401 -- a throwaway PostgreSQL for the tests
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GENSTUDIO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

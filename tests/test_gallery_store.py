@@ -123,13 +123,13 @@ def test_migrations_backup_and_orm_agree(tmp_path, monkeypatch):
     path = tmp_path / "studio.sqlite3"
     every = dbmodule.list_migrations()
     # An "older release" knew only the first migration; it stored an item.
-    monkeypatch.setattr(dbmodule, "list_migrations", lambda: every[:1])
+    monkeypatch.setattr(dbmodule, "list_migrations", lambda dialect="sqlite": every[:1])
     old = Database(path)
     assert old.migrate() == [1]
     add(GalleryStore(old, tmp_path))
     old.engine.dispose()
     # The current release applies the rest, after a backup that still holds the item.
-    monkeypatch.setattr(dbmodule, "list_migrations", lambda: every)
+    monkeypatch.setattr(dbmodule, "list_migrations", lambda dialect="sqlite": every)
     current = Database(path)
     assert current.migrate() == [v for v, _ in every[1:]]
     assert current.migrate() == []

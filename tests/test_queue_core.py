@@ -13,9 +13,11 @@ from studio.jobs.testing import make_context
 from studio.tasks import TaskSpec, TaskResult, register
 
 
-@pytest.fixture
-def qctx(tmp_path):
-    return make_context(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def qctx(request, tmp_path):
+    """Every test here runs on SQLite and on a real PostgreSQL (tests/pg_server.py)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return make_context(tmp_path / "data", url)
 
 
 @pytest.fixture
@@ -215,7 +217,7 @@ def test_recovery_after_a_crash(queue, qctx):
     store = queue.store
     a, b, c = queue.enqueue_many("queue_test", [{"prompt": x} for x in "abc"])
     for _ in range(3):  # three crashed claims: a (1 attempt), b (1), c (1)
-        assert store.claim("dead-worker") is not None
+        assert store.claim("dead-worker@lost-host:1") is not None  # a process nobody hears from
     with qctx.db.transaction() as session:  # c crashed twice before
         from studio.jobs.models import Job
         session.get(Job, c).attempts = 3

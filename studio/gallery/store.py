@@ -24,6 +24,7 @@ from sqlalchemy import and_, delete, func, select, text
 from studio.db.database import Database
 from studio.gallery.models import Item, Tag
 from studio.gallery.pnginfo import format_infotext, png_bytes_with_metadata
+from studio.gallery.search import match_condition
 
 THUMBNAIL_SIZE = 256
 
@@ -230,12 +231,9 @@ class GalleryStore:
         if q.page < 1 or not 1 <= q.page_size <= 500:
             raise ValueError(f"page must be >= 1 and page_size 1..500, got {q.page}, {q.page_size}")
         conditions = []
-        if q.search.strip():
-            match = fts_query(q.search)
-            if match:
-                conditions.append(Item.id.in_(
-                    select(text("rowid")).select_from(text("items_fts"))
-                    .where(text("items_fts MATCH :match")).params(match=match)))
+        match = match_condition(getattr(self.db, "dialect", "sqlite"), q.search)
+        if match is not None:  # FTS5 on SQLite, a tsvector index on PostgreSQL
+            conditions.append(match)
         for column, value in ((Item.kind, q.kind), (Item.task, q.task),
                               (Item.engine, q.engine), (Item.model, q.model)):
             if value:

@@ -20,6 +20,7 @@ class Job(Base):
     task: Mapped[str] = mapped_column(String)
     engine: Mapped[str] = mapped_column(String)
     params_json: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String, default="")  # params' model ('' = default); 0004
     label: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String, default=PENDING)
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first

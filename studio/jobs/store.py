@@ -3,7 +3,13 @@
 Order: a worker takes the pending job with the highest `priority`, then the lowest `position`,
 then the lowest id. Positions are floats so that "move up" can slot a job between two others
 without renumbering the queue. Taking a job is one UPDATE ... RETURNING statement, so two
-workers can never take the same row.
+workers can never take the same row; on PostgreSQL its candidate row is locked FOR UPDATE SKIP
+LOCKED, so many workers on many machines claim at once without waiting for each other.
+
+Read-then-write actions (cancel, hold, move, retry, recover) lock what they read first, so a
+claim running at the same moment either sees their result or is seen by them: on PostgreSQL the
+row (SELECT ... FOR UPDATE; a claim skips it), on SQLite the database's write lock (a first
+write before the read). New jobs NOTIFY `jobs` on PostgreSQL, which idle workers LISTEN to.
 """
 from __future__ import annotations
 
@@ -12,15 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from engines.base import ParamError
 from studio.db.database import Database
+from studio.jobs.heartbeat import DEAD_AFTER_S, Heartbeat, WorkerProcess, is_dead, worker_id
 from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, PENDING, RUNNING,
                                 Job, JobItem, QueueState)
 
 PAUSED_KEY = "paused"
+CHANNEL = "genstudio_jobs"  # NOTIFY channel: jobs were queued, retried, released or resumed
+POSITION_LOCK = 7_460_002  # PostgreSQL advisory lock: one writer of queue positions at a time
 
 
 @dataclass(frozen=True)
@@ -96,38 +105,53 @@ class JobStore:
             return []
         created = now()
         with self.db.transaction() as session:
+            self._serialise(session)
             last = session.scalar(select(func.max(Job.position))) or 0.0
             rows = [{"task": j.task, "engine": j.engine, "params_json": json.dumps(j.params),
-                     "label": j.label, "status": PENDING, "priority": j.priority,
+                     "model": _model(j.params), "label": j.label, "status": PENDING,
+                     "priority": j.priority,
                      "position": float(int(last) + 1 + i), "progress": 0.0, "message": "",
                      "attempts": 0, "cancel_requested": 0, "created_at": created}
                     for i, j in enumerate(jobs)]
             result = session.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows)
-            return [row[0] for row in result]
+            ids = [row[0] for row in result]
+            self.db.notify(session, CHANNEL)
+            return ids
 
     # ------------------------------------------------------------ the worker's side
     # The worker's calls run once or twice per job: plain Core statements on a connection, no
     # ORM session, to keep the queue's own cost per job to about a millisecond each.
     def claim(self, worker: str, tasks: tuple[str, ...] | None = None,
-              skip_tasks: tuple[str, ...] = ()) -> JobView | None:
+              skip_tasks: tuple[str, ...] = (),
+              prefer: Iterable[tuple[str, str]] = ()) -> JobView | None:
         """Mark the next pending job running (attempts + 1) and return it; None when none waits.
-        `tasks` limits the claim to those tasks, `skip_tasks` leaves those to another worker."""
+
+        `worker` is stored as `name@host:pid` (this process's host and pid unless the name says).
+        `tasks` limits the claim to those tasks, `skip_tasks` leaves those to another worker.
+        `prefer`: (engine, model) pairs the worker has loaded; among the waiting jobs of the top
+        priority, one for those goes first (model '' stands for the engine's default model)."""
+        Heartbeat.ensure(self.db)  # recovery elsewhere must see this process alive
         jobs = Job.__table__
         waiting = select(jobs.c.id).where(jobs.c.status == PENDING)
         if tasks is not None:
             waiting = waiting.where(jobs.c.task.in_(tasks))
         if skip_tasks:
             waiting = waiting.where(jobs.c.task.not_in(skip_tasks))
-        next_id = (waiting
-                   .order_by(jobs.c.priority.desc(), jobs.c.position, jobs.c.id).limit(1)
+        order = [jobs.c.priority.desc()]
+        prefer = list(prefer)
+        if prefer:
+            held = or_(*[(jobs.c.engine == engine) & (jobs.c.model == model) for engine, model in prefer])
+            order.append(case((held, 0), else_=1))
+        next_id = (waiting.order_by(*order, jobs.c.position, jobs.c.id).limit(1)
+                   .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
                    .scalar_subquery())
         moment = now()
         with self.db.engine.begin() as conn:
             row = conn.execute(
                 update(jobs).where(jobs.c.id == next_id, jobs.c.status == PENDING)
-                .values(status=RUNNING, worker=worker, started_at=moment, heartbeat_at=moment,
-                        finished_at=None, attempts=jobs.c.attempts + 1, progress=0.0, message="",
-                        error=None, cancel_requested=0)
+                .values(status=RUNNING, worker=worker_id(worker), started_at=moment,
+                        heartbeat_at=moment, finished_at=None, attempts=jobs.c.attempts + 1,
+                        progress=0.0, message="", error=None, cancel_requested=0)
                 .returning(*jobs.c)).first()
             return self._view(row, ()) if row is not None else None
 
@@ -142,7 +166,9 @@ class JobStore:
             return bool(flag)
 
     def finish(self, job_id: int, status: str, error: str | None = None,
-               result: dict[str, Any] | None = None) -> None:
+               result: dict[str, Any] | None = None, worker: str | None = None) -> bool:
+        """Store the outcome of a running job; returns False when the job was no longer running
+        (or, with `worker`, no longer this worker's: it was taken back from a hung worker)."""
         if status not in FINISHED:
             raise ValueError(f"finish() takes one of {FINISHED}, got {status!r}")
         values: dict[str, Any] = {"status": status, "error": error, "finished_at": now()}
@@ -151,15 +177,18 @@ class JobStore:
         if status == COMPLETED or result:  # a failure may carry details, e.g. the bad field
             values.update(result_json=json.dumps(result or {}, default=str))
         jobs = Job.__table__
+        owned = jobs.c.worker == worker_id(worker) if worker else jobs.c.status == RUNNING
         with self.db.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == RUNNING).values(**values))
+            return conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == RUNNING, owned)
+                                .values(**values)).rowcount == 1
 
     def release(self, job_id: int) -> None:
         """Put a running job back as it was (the worker is shutting down): not an attempt."""
         with self.db.transaction() as session:
             session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(
-                status=PENDING, attempts=func.max(Job.attempts - 1, 0), progress=0.0, message="",
-                started_at=None, worker=None))
+                status=PENDING, attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+                progress=0.0, message="", started_at=None, worker=None))
+            self.db.notify(session, CHANNEL)
 
     @staticmethod
     def link_items(session: Session, job_id: int, item_ids: Iterable[int]) -> None:
@@ -167,29 +196,45 @@ class JobStore:
         for item_id in item_ids:
             session.add(JobItem(job_id=job_id, item_id=item_id))
 
-    def recover(self, max_attempts: int) -> dict[str, int]:
-        """Jobs left `running` by a crash. A job whose outputs were committed did finish (tasks
-        write to the gallery once, at the end): it is completed. Others go back to pending, or
-        fail once they have been tried `max_attempts` times."""
+    def recover(self, max_attempts: int, hung_after_s: float | None = None,
+                dead_after_s: float = DEAD_AFTER_S) -> dict[str, int]:
+        """Jobs left `running` by a worker that is provably dead (studio/jobs/heartbeat.py): its
+        process is gone, or, on another host, silent for `dead_after_s`; with `hung_after_s`,
+        also jobs that reported no progress for that long (the caller stops their worker first).
+        Jobs of live workers — other studios and actors on the same database — are not touched.
+
+        A job whose outputs were committed did finish (tasks write to the gallery once, at the
+        end): it is completed. Others go back to pending, or fail once they have been tried
+        `max_attempts` times."""
         report = {"completed": 0, "requeued": 0, "failed": 0}
+        moment = now()
         with self.db.transaction() as session:
-            rows = session.scalars(select(Job).where(Job.status == RUNNING)).all()
+            self._serialise(session)
+            rows = session.scalars(select(Job).where(Job.status == RUNNING)
+                                   .with_for_update(skip_locked=True)).all()
+            workers = {w.name: w for w in session.scalars(select(WorkerProcess))}
+            rows = [r for r in rows if is_dead(r.worker, workers, moment, dead_after_s)
+                    or (hung_after_s is not None and _silent_s(r, moment) > hung_after_s)]
             linked = set(session.scalars(select(JobItem.job_id).where(
                 JobItem.job_id.in_([r.id for r in rows]))))
             for row in rows:
-                row.worker, row.cancel_requested = None, 0
+                row.cancel_requested = 0
                 if row.id in linked:
                     row.status, row.progress, row.finished_at = COMPLETED, 1.0, row.heartbeat_at or now()
                     row.error = None
                     report["completed"] += 1
                 elif row.attempts >= max_attempts:
                     row.status, row.finished_at = FAILED, now()
-                    row.error = (f"the studio stopped while running this job {row.attempts} times "
-                                 f"(crash or kill); not retried again after {max_attempts} attempts")
+                    row.error = (f"the worker running this job stopped {row.attempts} times "
+                                 f"(crash, kill, lost node or hang); not retried again after "
+                                 f"{max_attempts} attempts")
                     report["failed"] += 1
                 else:
                     row.status, row.progress, row.message, row.started_at = PENDING, 0.0, "", None
+                    row.worker = None
                     report["requeued"] += 1
+            if report["requeued"]:
+                self.db.notify(session, CHANNEL)
         return report
 
     # ------------------------------------------------------------ user actions
@@ -197,7 +242,7 @@ class JobStore:
         """Pending or paused jobs are canceled at once; a running one is flagged for its worker.
         Returns the job's status afterwards."""
         with self.db.transaction() as session:
-            row = self._row(session, job_id)
+            row = self._locked(session, job_id)
             if row.status in (PENDING, PAUSED):
                 row.status, row.finished_at, row.error = CANCELED, now(), "canceled before it started"
             elif row.status == RUNNING:
@@ -209,22 +254,26 @@ class JobStore:
     def retry(self, job_id: int) -> None:
         """A failed or canceled job goes to the end of the queue, as if new."""
         with self.db.transaction() as session:
-            row = self._row(session, job_id)
+            self._serialise(session)  # positions
+            row = self._locked(session, job_id)
             if row.status not in (FAILED, CANCELED):
                 raise ValueError(f"only failed or canceled jobs can be retried; job {job_id} is {row.status}")
             last = session.scalar(select(func.max(Job.position))) or 0.0
             row.status, row.position, row.progress, row.message = PENDING, float(int(last) + 1), 0.0, ""
             row.error, row.attempts, row.cancel_requested = None, 0, 0
             row.started_at = row.finished_at = row.heartbeat_at = None
+            self.db.notify(session, CHANNEL)
 
     def hold(self, job_id: int, held: bool) -> None:
         """Pause (hold back) or release one pending job."""
         with self.db.transaction() as session:
-            row = self._row(session, job_id)
+            row = self._locked(session, job_id)
             want_from, want_to = (PENDING, PAUSED) if held else (PAUSED, PENDING)
             if row.status != want_from:
                 raise ValueError(f"job {job_id} is {row.status}, not {want_from}")
             row.status = want_to
+            if not held:
+                self.db.notify(session, CHANNEL)
 
     def move(self, job_id: int, where: str) -> None:
         """`up`/`down` past the neighbouring waiting job, or to the `top`/`bottom` of the queue.
@@ -232,7 +281,8 @@ class JobStore:
         if where not in ("up", "down", "top", "bottom"):
             raise ParamError("where", f"`where` must be up, down, top or bottom, got {where!r}")
         with self.db.transaction() as session:
-            row = self._row(session, job_id)
+            self._serialise(session)  # positions
+            row = self._locked(session, job_id)
             if row.status not in (PENDING, PAUSED):
                 raise ValueError(f"only waiting jobs can be moved; job {job_id} is {row.status}")
             waiting = select(Job).where(Job.status.in_((PENDING, PAUSED)), Job.id != job_id)
@@ -272,6 +322,8 @@ class JobStore:
     def set_paused(self, paused: bool) -> None:
         with self.db.transaction() as session:
             session.merge(QueueState(key=PAUSED_KEY, value="1" if paused else "0"))
+            if not paused:
+                self.db.notify(session, CHANNEL)
 
     def is_paused(self) -> bool:
         with self.db.session() as session:
@@ -331,7 +383,30 @@ class JobStore:
             sums.setdefault(task, []).append((finished - started).total_seconds())
         return {task: sum(v) / len(v) for task, v in sums.items()}
 
+    def listen(self):
+        """A `Listener` whose wait(timeout) returns early when jobs may be waiting (PostgreSQL
+        NOTIFY from any process); on SQLite it just sleeps, and the caller polls."""
+        return self.db.listen(CHANNEL)
+
     # ------------------------------------------------------------ helpers
+    def _serialise(self, session: Session) -> None:
+        """Writers of positions and recoveries one at a time, until the transaction ends:
+        PostgreSQL by an advisory lock, SQLite by taking its (one) write lock before reading."""
+        if self.db.dialect == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSITION_LOCK})
+        else:
+            session.execute(text("UPDATE queue_state SET value = value WHERE 0"))
+
+    def _locked(self, session: Session, job_id: int) -> Job:
+        """The job's row, read after a concurrent claim has committed and safe from one until
+        this transaction ends (a claim skips a row locked FOR UPDATE)."""
+        if self.db.dialect == "sqlite":
+            self._serialise(session)
+        row = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        if row is None:
+            raise LookupError(f"no queued job with id {job_id}")
+        return row
+
     @staticmethod
     def _row(session: Session, job_id: int) -> Job:
         row = session.get(Job, job_id)
@@ -349,3 +424,15 @@ class JobStore:
             result=json.loads(row.result_json) if row.result_json else None,
             created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
             item_ids=item_ids)
+
+
+def _model(params: dict[str, Any]) -> str:
+    """The model a job needs, for workers that prefer what they hold ('' = the default)."""
+    model = params.get("model")
+    return model if isinstance(model, str) else ""
+
+
+def _silent_s(row: Job, moment: datetime) -> float:
+    """Seconds since a running job last reported progress (or started)."""
+    last = row.heartbeat_at or row.started_at or moment
+    return (moment - last).total_seconds()

@@ -124,16 +124,17 @@ def register_test_tasks() -> None:
                       "queue benchmark: does nothing"))
 
 
-def make_context(data_dir: Path):
+def make_context(data_dir: Path, database: str | None = None):
     """What studio/app.py does at start, minus the UI: migrate, sweep, engines. A file database:
-    the worker is another thread, and an in-memory SQLite database is one shared connection."""
+    the worker is another thread, and an in-memory SQLite database is one shared connection.
+    `database`: a URL instead (PostgreSQL), as `launch.py --database` gives it."""
     from engines.base import EngineManager
     from studio.config import StudioConfig
     from studio.context import StudioContext
     from studio.db.database import Database
     from studio.gallery.store import GalleryStore
 
-    db = Database(Path(data_dir) / "studio.sqlite3")
+    db = Database(database or Path(data_dir) / "studio.sqlite3")
     db.migrate()
     gallery = GalleryStore(db, Path(data_dir))
     gallery.sweep()
@@ -143,11 +144,11 @@ def make_context(data_dir: Path):
     return StudioContext(StudioConfig(data_dir=Path(data_dir)), db, gallery, engines)
 
 
-def run_worker_process(data_dir: str) -> int:
+def run_worker_process(data_dir: str, database: str | None = None) -> int:
     """One studio process with a queue worker, until nothing is left to do (the SIGKILL test)."""
     from studio.jobs.queue import JobQueue
 
-    ctx = make_context(Path(data_dir))
+    ctx = make_context(Path(data_dir), database)
     queue = JobQueue(ctx)
     ctx.queue = queue
     queue.start_worker()
@@ -158,4 +159,4 @@ def run_worker_process(data_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker_process(sys.argv[1]))
+    sys.exit(run_worker_process(*sys.argv[1:3]))
