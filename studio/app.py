@@ -45,6 +45,7 @@ API_MODULES = (
     "studio.api.gallery",
     "studio.api.openai",
     "studio.api.queue",
+    "studio.api.a1111_extras",  # before a1111: its /upscalers answers, not the empty one
     "studio.api.a1111",
 )
 
