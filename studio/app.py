@@ -37,6 +37,7 @@ TAB_MODULES = (
     "studio.ui.txt2img",
     "studio.ui.inpaint",
     "studio.ui.style",
+    "studio.ui.upscale",
     "studio.ui.queue",
     "studio.ui.gallery",
 )
