@@ -67,3 +67,21 @@ def test_linear_parser_finds_exactly_what_a1111s_expression_finds():
     real = "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64, Lora: \"a, b: c\""
     assert _pairs(real) == _PAIR.findall(real)
     assert parse_infotext("a cat\n" + real)["Lora"] == "a, b: c"
+
+
+def test_template_expansion_is_bounded_in_jobs_bytes_and_nesting(tmp_path):
+    from studio.jobs import expand
+
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="1,048,576 jobs; the limit is 10,000"):
+        expand.expand_jobs({}, [{"prompt": "{a|b} " * 20}])  # a million jobs, refused uncounted
+    with pytest.raises(ValueError, match="nest deeper than 32"):
+        expand.expand_prompts("{" * 5000 + "a" + "}" * 5000)  # was a RecursionError (500)
+    with pytest.raises(ValueError, match="characters together"):  # 4,096 prompts of 3,000 chars
+        expand.expand_jobs({}, [{"prompt": "x" * 3000 + " {a|b}" * 12}])
+    with pytest.raises(ValueError, match="template has 300,000 characters"):
+        expand.count_prompts("a" * 300_000)
+    with pytest.raises(ValueError, match="outside the wildcards folder"):
+        expand.expand_prompts("__../../../../etc/passwd__", tmp_path)
+    assert time.perf_counter() - started < 1.0
+    assert len(expand.expand_prompts("{" * 30 + "a|b" + "}" * 30)) == 2  # deep but allowed

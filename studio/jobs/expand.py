@@ -31,8 +31,14 @@ from typing import Iterator, Union
 
 MAX_EXPANSION = 10_000  # one expansion; the queue refuses bigger requests as well
 MAX_WILDCARD_DEPTH = 8  # a wildcard may use wildcards, this deep
+MAX_NESTING = 32  # braces inside braces (wildcards included): deeper is an attack, not a prompt
+MAX_TEMPLATE_CHARS = 200_000  # one template as typed or uploaded
+MAX_EXPANDED_CHARS = 8_000_000  # all prompts of one request together (counted before expanding)
 OPTION_ALIASES = {"cfg_scale": "guidance_scale", "sampler_name": "scheduler",
                   "negative": "negative_prompt", "neg": "negative_prompt"}
+
+
+_WILDCARD = re.compile(r"__([\w\-/.]+?)__")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class _Parser:
     def __init__(self, wildcards_dir: Path | None) -> None:
         self.wildcards_dir = Path(wildcards_dir) if wildcards_dir else None
         self._cache: dict[str, Choice] = {}
+        self._open_braces = 0  # nesting right now, across wildcard files too
 
     def parse(self, text: str, depth: int = 0, stack: tuple[str, ...] = ()) -> Seq:
         seq, end = self._seq(text, 0, depth, stack, top=True)
@@ -77,10 +84,10 @@ class _Parser:
                 break
             elif char == "}":
                 raise ValueError(f"unbalanced '}}' at character {i + 1} of {text!r}")
-            elif text.startswith("__", i) and (match := re.match(r"__([\w\-/.]+?)__", text[i:])):
+            elif text.startswith("__", i) and (match := _WILDCARD.match(text, i)):  # no copy of the rest
                 flush()
                 nodes.append(self._wildcard(match.group(1), depth, stack))
-                i += match.end()
+                i = match.end()
             else:
                 literal.append(char)
                 i += 1
@@ -88,6 +95,15 @@ class _Parser:
         return tuple(nodes), i
 
     def _choice(self, text: str, i: int, depth: int, stack: tuple[str, ...]) -> tuple[Choice, int]:
+        self._open_braces += 1
+        try:
+            return self._options(text, i, depth, stack)
+        finally:
+            self._open_braces -= 1
+
+    def _options(self, text: str, i: int, depth: int, stack: tuple[str, ...]) -> tuple[Choice, int]:
+        if self._open_braces > MAX_NESTING:
+            raise ValueError(f"braces nest deeper than {MAX_NESTING} at character {i} of the prompt")
         options = []
         start = i
         while True:
@@ -149,6 +165,9 @@ def _split_top_level(text: str, separator: str = "|") -> list[str]:
 def parse_template(template: str, wildcards_dir: Path | None = None, matrix: bool = False) -> Seq:
     if not isinstance(template, str):
         raise ValueError(f"the prompt must be text, got {type(template).__name__}")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise ValueError(f"the prompt template has {len(template):,} characters; the limit is "
+                         f"{MAX_TEMPLATE_CHARS:,}")
     parser = _Parser(wildcards_dir)
     if not matrix:
         return parser.parse(template)
@@ -162,6 +181,32 @@ def parse_template(template: str, wildcards_dir: Path | None = None, matrix: boo
 # ------------------------------------------------------------------ counting and expanding
 def _count(seq: Seq) -> int:
     return math.prod(1 if isinstance(node, str) else sum(_count(o) for o in node.options) for node in seq)
+
+
+def _measure(seq: Seq, depth: int = 0) -> tuple[int, int]:
+    """(prompts, characters of all prompts together) without expanding: for a sequence, each
+    part's characters appear once per combination of the other parts."""
+    if depth > 2 * MAX_NESTING * (MAX_WILDCARD_DEPTH + 1):  # cached wildcards reused deep inside
+        raise ValueError(f"braces and wildcards nest deeper than {MAX_NESTING}")
+    parts = []
+    for node in seq:
+        if isinstance(node, str):
+            parts.append((1, len(node)))
+        else:
+            measured = [_measure(option, depth + 1) for option in node.options]
+            parts.append((sum(c for c, _ in measured), sum(n for _, n in measured)))
+    count = math.prod(c for c, _ in parts)
+    chars = sum(n * (count // c) for c, n in parts if c)
+    return count, chars
+
+
+def _check_size(count: int, chars: int, limit: int, what: str = "prompts") -> None:
+    if count > limit:
+        raise ValueError(f"this makes {count:,} {what}; the limit is {limit:,} (fewer options, "
+                         f"or split it into several batches)")
+    if chars > MAX_EXPANDED_CHARS:
+        raise ValueError(f"these {count:,} prompts hold {chars:,} characters together; the limit "
+                         f"is {MAX_EXPANDED_CHARS:,} (shorter prompts, or fewer of them)")
 
 
 def _expand(seq: Seq) -> Iterator[str]:
@@ -181,10 +226,7 @@ def expand_prompts(template: str, wildcards_dir: Path | None = None, matrix: boo
                    limit: int = MAX_EXPANSION) -> list[str]:
     """Every prompt the template makes, in order; ValueError when there are more than `limit`."""
     seq = parse_template(template, wildcards_dir, matrix)
-    count = _count(seq)
-    if count > limit:
-        raise ValueError(f"this makes {count:,} prompts; the limit is {limit:,} (fewer options, "
-                         f"or split it into several batches)")
+    _check_size(*_measure(seq), limit)
     return [" ".join(p.split()) for p in _expand(seq)]  # tidy doubled spaces left by empty options
 
 
@@ -290,10 +332,8 @@ def expand_jobs(base: dict, rows: list[dict], wildcards_dir: Path | None = None,
                 matrix: bool = False, limit: int = MAX_EXPANSION) -> list[dict]:
     """Parameters of every job: `base` (the tab's settings) overlaid by each row, with each row's
     prompt expanded. Refused as a whole when it would make more than `limit` jobs."""
-    total = count_jobs(rows, wildcards_dir, matrix)
-    if total > limit:
-        raise ValueError(f"this makes {total:,} jobs; the limit is {limit:,} (fewer options, or "
-                         f"split it into several batches)")
+    sizes = [_measure(parse_template(row.get("prompt", ""), wildcards_dir, matrix)) for row in rows]
+    _check_size(sum(c for c, _ in sizes), sum(n for _, n in sizes), limit, "jobs")
     jobs = []
     for row in rows:
         for prompt in expand_prompts(row.get("prompt", ""), wildcards_dir, matrix, limit):
