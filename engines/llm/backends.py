@@ -112,6 +112,7 @@ class LlamaCppBackend(Backend):
         self.context_length = context_length or DEFAULT_CONTEXT
         self._evaluated: list[int] = []  # prompt tokens whose keys/values are in the cache
         self.reused_tokens = 0  # how many the last generation did not evaluate again
+        self._texts: list[str | None] | None = None  # each token's text, for constrained decoding
         self.llm = self._open(source.path)
         meta = self.llm.metadata  # GGUF key-values, as strings
         trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0) or 0)
@@ -158,10 +159,9 @@ class LlamaCppBackend(Backend):
 
         return _Decoder()
 
-    def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
+    def _prime(self, body: list[int], cancel: CancelToken) -> None:
+        """Evaluate `body` (the prompt but its last token), reusing the cache where it can."""
         llm = self.llm
-        llm.set_seed(sampling.seed)
-        body = prompt[:-1]  # the last prompt token goes through generate(), which samples after it
         # 1. Keep the cached keys/values of the whole 256-token chunks this prompt shares with the
         #    last one (a chat's next turn starts with the previous turns). Prompts are always
         #    evaluated in chunks at the same fixed boundaries, so a kept chunk holds exactly what
@@ -185,6 +185,21 @@ class LlamaCppBackend(Backend):
             llm.eval(body[start:start + PROMPT_CHUNK])
             self._evaluated = body[:start + PROMPT_CHUNK]
         cancel.raise_if_cancelled()
+
+    def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
+        """For decoding loops of our own (constrained output, logprobs): logits in, tokens out."""
+        self._prime(prompt[:-1], cancel)
+        return LlamaStepper(self.llm, prompt[-1:])
+
+    def token_texts(self) -> list[str | None]:
+        if self._texts is None:
+            self._texts = [_text_or_none(self.llm.detokenize([i])) for i in range(self.llm.n_vocab())]
+        return self._texts
+
+    def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
+        llm = self.llm
+        llm.set_seed(sampling.seed)
+        self._prime(prompt[:-1], cancel)  # the last token goes through generate(), which samples after it
         # 3. One token per step; the caller stops iterating to stop computing.
         generator = llm.generate(
             prompt[-1:], reset=False, temp=sampling.temperature, top_p=sampling.top_p,
@@ -205,6 +220,35 @@ class LlamaCppBackend(Backend):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
+
+
+class Stepper:
+    """`logits` for the next token (float32 numpy); `feed(tokens)` evaluates tokens and updates
+    it. Decoding loops of our own drive it (engines/llm/guided.py)."""
+    logits: "np.ndarray"
+
+    def feed(self, tokens: list[int]) -> None:
+        raise NotImplementedError
+
+
+class LlamaStepper(Stepper):
+    def __init__(self, llm, first: list[int]) -> None:
+        self.llm = llm
+        self.feed(first)
+
+    def feed(self, tokens: list[int]) -> None:
+        import numpy as np
+
+        self.llm.eval(tokens)  # logits are kept for the last token only
+        self.logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
+
+
+def _text_or_none(piece: bytes) -> str | None:
+    """A token's text, or None when it is not whole UTF-8 on its own (a byte of a character)."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 # ---------------------------------------------------------------- transformers
@@ -300,12 +344,47 @@ class TransformersBackend(Backend):
                 out = self.model(input_ids=ids, cache=past, use_cache=True)
                 past = out.cache
 
+    def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
+        return TorchStepper(self, prompt, cancel)
+
+    def token_texts(self) -> list[str | None]:
+        """Each token's text as it reads mid-sentence: decode(anchor + token) minus decode(anchor),
+        because decoding one SentencePiece token alone drops its leading space."""
+        if getattr(self, "_texts", None) is None:
+            tokenizer = self.tokenizer
+            anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+            base = tokenizer.decode(anchor)
+            texts: list[str | None] = []
+            for i in range(len(tokenizer)):
+                text = tokenizer.decode(anchor + [i], skip_special_tokens=True)
+                whole = text.startswith(base) and "\ufffd" not in text
+                texts.append(text[len(base):] if whole else None)
+            self._texts = texts
+        return self._texts
+
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def close(self) -> None:
         self.model = None
         self.tokenizer = None
+
+
+class TorchStepper(Stepper):
+    def __init__(self, backend: TransformersBackend, prompt: list[int], cancel: CancelToken) -> None:
+        self.backend, self.past = backend, None
+        for start in range(0, len(prompt), PROMPT_CHUNK):  # a cancel check between chunks
+            cancel.raise_if_cancelled()
+            self.feed(prompt[start:start + PROMPT_CHUNK])
+
+    def feed(self, tokens: list[int]) -> None:
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.tensor([tokens], device=self.backend.device)
+            out = self.backend.model(input_ids=ids, cache=self.past, use_cache=True, logits_to_keep=1)
+        self.past = out.cache
+        self.logits = out.logits[0, -1].float().cpu().numpy()
 
 
 def sample_token(logits, history: list[int], sampling: Sampling, generator) -> int:

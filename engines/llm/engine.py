@@ -12,125 +12,21 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from engines.base import (Cancelled, CancelToken, EngineError, ParamError, Progress, ProgressCallback,
-                          check_int, check_range, no_progress)
+                          no_progress)
+from engines.llm import tools as tool_format
 from engines.llm.catalog import EMBEDDED_ID, ModelSource, resolve
+from engines.llm.params import ChatMessage, LLMParams, ToolCall  # noqa: F401 (the engine's API)
+from engines.llm.prompts import CHATML, clean_middle, fim_messages, render_template, split_at_stop  # noqa: F401
 
-MAX_MESSAGE_CHARS = 32_000  # one message; longer text is refused before tokenizing
-MAX_MESSAGES = 500
-ROLES = ("system", "user", "assistant")
 FIM_TOKENS = (  # (prefix, suffix, middle) spellings used by code models, PSM order
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, DeepSeek-style
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SantaCoder
     ("<PRE>", "<SUF>", "<MID>"),  # Code Llama
 )
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # no template: ChatML
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # system | user | assistant
-    content: str
-
-
-@dataclass(frozen=True)
-class LLMParams:
-    """One request. Chat when `messages` is given; plain completion with `prompt`; fill in the
-    middle with `prompt` + `suffix`. Validated on construction: ValueError names the field."""
-    messages: tuple[ChatMessage, ...] = ()
-    prompt: str | None = None
-    suffix: str | None = None
-    system_prompt: str = ""  # placed first when the messages have no system message
-    continue_last: bool = False  # extend the final assistant message instead of a new reply
-    max_new_tokens: int = 512
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 0.9
-    top_k: int = 40  # 0 = off
-    repetition_penalty: float = 1.1  # 1 = off
-    seed: int | None = None  # None = a random seed, reported in the stats
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if bool(self.messages) == (self.prompt is not None):
-            raise ValueError("give either `messages` (chat) or `prompt` (completion), not both or neither")
-        if len(self.messages) > MAX_MESSAGES:
-            raise ParamError("messages", f"`messages` holds {len(self.messages)} messages; the limit is {MAX_MESSAGES}")
-        for index, message in enumerate(self.messages):
-            if not isinstance(message, ChatMessage) or message.role not in ROLES:
-                raise ParamError("messages", f"`messages[{index}]` must have a role in {ROLES}, got {message!r}")
-            _check_text(f"messages[{index}].content", message.content)
-        if self.messages and not self.messages[-1].content.strip() and not self.continue_last:
-            raise ValueError("the message is empty: type something to send")
-        if self.continue_last and (not self.messages or self.messages[-1].role != "assistant"):
-            raise ParamError("continue_last", "`continue_last` needs the messages to end with an assistant message")
-        if self.prompt is not None:
-            _check_text("prompt", self.prompt)
-            if not self.prompt and not self.suffix:
-                raise ParamError("prompt", "`prompt` is empty")
-        if self.suffix is not None:
-            if self.prompt is None:
-                raise ParamError("suffix", "`suffix` needs a `prompt` (fill in the middle)")
-            _check_text("suffix", self.suffix)
-        _check_text("system_prompt", self.system_prompt)
-        check_int("max_new_tokens", self.max_new_tokens, 1, 8192)
-        check_range("temperature", self.temperature, 0.0, 2.0)
-        check_range("top_p", self.top_p, 0.01, 1.0)
-        check_int("top_k", self.top_k, 0, 1000)
-        check_range("repetition_penalty", self.repetition_penalty, 1.0, 2.0)
-        if self.seed is not None:
-            check_int("seed", self.seed, 0, 2**32 - 1)
-        if not isinstance(self.stop, tuple) or len(self.stop) > 8 or not all(
-                isinstance(s, str) and 0 < len(s) <= 200 for s in self.stop):
-            raise ParamError("stop", f"`stop` must be up to 8 non-empty strings, got {self.stop!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LLMParams":
-        """From JSON-able values (tasks, queue, API): messages as [{"role", "content"}]."""
-        if not isinstance(data, dict):
-            raise ValueError(f"parameters must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}")
-        values = dict(data)
-        messages = values.get("messages") or ()
-        if not isinstance(messages, (list, tuple)):
-            raise ParamError("messages", f"`messages` must be a list, got {type(messages).__name__}")
-        parsed = []
-        for index, m in enumerate(messages):
-            if isinstance(m, ChatMessage):
-                parsed.append(m)
-            elif isinstance(m, dict) and set(m) >= {"role", "content"}:
-                parsed.append(ChatMessage(str(m["role"]), m["content"]))
-            else:
-                raise ParamError("messages", f"`messages[{index}]` must be an object with role and content")
-        values["messages"] = tuple(parsed)
-        stop = values.get("stop") or ()
-        values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["messages"] = [asdict(m) for m in self.messages]
-        data["stop"] = list(self.stop)
-        return data
-
-    def sampling_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
-                                               "repetition_penalty", "seed")}
-
-
-def _check_text(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"`{name}` must be text, got {type(value).__name__}")
-    if len(value) > MAX_MESSAGE_CHARS:
-        raise ValueError(f"`{name}` is {len(value):,} characters long; the limit is "
-                         f"{MAX_MESSAGE_CHARS:,}")
 
 
 @dataclass
@@ -141,7 +37,7 @@ class GenerationStats:
     seed: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = ""  # stop | length | cancelled
+    finish_reason: str = ""  # stop | length | tool_calls | cancelled
     ttft_s: float | None = None  # request start to first token
     duration_s: float = 0.0
     tokens_per_s: float = 0.0  # decode speed, after the first token
@@ -149,15 +45,35 @@ class GenerationStats:
     cached_tokens: int = 0  # prompt tokens whose keys/values were kept from the last request
     context_length: int = 0
     fim: bool = False  # True when the model's own fill-in-the-middle tokens were used
+    constrained: bool = False  # True when a grammar (JSON schema, tools) shaped the reply
+    tool_calls: list = field(default_factory=list)  # [{"id", "name", "arguments"}] read from the reply
+    logprobs: list | None = None  # engines.llm.guided.TokenLogprob per token, when asked for
 
     def as_params(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        data = {k: v for k, v in asdict(self).items() if k not in ("tool_calls", "logprobs")}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in data.items()}
 
 
 @dataclass
 class GenerationResult:
     text: str
     stats: GenerationStats = field(default_factory=GenerationStats)
+    choices: list["GenerationResult"] = field(default_factory=list)  # all n choices (this one first)
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        return self.stats.tool_calls
+
+    def to_info(self) -> dict[str, Any]:
+        """JSON-able result details (a task's `info`): the stats, plus per choice its text,
+        finish reason, tool calls and log-probabilities ([token, logprob, [[token, logprob]...]])."""
+        info = self.stats.as_params()
+        info["choices"] = [{
+            "text": c.text, "finish_reason": c.stats.finish_reason, "tool_calls": c.stats.tool_calls,
+            "logprobs": None if c.stats.logprobs is None else
+            [[t.token, round(t.logprob, 5), [[a, round(b, 5)] for a, b in t.top]] for t in c.stats.logprobs],
+            "completion_tokens": c.stats.completion_tokens} for c in (self.choices or [self])]
+        return info
 
 
 @dataclass(frozen=True)
@@ -165,27 +81,8 @@ class Prepared:
     prompt_ids: list[int]
     trimmed_messages: int
     fim: bool
-
-
-def render_template(template: str | None, messages: list[dict], bos: str, eos: str,
-                    add_generation_prompt: bool) -> str:
-    """The model's own Jinja chat template, rendered the way transformers does (sandboxed)."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template or CHATML).render(
-            messages=messages, bos_token=bos, eos_token=eos,
-            add_generation_prompt=add_generation_prompt)
-    except TemplateError as error:
-        raise ValueError(f"the model's chat template refused these messages: {error}") from error
+    stop: tuple[str, ...] = ()  # stop strings the prompt adds (fill-in-the-middle in words)
+    infill: bool = False  # the middle was asked for in words: clean it with clean_middle
 
 
 class LLMEngine:
@@ -246,17 +143,31 @@ class LLMEngine:
 
     # ------------------------------------------------------------ prompts
     def render_chat(self, params: LLMParams, messages: list[ChatMessage]) -> str:
-        listed = [{"role": m.role, "content": m.content} for m in messages]
-        if params.system_prompt.strip() and not any(m["role"] == "system" for m in listed):
-            listed.insert(0, {"role": "system", "content": params.system_prompt})
         b = self.backend
+        knows_tools = tool_format.template_knows_tools(b.chat_template)
+        listed = [tool_format.message_for_template(m, knows_tools) for m in messages]
+        system = params.system_prompt.strip()
+        use_tools = tool_format.calls_tools(params.tools, params.tool_choice)
+        if use_tools and not knows_tools:  # teach the call format in the system message
+            system = "\n\n".join(filter(None, [system, tool_format.tools_system_text(params.tools)]))
+        if listed and listed[0]["role"] == "system":
+            if use_tools and not knows_tools:
+                listed[0] = {**listed[0], "content": listed[0]["content"] + "\n\n" +
+                             tool_format.tools_system_text(params.tools)}
+        elif system:
+            listed.insert(0, {"role": "system", "content": system})
+        tools = list(params.tools) if use_tools and knows_tools else None
+
+        def render(items: list[dict], generation_prompt: bool) -> str:
+            return render_template(b.chat_template, items, b.bos_token, b.eos_token, generation_prompt, tools)
+
         if not params.continue_last:
-            return render_template(b.chat_template, listed, b.bos_token, b.eos_token, True)
+            return render(listed, True)
         # Continue: render the final assistant message as if complete, then cut after its text.
-        text = render_template(b.chat_template, listed, b.bos_token, b.eos_token, False)
+        text = render(listed, False)
         last = listed[-1]["content"]
         if not last:
-            return render_template(b.chat_template, listed[:-1], b.bos_token, b.eos_token, True)
+            return render(listed[:-1], True)
         return text[:text.rfind(last) + len(last)]
 
     def prepare(self, params: LLMParams) -> Prepared:
@@ -273,13 +184,15 @@ class LLMEngine:
                 pre, suf, mid = fim
                 ids = (tokenize(pre) + tokenize(params.prompt, special=False) + tokenize(suf) +
                        tokenize(params.suffix, special=False) + tokenize(mid))
-            elif params.suffix is not None:  # no FIM tokens: ask for the middle in words
-                return self.prepare(LLMParams(**{**params.__dict__, "prompt": None, "suffix": None,
-                                                 "messages": (fim_instruction(params.prompt, params.suffix),)}))
+            elif params.suffix is not None:  # no FIM tokens: the model continues the prefix in a chat
+                messages, stops = fim_messages(params.prompt, params.suffix)
+                chat = replace(params, prompt=None, suffix=None, continue_last=True,
+                               messages=tuple(ChatMessage(role, text) for role, text in messages))
+                return replace(self.prepare(chat), stop=stops, infill=True)
             else:
                 ids = tokenize(params.prompt)
             if len(ids) > budget:
-                raise ValueError(f"the prompt is {len(ids)} tokens; with max_new_tokens "
+                raise ParamError("prompt", f"the prompt is {len(ids)} tokens; with max_new_tokens "
                                  f"{params.max_new_tokens} this model's context holds {budget}")
             return Prepared(ids, 0, bool(fim))
         messages = list(params.messages)
@@ -291,7 +204,7 @@ class LLMEngine:
             if len(ids) <= budget:
                 return Prepared(ids, dropped, False)
             if len(rest) <= 1:
-                raise ValueError(f"the message is too long: {len(ids)} tokens, but this model's "
+                raise ParamError("messages", f"the message is too long: {len(ids)} tokens, but this model's "
                                  f"context holds {budget} with max_new_tokens {params.max_new_tokens} "
                                  "reserved; shorten it or lower max_new_tokens")
             # Drop the oldest turn; never start on an assistant reply.
@@ -299,17 +212,40 @@ class LLMEngine:
             while len(rest) > 1 and rest[0].role == "assistant":
                 rest, dropped = rest[1:], dropped + 1
 
+    def _token_source(self, params: LLMParams, prepared: Prepared, sampling, cancel: CancelToken,
+                      stats: GenerationStats, outcome: dict) -> Iterator[int]:
+        """The backend's own loop, or ours (engines/llm/guided.py) for a grammar or logprobs."""
+        if not params.guided:
+            return self.backend.tokens(prepared.prompt_ids, sampling, cancel)
+        from engines.llm.matcher import Matcher
+        from engines.llm.guided import guided_tokens, min_tokens
+
+        node = tool_format.constraint(params.response_format, params.tools, params.tool_choice,
+                                      params.parallel_tool_calls)
+        matcher = Matcher(node) if node is not None else None
+        if matcher is not None:
+            needed = min_tokens(self.backend, matcher)
+            if needed > params.max_new_tokens:
+                raise ParamError("max_new_tokens", f"`max_new_tokens` is {params.max_new_tokens}, but the "
+                                 f"shortest reply this schema allows takes {needed} tokens")
+            stats.constrained = True
+        stats.logprobs = [] if params.logprobs else None
+        return guided_tokens(self.backend, prepared.prompt_ids, sampling, cancel, matcher,
+                             stats.logprobs, params.top_logprobs, outcome)
+
     # ------------------------------------------------------------ generation
     def stream(self, params: LLMParams, cancel: CancelToken | None = None,
                stats: GenerationStats | None = None) -> Iterator[str]:
         """Text chunks as they are sampled. Ends quietly on Stop (stats.finish_reason =
-        "cancelled"), on an end token or a stop string ("stop"), or at max_new_tokens ("length")."""
+        "cancelled"), on an end token, a stop string or a complete constrained value ("stop";
+        "tool_calls" when the reply called tools), or at max_new_tokens ("length")."""
         from engines.llm.backends import Sampling
 
         cancel = cancel or CancelToken()
         stats = stats if stats is not None else GenerationStats()
         started = time.perf_counter()
         prepared = self.prepare(params)
+        stops = params.stop + prepared.stop
         seed = params.seed if params.seed is not None else random.randrange(2**32)
         stats.__dict__.update(model=self.model_id, backend=self.backend.name, seed=seed,
                               prompt_tokens=len(prepared.prompt_ids), fim=prepared.fim,
@@ -317,8 +253,9 @@ class LLMEngine:
                               context_length=self.context_length, finish_reason="length")
         sampling = Sampling(params.temperature, params.top_p, params.top_k,
                             params.repetition_penalty, seed, params.max_new_tokens)
-        decoder, pending, first_at = self.backend.decoder(), "", None
-        tokens = self.backend.tokens(prepared.prompt_ids, sampling, cancel)
+        outcome: dict = {}
+        decoder, pending, first_at, parts = self.backend.decoder(), "", None, []
+        tokens = self._token_source(params, prepared, sampling, cancel, stats, outcome)
         try:
             hit = False
             for token in tokens:
@@ -331,16 +268,24 @@ class LLMEngine:
                     break
                 stats.completion_tokens += 1
                 pending += decoder.push(token)
-                ready, pending, hit = split_at_stop(pending, params.stop)
+                ready, pending, hit = split_at_stop(pending, stops)
                 if ready:
+                    parts.append(ready)
                     yield ready
                 if hit:
                     stats.finish_reason = "stop"
                     break
             if not hit:
-                ready = split_at_stop(pending + decoder.flush(), params.stop, final=True)[0]
+                ready = split_at_stop(pending + decoder.flush(), stops, final=True)[0]
                 if ready:
+                    parts.append(ready)
                     yield ready
+            if outcome.get("complete"):
+                stats.finish_reason = "stop"
+            if tool_format.calls_tools(params.tools, params.tool_choice):
+                stats.tool_calls = tool_format.parse_tool_calls("".join(parts))[1]
+                if stats.tool_calls:
+                    stats.finish_reason = "tool_calls"
         except Cancelled:
             stats.finish_reason = "cancelled"
         finally:
@@ -351,35 +296,22 @@ class LLMEngine:
 
     def generate(self, params: LLMParams, on_progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> GenerationResult:
-        """The whole reply; raises Cancelled on Stop (nothing to save)."""
+        """The whole reply (`choices` holds all n; choice i uses seed + i); raises Cancelled on
+        Stop (nothing to save). A middle asked for in words comes back cleaned (clean_middle)."""
         on_progress = on_progress or no_progress
-        stats, parts = GenerationStats(), []
-        for chunk in self.stream(params, cancel, stats):
-            parts.append(chunk)
-            on_progress(Progress(stats.completion_tokens, params.max_new_tokens,
-                                 f"{stats.completion_tokens} tokens", text="".join(parts)))
-        if stats.finish_reason == "cancelled":
-            raise Cancelled()
-        return GenerationResult("".join(parts), stats)
-
-
-def fim_instruction(prefix: str, suffix: str) -> ChatMessage:
-    """For models without FIM tokens: ask for the missing middle in words."""
-    return ChatMessage("user", (
-        "Fill in the code at <CURSOR>. Reply with only the code that belongs at <CURSOR>, with no "
-        f"explanation and no code fences.\n\n{prefix}<CURSOR>{suffix}"))
-
-
-def split_at_stop(text: str, stops: tuple[str, ...], final: bool = False) -> tuple[str, str, bool]:
-    """(text safe to emit, text held back because it may begin a stop string, stop found)."""
-    hits = [text.find(s) for s in stops if s in text]
-    if hits:
-        return text[:min(hits)], "", True
-    keep = 0
-    if not final:
-        for s in stops:
-            for length in range(min(len(text), len(s) - 1), 0, -1):
-                if text.endswith(s[:length]):
-                    keep = max(keep, length)
-                    break
-    return (text[:-keep], text[-keep:], False) if keep else (text, "", False)
+        results = []
+        for index in range(params.n):
+            one = replace(params, n=1, seed=None if params.seed is None else (params.seed + index) % 2**32)
+            stats, parts = GenerationStats(), []
+            for chunk in self.stream(one, cancel, stats):
+                parts.append(chunk)
+                on_progress(Progress(stats.completion_tokens, params.max_new_tokens,
+                                     f"{stats.completion_tokens} tokens", text="".join(parts)))
+            if stats.finish_reason == "cancelled":
+                raise Cancelled()
+            text = "".join(parts)
+            if params.suffix is not None and not stats.fim:
+                text = clean_middle(text, params.prompt or "", params.suffix)
+            results.append(GenerationResult(text, stats))
+        first = results[0]
+        return GenerationResult(first.text, first.stats, results)

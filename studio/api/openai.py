@@ -1,33 +1,38 @@
-"""OpenAI-compatible HTTP API over the studio's language models.
+"""OpenAI-compatible HTTP API over the studio's language models, on the one runner.
 
   GET  /v1/models             the catalogue (embedded, extra, data-dir models, HF cache)
-  POST /v1/chat/completions   messages -> reply; `stream: true` sends server-sent events
+  POST /v1/chat/completions   messages -> reply; `stream: true` sends server-sent events;
+                              response_format (JSON mode / JSON Schema), tools, logprobs, n
   POST /v1/completions        prompt (+ `suffix`: fill in the middle) -> text
+  POST /v1/embeddings         texts -> unit vectors (all-MiniLM-L6-v2 embedded, or any model)
 
-Wire format, usage counts and the error shape ({"error": {message, type, param, code}}) follow
-OpenAI's, so its clients work with base_url=http://127.0.0.1:7860/v1. Beyond OpenAI's fields,
-`top_k` and `repetition_penalty` are accepted. Replies are recorded in the gallery (tag "api").
+Every completion request becomes "chat" jobs at API priority (one per choice, seed + i), so it
+shows in the Queue tab and GET /api/queue; tokens stream from the running job, and a client that
+goes away cancels its jobs. Wire format, usage counts and the error shape ({"error": {message,
+type, param, code}}) follow OpenAI's, so its clients work with base_url=http://127.0.0.1:7860/v1.
+Beyond OpenAI's fields, `top_k` and `repetition_penalty` are accepted; a field the studio does
+not honour is refused with a 400 naming it. Replies are recorded in the gallery.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
-import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from studio.api import openai_shapes as shapes
 from studio.api.auth import require_auth
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
-IGNORED = {"user", "logit_bias", "response_format", "tools", "tool_choice", "parallel_tool_calls",
-           "store", "metadata", "service_tier", "stream_options", "logprobs", "top_logprobs"}
+DISCONNECT_CHECK_S = 0.5  # a waiting non-streaming request asks this often whether its client left
 
 
 class OpenAIError(Exception):
@@ -56,20 +61,14 @@ class OpenAIRoute(APIRoute):
                 return await original(request)
             except OpenAIError as error:
                 return error_response(error.status, error.message, error.param, error.code, error.kind)
+            except shapes.BadRequest as error:
+                return error_response(400, str(error), error.param)
             except HTTPException as error:
                 code = "invalid_api_key" if error.status_code == 401 else None
                 return error_response(error.status_code, str(error.detail), code=code,
                                       headers=getattr(error, "headers", None))
 
         return handler
-
-
-def _param_of(message: str) -> str | None:
-    """The field a ValueError names, in OpenAI's spelling."""
-    found = re.search(r"`([\w.\[\]]+)`", message)
-    if not found:
-        return None
-    return {"max_new_tokens": "max_tokens"}.get(found.group(1), found.group(1))
 
 
 async def _json_body(request: Request) -> dict:
@@ -82,38 +81,17 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-def _text_content(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise OpenAIError(400, "only text content parts are supported", f"messages[{index}].content")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    if content is None:
-        return ""
-    raise OpenAIError(400, "message content must be a string or a list of text parts",
-                      f"messages[{index}].content")
+def _failure(update) -> OpenAIError:
+    """A failed or canceled job as an HTTP error: 400 naming the field when one is at fault."""
+    if update.status == "canceled":
+        return OpenAIError(500, "the generation was canceled", kind="server_error")
+    if update.error_field:
+        return OpenAIError(400, update.error or "bad request", shapes.openai_param(update.error_field))
+    return OpenAIError(500, update.error or "the generation failed", kind="server_error")
 
 
-def _sampling(body: dict, default_max: int) -> dict:
-    """OpenAI names to the engine's; unsupported options are refused, not silently dropped."""
-    n = body.get("n", 1)
-    if n != 1:
-        raise OpenAIError(400, f"only n=1 is supported, got {n!r}", "n")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if body.get(name) not in (None, 0, 0.0):
-            raise OpenAIError(400, f"`{name}` is not supported; use repetition_penalty", name)
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    values = {"max_new_tokens": default_max if limit is None else limit}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                         ("repetition_penalty", "repetition_penalty"), ("seed", "seed"),
-                         ("stop", "stop")):
-        if body.get(theirs) is not None:
-            values[ours] = body[theirs]
-    return values
+def _sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
 def router(ctx: "StudioContext") -> APIRouter:
@@ -125,156 +103,237 @@ def router(ctx: "StudioContext") -> APIRouter:
     def models_dirs() -> tuple:
         return (ctx.config.models_dir, *ctx.config.extra_models_dirs)
 
-    def make_params(model: str, values: dict):
-        from engines.llm.engine import LLMParams
+    def check_model(model: str) -> None:
         from engines.llm.catalog import resolve
 
         try:
             resolve(model, offline=ctx.config.offline or None)
         except ValueError as error:
             status = 404 if "unknown model" in str(error) or "does not exist" in str(error) else 400
-            raise OpenAIError(status, str(error), "model",
-                              "model_not_found" if status == 404 else None)
+            raise OpenAIError(status, str(error), "model", "model_not_found" if status == 404 else None)
+
+    def submit(model: str, values: dict, n: int) -> list:
+        """n "chat" jobs at API priority (choice i: seed + i); validated once, by the queue."""
+        from studio.jobs.runner import API
+
+        seed = values.get("seed")
+        jobs = [{**values, "model": model, **({"seed": seed + i} if isinstance(seed, int) and
+                                               not isinstance(seed, bool) else {})} for i in range(n)]
         try:
-            return LLMParams.from_dict(values)
-        except (ValueError, TypeError) as error:
-            raise OpenAIError(400, str(error), _param_of(str(error)))
+            return ctx.runner.submit_many("chat", jobs, priority=API)
+        except ValueError as error:
+            field = getattr(error, "field", None)
+            raise OpenAIError(400, str(error), shapes.openai_param(field))
 
-    async def start(model: str, params):
-        from engines.base import EngineError
-        from studio.tasks.text import LiveGeneration
+    async def finals(request: Request, handles: list) -> list[dict]:
+        """Wait (on the event loop) for every job; their result infos, in order."""
+        infos, checked = [], time.monotonic()
+        try:
+            for handle in handles:
+                async for update in handle.aupdates():
+                    if time.monotonic() - checked > DISCONNECT_CHECK_S:
+                        checked = time.monotonic()
+                        if await request.is_disconnected():
+                            raise OpenAIError(499, "the client went away")
+                    if update.finished:
+                        if update.status != "completed":
+                            raise _failure(update)
+                        infos.append(update.result["info"])
+        finally:
+            for handle in handles[len(infos):]:
+                handle.cancel()
+        return infos
 
-        live = LiveGeneration(ctx, model, params).start()
-        await asyncio.to_thread(live.ready.wait)
-        if live.error is not None:
-            if isinstance(live.error, ValueError):
-                raise OpenAIError(400, str(live.error), _param_of(str(live.error)))
-            if isinstance(live.error, EngineError):
-                raise OpenAIError(500, str(live.error), kind="server_error")
-            raise live.error
-        return live
+    async def streamed(handles: list, make_chunk: Callable, stream_choice: Callable,
+                       include_usage: bool) -> StreamingResponse:
+        """Wait for the first job to show text (or fail: then a plain HTTP error), then stream."""
+        updates = handles[0].aupdates()
+        first = await anext(updates)
+        while not first.finished and not first.text:
+            first = await anext(updates)
+        if first.finished and first.status != "completed":
+            raise _failure(first)
 
-    async def record(live, prompt: str) -> None:
-        from studio.tasks.text import record_reply
-
-        if live.error is None and live.text:
-            await asyncio.to_thread(record_reply, ctx, "chat", live.model, prompt, live.params,
-                                    live.text, live.stats, ("api",))
-
-    def usage(live) -> dict:
-        return {"prompt_tokens": live.stats.prompt_tokens,
-                "completion_tokens": live.stats.completion_tokens,
-                "total_tokens": live.stats.prompt_tokens + live.stats.completion_tokens}
-
-    def finish(live) -> str:
-        return "length" if live.stats.finish_reason == "length" else "stop"
-
-    def sse(payload: dict | str) -> str:
-        return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
-
-    def respond(live, body: dict, prompt: str, make_chunk: Callable, make_full: Callable):
-        if not body.get("stream"):
-            async def full():
-                async for _ in live.achunks():
-                    pass
-                await record(live, prompt)
-                return JSONResponse(make_full(live))
-            return full()
-
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-        async def events():
+        async def events() -> AsyncIterator[str]:
+            infos, current = [], updates
             try:
-                first = make_chunk(live, None, first=True)
-                if first:
-                    yield sse(first)
-                async for text in live.achunks():
-                    yield sse(make_chunk(live, text))
-                yield sse(make_chunk(live, None, finish=finish(live)))
+                for index, handle in enumerate(handles):
+                    current = current if index == 0 else handle.aupdates()
+                    async for chunk in stream_choice(index, current, first if index == 0 else None, infos):
+                        yield _sse(chunk)
                 if include_usage:
-                    yield sse({**make_chunk(live, None), "choices": [], "usage": usage(live)})
-            except Exception as error:  # mid-stream failure: an error event, then the end
-                yield sse({"error": {"message": str(error), "type": "server_error",
-                                     "param": None, "code": None}})
-            yield sse("[DONE]")
-            await record(live, prompt)
+                    yield _sse({**make_chunk(), "choices": [], "usage": shapes.usage(infos)})
+            except OpenAIError as error:  # a job failed mid-stream: an error event, then the end
+                yield _sse({"error": {"message": error.message, "type": error.kind,
+                                      "param": error.param, "code": None}})
+            finally:
+                await current.aclose()  # the client went away: its running job is canceled
+                for handle in handles[len(infos):]:
+                    handle.cancel()
+            yield _sse("[DONE]")
 
-        async def streamed():
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return streamed()
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # ------------------------------------------------------------ routes
     @api.get("/models")
     def list_models_route() -> dict:
         from engines.llm.catalog import list_models
+        from engines.llm.embeddings import EMBEDDED_EMBEDDING_ID, embedded_model_dir
 
-        return {"object": "list", "data": [
-            {"id": m.model_id, "object": "model", "created": 0, "owned_by": "genstudio",
-             "format": m.format, "label": m.label} for m in list_models(models_dirs())]}
+        data = [{"id": m.model_id, "object": "model", "created": 0, "owned_by": "genstudio",
+                 "format": m.format, "label": m.label} for m in list_models(models_dirs())]
+        if embedded_model_dir() is not None:
+            data.append({"id": EMBEDDED_EMBEDDING_ID, "object": "model", "created": 0, "owned_by": "genstudio",
+                         "format": "transformers", "label": "all-MiniLM-L6-v2 (embeddings, embedded)"})
+        return {"object": "list", "data": data}
 
     @api.post("/chat/completions")
     async def chat_completions(request: Request):
+        from engines.llm.tools import calls_tools
+
         body = await _json_body(request)
         model = body.get("model") or DEFAULT_MODEL
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise OpenAIError(400, "`messages` must be a non-empty list", "messages")
-        listed = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise OpenAIError(400, "every message must be an object", f"messages[{index}]")
-            role = {"developer": "system"}.get(message.get("role"), message.get("role"))
-            listed.append({"role": role, "content": _text_content(message.get("content"), index)})
-        params = make_params(model, {"messages": listed, **_sampling(body, 512)})
-        live = await start(model, params)
+        values, n = shapes.chat_params(body), shapes.choices_count(body)
+        check_model(model)
+        handles = submit(model, values, n)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        tools_active = calls_tools(tuple(values.get("tools") or ()), values.get("tool_choice", "auto"))
 
-        def chunk(live, text, first=False, finish=None):
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+        def chunk(index: int = 0, delta: dict | None = None, finish: str | None = None, **extra) -> dict:
+            choices = [{"index": index, "delta": delta or {}, "finish_reason": finish, **extra}]
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    "choices": choices}
 
-        def full(live):
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "finish_reason": finish(live),
-                                 "message": {"role": "assistant", "content": live.text}}],
-                    "usage": usage(live)}
+        if not body.get("stream"):
+            infos = await finals(request, handles)
+            choices = [i["choices"][0] for i in infos]
+            return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
+                                 "choices": [{"index": k, "message": shapes.chat_message(c),
+                                              "logprobs": shapes.chat_logprobs(c["logprobs"]),
+                                              "finish_reason": shapes.finish_reason(c)}
+                                             for k, c in enumerate(choices)],
+                                 "usage": shapes.usage(infos)})
 
-        prompt = next((m["content"] for m in reversed(listed) if m["role"] == "user"), "")
-        return await respond(live, body, prompt, chunk, full)
+        async def stream_choice(index, updates, pending, infos):
+            shaper = shapes.ChoiceStream(tools_active)
+            yield chunk(index, {"role": "assistant", "content": ""})
+            update = pending
+            while True:
+                if update is None:
+                    update = await anext(updates)
+                if update.finished:
+                    if update.status != "completed":
+                        raise _failure(update)
+                    info = update.result["info"]
+                    choice = info["choices"][0]
+                    for delta in shaper.deltas(choice["text"], final=True):
+                        yield chunk(index, delta)
+                    if choice["logprobs"] is not None:
+                        yield chunk(index, {}, logprobs=shapes.chat_logprobs(choice["logprobs"]))
+                    infos.append(info)
+                    yield chunk(index, {}, "tool_calls" if shaper.calls else shapes.finish_reason(choice))
+                    return
+                for delta in shaper.deltas(update.text or ""):
+                    yield chunk(index, delta)
+                update = None
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await streamed(handles, chunk, stream_choice, include_usage)
 
     @api.post("/completions")
     async def completions(request: Request):
         body = await _json_body(request)
         model = body.get("model") or DEFAULT_MODEL
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise OpenAIError(400, "`prompt` must be a string (one prompt per request)", "prompt")
-        if body.get("echo"):
-            raise OpenAIError(400, "`echo` is not supported", "echo")
-        values = {"prompt": prompt, **_sampling(body, 16)}
-        if body.get("suffix") is not None:
-            values["suffix"] = body["suffix"]
-        params = make_params(model, values)
-        live = await start(model, params)
+        values, n = shapes.completion_params(body), shapes.choices_count(body)
+        check_model(model)
+        handles = submit(model, values, n)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def chunk(live, text, first=False, finish=None):
-            if first:
-                return None
+        def chunk(index: int = 0, text: str = "", finish: str | None = None, logprobs=None) -> dict:
             return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text or "", "logprobs": None,
-                                 "finish_reason": finish}]}
+                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
 
-        def full(live):
-            return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": live.text, "logprobs": None,
-                                 "finish_reason": finish(live)}],
-                    "usage": usage(live)}
+        if not body.get("stream"):
+            infos = await finals(request, handles)
+            choices = [i["choices"][0] for i in infos]
+            return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                                 "choices": [{"index": k, "text": c["text"], "finish_reason": shapes.finish_reason(c),
+                                              "logprobs": shapes.completion_logprobs(c["logprobs"])}
+                                             for k, c in enumerate(choices)],
+                                 "usage": shapes.usage(infos)})
 
-        return await respond(live, body, prompt, chunk, full)
+        # A middle written in words is cleaned once it is complete (engine.clean_middle), so
+        # fill-in-the-middle sends its text at the end; plain completions stream as they come.
+        hold = "suffix" in values
+
+        async def stream_choice(index, updates, pending, infos):
+            sent, update = 0, pending
+            while True:
+                if update is None:
+                    update = await anext(updates)
+                if update.finished:
+                    if update.status != "completed":
+                        raise _failure(update)
+                    info = update.result["info"]
+                    choice = info["choices"][0]
+                    text = choice["text"][sent:] if not hold else choice["text"]
+                    if text or choice["logprobs"] is not None:
+                        yield chunk(index, text, logprobs=shapes.completion_logprobs(choice["logprobs"]))
+                    infos.append(info)
+                    yield chunk(index, "", shapes.finish_reason(choice))
+                    return
+                text = update.text or ""
+                if not hold and len(text) > sent:
+                    yield chunk(index, text[sent:])
+                    sent = len(text)
+                update = None
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await streamed(handles, chunk, stream_choice, include_usage)
+
+    @api.post("/embeddings")
+    async def embeddings(request: Request):
+        body = await _json_body(request)
+        return await asyncio.to_thread(embed_request, ctx, body)
 
     return api
+
+
+def embed_request(ctx: "StudioContext", body: dict) -> JSONResponse:
+    """POST /v1/embeddings: a batch of texts through the "embed" engine (holds the device lock)."""
+    import numpy as np
+
+    from engines.llm.embeddings import EMBEDDED_EMBEDDING_ID, EmbeddingEngine, check_texts
+
+    shapes.check_fields(body, {"model", "input", "encoding_format", "dimensions", "user"})
+    model = body.get("model") or EMBEDDED_EMBEDDING_ID
+    try:
+        texts = check_texts(body.get("input"))
+        EmbeddingEngine._resolve(model)
+    except ValueError as error:
+        field = getattr(error, "field", None) or "model"
+        raise OpenAIError(404 if field == "model" else 400, str(error), field,
+                          "model_not_found" if field == "model" else None)
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise OpenAIError(400, f"`encoding_format` must be float or base64, got {encoding!r}", "encoding_format")
+    with ctx.engines.use("embed", model) as engine:
+        vectors, tokens = engine.embed(texts)
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        native = vectors.shape[1]
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= native:
+            raise OpenAIError(400, f"`dimensions` must be from 1 to {native} for {model!r}", "dimensions")
+        if dimensions != native and model == EMBEDDED_EMBEDDING_ID:
+            raise OpenAIError(400, f"{model!r} was not trained for shortened vectors (Matryoshka): "
+                              f"`dimensions` can only be {native}", "dimensions")
+        vectors = vectors[:, :dimensions]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    data = []
+    for index, vector in enumerate(vectors):
+        value = (base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64"
+                 else [float(x) for x in vector])
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    return JSONResponse({"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -161,7 +161,7 @@ def run_chat(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
         result = engine.generate(request, on_progress, cancel)
     item = record_reply(ctx, "chat", model, last_user_message(request), request, result.text,
                         result.stats)
-    return TaskResult(item_ids=[item.id], text=result.text, info=result.stats.as_params())
+    return TaskResult(item_ids=[item.id], text=result.text, info=result.to_info())
 
 
 # ---------------------------------------------------------------- code task
