@@ -24,20 +24,27 @@ from pathlib import Path
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
-def parse_auth(values: list[str], auth_file: str | None) -> tuple[tuple[str, str], ...]:
-    entries = list(values)
+def parse_auth(values: list[str], auth_file: str | None, env_value: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Logins from --auth, --auth-file (one user:password per line; blank lines and # comments
+    skipped) and GENSTUDIO_AUTH (the same, one per line). A password may hold colons, commas and
+    any UTF-8; an error names where the bad entry is, never the password."""
+    entries = [(f"--auth #{n}", value) for n, value in enumerate(values, 1)]
+    for n, line in enumerate((env_value or "").splitlines(), 1):
+        entries.append((f"GENSTUDIO_AUTH line {n}", line))
     if auth_file:
         path = Path(auth_file)
         if not path.is_file():
             raise SystemExit(f"--auth-file {auth_file}: no such file")
-        # One user:pass per line or comma-separated, like A1111's --gradio-auth-path.
-        for line in path.read_text().splitlines():
-            entries += [part.strip() for part in line.split(",") if part.strip()]
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            entries.append((f"--auth-file {auth_file} line {n}", line))
     pairs = []
-    for entry in entries:
-        user, sep, password = entry.partition(":")
+    for where, entry in entries:
+        if not entry.strip() or entry.lstrip().startswith("#"):
+            continue
+        user, sep, password = entry.strip().partition(":")
         if not sep or not user or not password:
-            raise SystemExit(f"--auth expects user:password, got {entry!r}")
+            what = f"user {user!r} has no password" if sep and user else "expected user:password"
+            raise SystemExit(f"{where}: {what}")
         pairs.append((user, password))
     return tuple(pairs)
 
@@ -72,12 +79,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (needs --auth)")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                         help="a login for the UI and the APIs; repeatable")
-    parser.add_argument("--auth-file", help="file of user:pass entries, one per line or comma-separated")
+    parser.add_argument("--auth-file", help="file of user:password logins, one per line, # comments "
+                             "(or set GENSTUDIO_AUTH); keeps passwords out of the process list")
     parser.add_argument("--offline", action="store_true", help="never contact a model hub")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0,
                         help="unload least recently used models above this (default 8)")
     parser.add_argument("--no-queue-worker", action="store_true",
                         help="do not run queued jobs in this process")
+    parser.add_argument("--allow-code-execution", action="store_true",
+                        help="let the Code tab's run & fix run model-written Python on this machine "
+                             "(off by default; beyond loopback only logged-in users)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another Host name to answer, e.g. a reverse proxy's; repeatable")
+    parser.add_argument("--max-request-mb", type=float, default=64.0,
+                        help="largest HTTP request body in MB (default 64)")
     parser.add_argument("--autolaunch", action="store_true",
                         help="open the studio in your web browser once it serves (when there is one)")
     parser.add_argument("--no-browser", action="store_true",
@@ -90,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    auth = parse_auth(args.auth, args.auth_file)
+    auth = parse_auth(args.auth, args.auth_file, os.environ.get("GENSTUDIO_AUTH"))
     if (args.share or not is_loopback(args.host)) and not auth:
         where = "a share link" if args.share else f"host {args.host}"
         print(f"Refusing to serve {where} without a login: add --auth user:password "
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=Path(args.data_dir).expanduser().resolve(), host=args.host,
         port=free_port(args.host, args.port), share=args.share, auth=auth, device=args.device,
         offline=args.offline, memory_budget_gb=args.memory_budget_gb,
+        allow_code_execution=args.allow_code_execution, allowed_hosts=tuple(args.allowed_host),
+        max_request_mb=args.max_request_mb,
         queue_worker=not args.no_queue_worker,
         open_browser=args.autolaunch and not args.no_browser)
     serve(config)

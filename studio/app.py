@@ -124,12 +124,17 @@ def serve(config: StudioConfig, block: bool = True):
     ctx = build_context(config)
     demo = build_ui(ctx)
     demo.queue(default_concurrency_limit=4)  # engines serialise on the device lock themselves
+    from studio.security import Guard, gradio_paths
+
+    guard = Guard.from_config(config)  # Host, Origin, JSON, body size, login on /docs, readiness
+    allowed, blocked = gradio_paths(config)
     launch_kwargs = dict(
         server_name=config.host, server_port=config.port,
         auth=list(config.auth) or None, auth_message="GenStudio: sign in",
         prevent_thread_lock=True, show_error=False, quiet=True,
-        allowed_paths=[str(config.data_dir.resolve()), str(Path(__file__).resolve().parent.parent / "assets")],
-        app_kwargs={"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"},
+        allowed_paths=allowed, blocked_paths=blocked,  # outputs and thumbnails, never the database
+        app_kwargs={"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json",
+                    "middleware": [guard.middleware()]},
         theme=gr.themes.Soft(), css=CSS + widgets.CSS, head=widgets.HEAD,
     )
     share_url = None
@@ -145,6 +150,8 @@ def serve(config: StudioConfig, block: bool = True):
         print("Share link could not be created (no network to the share server); "
               "the studio runs locally only.")
     mount_apis(app, ctx)
+    guard.allow_origin(share_url)
+    guard.ready = True  # until now /api, /v1 and /sdapi answered 503 with Retry-After
     if ctx.queue is not None and config.queue_worker:
         ctx.queue.start_worker()
     print(f"GenStudio running at {local_url}" + (f"  (public: {share_url})" if share_url else ""), flush=True)

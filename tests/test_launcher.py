@@ -33,11 +33,24 @@ def test_public_serving_without_auth_is_refused(args, tmp_path):
 
 def test_auth_parsing(tmp_path):
     auth_file = tmp_path / "auth.txt"
-    auth_file.write_text("ann:one, bob:two\ncid:three\n")
-    assert launch.parse_auth(["dee:four"], str(auth_file)) == (
-        ("dee", "four"), ("ann", "one"), ("bob", "two"), ("cid", "three"))
+    auth_file.write_text("# logins\nann:one, two: three\n\n  # eve's is below\ncid:drei:ä\n", encoding="utf-8")
+    assert launch.parse_auth(["dee:four"], str(auth_file), "env:five\nfay:six") == (
+        ("dee", "four"), ("env", "five"), ("fay", "six"), ("ann", "one, two: three"), ("cid", "drei:ä"))
     with pytest.raises(SystemExit, match="user:password"):
         launch.parse_auth(["nocolon"], None)
+    auth_file.write_text("ann:one\nsecret-password-without-user\nbob:\n")
+    with pytest.raises(SystemExit) as error:
+        launch.parse_auth([], str(auth_file))
+    assert str(error.value) == f"--auth-file {auth_file} line 2: expected user:password"  # no echo
+    auth_file.write_text("bob:\n")
+    with pytest.raises(SystemExit, match="line 1: user 'bob' has no password"):
+        launch.parse_auth([], str(auth_file))
+
+
+def test_password_from_the_environment_serves_beyond_loopback(tmp_path):
+    args = launch.parse_args(["--host", "0.0.0.0", "--allow-code-execution", "--allowed-host", "studio.lan"])
+    assert args.allow_code_execution and args.allowed_host == ["studio.lan"]
+    assert launch.parse_auth(args.auth, args.auth_file, "ann:pässword") == (("ann", "pässword"),)
 
 
 def test_openvino_flag():

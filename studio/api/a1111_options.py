@@ -13,6 +13,8 @@ Kept in `<data>/a1111-options.json` so the choice survives a restart.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +187,7 @@ class Options:
         with self._lock:
             self._values.update(changes)
             try:
-                self.path.write_text(json.dumps(self._values, indent=1, default=str))
+                write_atomically(self.path, json.dumps(self._values, indent=1, default=str))
             except OSError:
                 pass  # a read-only data folder: the choice lasts until restart
 
@@ -195,3 +197,17 @@ class Options:
             titles = ", ".join(c.title for c in self.checkpoints.list()) or "none"
             raise ParamError("sd_model_checkpoint", f"`sd_model_checkpoint`: no checkpoint {name!r}; known: {titles}")
         return checkpoint
+
+def write_atomically(path: Path, text: str) -> None:
+    """A crash mid-write leaves the old file or the new one, never half of each: write a temp
+    file beside it, fsync, then rename over it (atomic on one filesystem)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

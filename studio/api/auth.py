@@ -17,11 +17,17 @@ if TYPE_CHECKING:
     from studio.context import StudioContext
 
 
+def _same(given: str, known: str) -> bool:
+    """Constant-time comparison of any text: compare_digest refuses non-ASCII str (a 500 for a
+    password like 'pässword'), so both sides are compared as UTF-8 bytes."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), known.encode("utf-8", "surrogateescape"))
+
+
 def _credentials_ok(pairs: tuple[tuple[str, str], ...], user: str | None, password: str) -> bool:
     for known_user, known_password in pairs:
-        if user is not None and not hmac.compare_digest(user, known_user):
+        if user is not None and not _same(user, known_user):
             continue
-        if hmac.compare_digest(password, known_password):
+        if _same(password, known_password):
             return True
     return False
 
@@ -36,11 +42,15 @@ def check_authorization(pairs: tuple[tuple[str, str], ...], header: str | None) 
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64 (non-ASCII too), or not UTF-8
             return False
         user, sep, password = decoded.partition(":")
         return bool(sep) and _credentials_ok(pairs, user, password)
     if scheme.lower() == "bearer":
+        try:  # HTTP headers arrive decoded as Latin-1; a UTF-8 key reads back as sent
+            value = value.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
         user, sep, password = value.partition(":")
         if sep and _credentials_ok(pairs, user, password):
             return True

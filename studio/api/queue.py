@@ -54,6 +54,8 @@ def router(ctx) -> APIRouter:
         return data
 
     def lookup(job_id: int):
+        if not 0 < job_id < 1 << 63:  # beyond SQLite's integers: an OverflowError (500) otherwise
+            raise HTTPException(404, f"no job with id {job_id}")
         try:
             return queue().get(job_id)
         except LookupError as error:

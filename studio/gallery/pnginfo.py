@@ -79,7 +79,7 @@ def parse_infotext(infotext: str) -> dict[str, Any]:
 # Pieces of `_PAIR` that are linear on their own, matched at a position (run in C).
 _SPACES = re.compile(r"\s*")
 _KEY_RUN = re.compile(r"[\w \-/]*")
-_QUOTED_BODY = re.compile(r'(?:\\.|[^\\"])*')
+_QUOTED_BODY = re.compile(r'[^\\"]*(?:\\.[^\\"]*)*')  # the unrolled (?:\\.|[^\\"])*: fast
 MAX_PAIRS = 1000  # A1111 writes a few dozen; a line of 100,000 pairs is an attack, not settings
 
 

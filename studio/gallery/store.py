@@ -11,7 +11,9 @@ start-up and removes both, and rows whose file has gone.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +29,8 @@ from studio.gallery.pnginfo import format_infotext, png_bytes_with_metadata
 from studio.gallery.search import match_condition
 
 THUMBNAIL_SIZE = 256
+SWEEP_MIN_AGE_S = 60.0  # younger files may belong to a write in progress: the sweep leaves them
+log = logging.getLogger("genstudio.gallery")
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,8 @@ class GalleryStore:
                     for rel in (rel_file, rel_thumb):
                         os.replace(self.data_dir / f"{rel}.tmp", self.data_dir / rel)
                         written.append(self.data_dir / rel)
+                for folder in {(self.data_dir / rel).parent for _, f, t, _ in staged for rel in (f, t)}:
+                    _fsync_dir(folder)  # the renames are durable before the rows commit
             return [self._view(row) for row in rows]
         except BaseException:
             for path in written:
@@ -290,9 +296,13 @@ class GalleryStore:
         return values
 
     # ------------------------------------------------------------ repair
-    def sweep(self) -> dict[str, int]:
-        """Remove what a crash left: tmp files, files without a row, rows without their file."""
-        report = {"tmp_files": 0, "orphan_files": 0, "rows_without_file": 0}
+    def sweep(self, min_age_s: float = SWEEP_MIN_AGE_S) -> dict[str, int]:
+        """Remove what a crash left: tmp files, files without a row, rows without their file.
+        Never a file younger than `min_age_s` (a write in progress), and never rows because
+        their files are all or mostly gone: that is an unmounted or lost outputs folder, not a
+        crash (which loses at most one batch), so those rows are kept and reported."""
+        report = {"tmp_files": 0, "orphan_files": 0, "rows_without_file": 0, "rows_kept_files_missing": 0}
+        cutoff = time.time() - min_age_s
         with self.db.session() as session:
             known = {uid: (f, t) for uid, f, t in session.execute(
                 select(Item.uid, Item.file_path, Item.thumb_path).where(Item.kind == "image"))}
@@ -300,7 +310,10 @@ class GalleryStore:
             if not folder.exists():
                 continue
             for path in folder.rglob("*"):
-                if not path.is_file():
+                try:
+                    if not path.is_file() or path.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:  # renamed or removed by its writer meanwhile
                     continue
                 if path.name.endswith(".tmp"):
                     path.unlink(missing_ok=True)
@@ -309,6 +322,11 @@ class GalleryStore:
                     path.unlink(missing_ok=True)
                     report["orphan_files"] += 1
         missing = [uid for uid, (f, _) in known.items() if not f or not (self.data_dir / f).exists()]
+        if missing and (not self.outputs_dir.is_dir() or 2 * len(missing) > len(known)):
+            log.warning("%d of %d gallery files are missing from %s: kept their rows (is the folder "
+                        "mounted?)", len(missing), len(known), self.outputs_dir)
+            report["rows_kept_files_missing"] = len(missing)
+            missing = []
         for uid in missing:  # its thumbnail goes with it
             thumb = known[uid][1]
             if thumb:
@@ -319,17 +337,23 @@ class GalleryStore:
                     session.execute(delete(Item).where(Item.uid.in_(missing[chunk:chunk + 500])))
             report["rows_without_file"] = len(missing)
         for uid, (f, t) in known.items():  # a lost thumbnail is rebuilt, not a reason to delete
-            if uid not in missing and t and not (self.data_dir / t).exists():
-                with Image.open(self.data_dir / f) as image:
-                    (self.data_dir / t).parent.mkdir(parents=True, exist_ok=True)
-                    (self.data_dir / t).write_bytes(_thumbnail(image))
+            if uid not in missing and t and f and not (self.data_dir / t).exists() and (self.data_dir / f).exists():
+                try:
+                    with Image.open(self.data_dir / f) as image:
+                        (self.data_dir / t).parent.mkdir(parents=True, exist_ok=True)
+                        (self.data_dir / t).write_bytes(_thumbnail(image))
+                except (OSError, ValueError) as error:  # a damaged file must not stop the start
+                    log.warning("no thumbnail for %s: %s", f, error)
         return report
 
     # ------------------------------------------------------------ helpers
     def _write_tmp(self, rel: str, data: bytes) -> Path:
         path = self.data_dir / f"{rel}.tmp"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before its row can commit
         return path
 
     @staticmethod
@@ -351,6 +375,8 @@ class GalleryStore:
 
     @staticmethod
     def _row(session, item_id: int) -> Item:
+        if not 0 < item_id < 1 << 63:  # beyond SQLite's integers: an OverflowError otherwise
+            raise LookupError(f"no gallery item with id {item_id}")
         row = session.get(Item, item_id)
         if row is None:
             raise LookupError(f"no gallery item with id {item_id}")
@@ -375,6 +401,14 @@ def _link_job(session, job_id: int | None, rows: list[Item]) -> None:
 
         session.add_all(JobItem(job_id=job_id, item_id=row.id) for row in rows)
         session.flush()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _thumbnail(image: Image.Image) -> bytes:
