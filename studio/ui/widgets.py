@@ -160,7 +160,8 @@ def results_panel(prefix: str, sends: tuple[str, ...], extra: tuple[str, ...] = 
     preview = gr.Image(label="Preview", interactive=False, height=192, elem_id=f"{prefix}-preview",
                        elem_classes=["gs-crisp"])
     results = gr.Gallery(label="Results", columns=4, height=260, allow_preview=True,
-                         object_fit="contain", elem_id=f"{prefix}-results", elem_classes=["gs-crisp"])
+                         object_fit="contain", fit_columns=False, elem_id=f"{prefix}-results",
+                         elem_classes=["gs-crisp"])
     with gr.Row():
         buttons = {name: gr.Button(name, size="sm") for name in extra}
         send = {key: gr.Button(SEND_LABELS[key], size="sm") for key in sends}
@@ -174,7 +175,8 @@ def sampling_panel(prefix: str, size: bool = True) -> dict[str, gr.components.Co
     """Steps, CFG, sampler, seed (and width / height) of the image tabs."""
     controls: dict[str, Any] = {}
     with gr.Row():
-        controls["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps")
+        controls["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps",
+                                      elem_id=f"{prefix}-steps")
         controls["cfg"] = gr.Slider(0, 30, value=model_defaults(DEFAULT_MODEL)[0], step=0.5,
                                     label="CFG scale")
         controls["scheduler"] = gr.Dropdown(SCHEDULER_NAMES, value="DPM++ 2M", label="Sampler")
