@@ -283,8 +283,7 @@ def applied(pipe, loras: list[tuple[LoraInfo, LoraTag]], model_name: str) -> Ite
                                  f"{model_name}: {str(error).splitlines()[0][:300]}") from error
             adapters.append(adapter)
             weight = {part: tag.unet_weight if part == "unet" else tag.te_weight
-                      for part in ("unet", "text_encoder", "text_encoder_2")
-                      if getattr(pipe, part, None) is not None}
+                      for part in info.parts if getattr(pipe, part, None) is not None}
             weights.append(weight)
         pipe.set_adapters(adapters, adapter_weights=weights)
         yield records

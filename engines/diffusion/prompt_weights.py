@@ -118,7 +118,8 @@ def tokenize_prompt(text: str, tokenizer, embeddings: dict | None = None) -> tup
     embeddings: {first token id: [(name token ids, vectors), ...]} from textual_inversion.py.
     """
     embeddings = embeddings or {}
-    length = tokenizer.model_max_length - 2
+    window = tokenizer.model_max_length if tokenizer.model_max_length <= 4096 else 77  # unset: CLIP's
+    length = window - 2
     comma = tokenizer.get_vocab().get(",</w>")
     parsed = parse_prompt_attention(text)
     chunks: list[Chunk] = []

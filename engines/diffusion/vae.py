@@ -91,7 +91,11 @@ def load_vae(path: Path, like):
     if any(k.startswith("encoder.down.") for k in state):  # the original (LDM) layout
         state = convert_ldm_vae_checkpoint(state, dict(like.config))
     vae = AutoencoderKL.from_config(like.config)
-    missing, unexpected = vae.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ParamError("vae", f"VAE {path.name} does not fit this model's VAE: "
+                         f"{str(error).splitlines()[-1].strip()[:200]}") from None
     if missing or unexpected:
         sample = (missing or unexpected)[:2]
         raise ParamError("vae", f"VAE {path.name} does not fit this model's VAE "

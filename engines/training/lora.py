@@ -1,0 +1,244 @@
+"""Train a LoRA on a few images of one concept, on diffusers + peft (the recipe of diffusers'
+`train_text_to_image_lora.py`, cut down to what a studio job needs).
+
+    result = train_lora(pipe, images, captions, LoraTrainConfig(trigger="gsring", steps=400),
+                        run_dir, on_progress, cancel)
+    save_kohya(result.state_dict, "models/Lora/gsring.safetensors", metadata)
+
+1. The pipeline's UNet gets a peft LoRA adapter on its attention projections (to_q, to_k,
+   to_v, to_out.0); everything else is frozen. The VAE latents of the images and the text
+   encoder's states of their captions are computed once.
+2. Each step: a batch of latents (sampled from the VAE's distribution), noise at a random
+   timestep, and the model's own objective (epsilon or v-prediction, from its scheduler
+   config); AdamW on the LoRA weights only. Captions are dropped 10% of the time so that
+   classifier-free guidance keeps working.
+3. Every `checkpoint_every` steps the LoRA, the optimiser and the random state go to
+   `run_dir/checkpoint.pt` (tensors only: loads with weights_only=True); a run started again
+   with the same run_dir resumes there. Every `sample_every` steps a grid of sample images is
+   reported as the progress preview, and the loss as the message.
+4. The result is converted to the kohya/A1111 key layout with diffusers'
+   `convert_state_dict_to_kohya` (what A1111 and ComfyUI load; diffusers loads it too).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
+
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class LoraTrainConfig:
+    trigger: str  # the word that calls the concept up in a prompt
+    rank: int = 8  # LoRA rank; alpha = rank (scale 1), written to the file as kohya's `alpha`
+    steps: int = 400
+    lr: float = 1e-3  # LoRA tolerates far higher rates than full fine-tuning
+    batch: int = 4
+    seed: int = 0
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 50
+    sample_every: int = 100  # 0 = no samples
+    sample_prompts: tuple[str, ...] = ()  # default: the trigger word and two captions
+    sample_steps: int = 20
+    sample_guidance: float = 7.0
+    resolution: int | None = None  # square side; None = the model's native size
+
+    def check(self) -> None:
+        if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
+            raise ParamError("trigger", f"`trigger` must be a word or short phrase, got {self.trigger!r}")
+        for name, low, high in (("rank", 1, 128), ("steps", 1, 20000), ("batch", 1, 64),
+                                ("checkpoint_every", 1, 100000), ("sample_every", 0, 100000),
+                                ("sample_steps", 1, 100)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not 1e-6 <= self.lr <= 1e-1:
+            raise ParamError("lr", f"`lr` must be between 1e-6 and 0.1, got {self.lr!r}")
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict  # kohya layout
+    steps: int
+    losses: list[float]
+    seconds: float
+    samples: Image.Image | None = None
+    resumed_from: int = 0
+    metadata: dict = field(default_factory=dict)
+
+
+def _square(image: Image.Image, side: int) -> Image.Image:
+    image = image.convert("RGB")
+    s = min(image.size)
+    left, top = (image.width - s) // 2, (image.height - s) // 2
+    return image.crop((left, top, left + s, top + s)).resize((side, side), Image.LANCZOS)
+
+
+def _prepare(pipe, images: list[Image.Image], captions: list[str], side: int):
+    """Latent distributions of the images and text states of the captions (and of "")."""
+    import torch
+
+    vae, device = pipe.vae, pipe.unet.device
+    pixels = torch.stack([torch.from_numpy(np.asarray(_square(im, side))).permute(2, 0, 1)
+                          for im in images]).float().div(127.5).sub(1).to(device, vae.dtype)
+    with torch.no_grad():
+        dist = vae.encode(pixels).latent_dist
+        texts = {}
+        for caption in set(captions) | {""}:
+            texts[caption] = pipe.encode_prompt(caption, device, 1, False)[0]
+    return dist.mean, dist.std, texts
+
+
+def grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
+    rows = math.ceil(len(images) / columns)
+    w, h = images[0].size
+    out = Image.new("RGB", (w * min(columns, len(images)), h * rows), "white")
+    for i, image in enumerate(images):
+        out.paste(image, ((i % columns) * w, (i // columns) * h))
+    return out
+
+
+def samples(pipe, prompts: list[str], steps: int, guidance: float, side: int) -> Image.Image:
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))]
+    with torch.no_grad():
+        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, width=side,
+                   height=side, generator=generators).images
+    return grid(out)
+
+
+def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTrainConfig,
+               run_dir: Path, on_progress: ProgressCallback = no_progress,
+               cancel: CancelToken | None = None,
+               on_loss: Callable[[int, float], None] | None = None) -> TrainResult:
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    cfg.check()
+    cancel = cancel or CancelToken()
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ParamError("model", "LoRA training supports SD 1.x/2.x models (not SDXL) for now")
+    if len(images) != len(captions) or not images:
+        raise ParamError("images", f"{len(images)} images but {len(captions)} captions")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    unet, device = pipe.unet, pipe.unet.device
+    # 1. Frozen model, LoRA adapter, cached latents and caption states.
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
+                                target_modules=TARGET_MODULES))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    mean, std, texts = _prepare(pipe, images, captions, side)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = scheduler.config.prediction_type
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    g = torch.Generator("cpu").manual_seed(cfg.seed)
+    step, losses = 0, []
+    # 2. Resume from the last checkpoint of this run, if its settings match.
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if json.loads(state["config"]) == asdict(cfg) | {"sample_prompts": list(cfg.sample_prompts)}:
+            set_peft_model_state_dict(unet, state["lora"])
+            optimizer.load_state_dict(state["optimizer"])
+            g.set_state(state["rng"])
+            step, losses = int(state["step"]), state["losses"].tolist()
+    resumed_from = step
+    prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
+    started = time.perf_counter()
+    preview = None
+    while step < cfg.steps:
+        cancel.raise_if_cancelled()
+        # 3. One step on a random batch.
+        unet.train()
+        idx = torch.randint(len(images), (cfg.batch,), generator=g)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g).to(device))
+        x0 = x0 * pipe.vae.config.scaling_factor
+        drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
+        cond = torch.cat([texts["" if d else captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=g).to(device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
+        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+        loss = F.mse_loss(pred.float(), target.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(round(float(loss), 5))
+        if on_loss:
+            on_loss(step, losses[-1])
+        # 4. Checkpoint, samples, progress.
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(checkpoint, get_peft_model_state_dict(unet), optimizer, g, step,
+                             losses, cfg)
+        new_preview = None
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+            unet.eval()
+            preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
+                                            side)
+        recent = float(np.mean(losses[-20:]))
+        on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
+                             new_preview))
+    unet.eval()
+    state = to_kohya(get_peft_model_state_dict(unet), cfg.rank)
+    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from)
+
+
+def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: list[float],
+                     cfg: LoraTrainConfig) -> None:
+    import torch
+
+    config = json.dumps(asdict(cfg) | {"sample_prompts": list(cfg.sample_prompts)})
+    state = {"lora": {k: v.detach().cpu() for k, v in lora.items()},
+             "optimizer": optimizer.state_dict(), "rng": g.get_state(), "step": step,
+             "losses": torch.tensor(losses), "config": config}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write leaves the previous checkpoint whole
+
+
+def to_kohya(peft_state: dict, rank: int) -> dict:
+    """peft UNet LoRA weights -> kohya/A1111 keys (`lora_unet_..._to_q.lora_down.weight`, ...,
+    `.alpha` = rank, i.e. scale 1 as trained)."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
+    out = {}
+    for key, value in kohya.items():
+        out[key] = (torch.tensor(float(rank)) if key.endswith(".alpha")
+                    else value.detach().float().cpu().contiguous())
+    return out
+
+
+def save_kohya(state: dict, path: Path, metadata: dict[str, str]) -> Path:
+    """Write the LoRA atomically (a half-written file is never listed)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    tmp.replace(path)
+    return path
