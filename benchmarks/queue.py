@@ -65,8 +65,8 @@ class TimedStore(JobStore):
                 self.seconds[name] += time.perf_counter() - started
                 self.calls[name] += 1
 
-    def claim(self, worker):
-        return self._timed("claim", super().claim, worker)
+    def claim(self, worker, tasks=None, skip_tasks=()):
+        return self._timed("claim", super().claim, worker, tasks, skip_tasks)
 
     def report_progress(self, job_id, progress, message):
         return self._timed("report_progress", super().report_progress, job_id, progress, message)

@@ -81,9 +81,9 @@ class JobQueue:
                     raise
                 raise ParamError(getattr(error, "field", None),
                                  f"job {index + 1} of {len(requests)}: {error}") from None
-        waiting = self.store.counts()
-        if waiting[PENDING] + waiting[PAUSED] + len(jobs) > self.max_waiting_jobs:
-            raise ValueError(f"the queue is full: {waiting[PENDING] + waiting[PAUSED]:,} jobs wait "
+        waiting = self.store.waiting_count()
+        if waiting + len(jobs) > self.max_waiting_jobs:
+            raise ValueError(f"the queue is full: {waiting:,} jobs wait "
                              f"and the limit is {self.max_waiting_jobs:,}; wait for some to run "
                              f"or clear them")
         ids = self.store.insert(jobs)

@@ -63,6 +63,7 @@ class JobView:
     started_at: datetime | None
     finished_at: datetime | None
     item_ids: tuple[int, ...] = ()
+    heartbeat_at: datetime | None = None  # last progress report while running
 
     @property
     def finished(self) -> bool:
@@ -145,10 +146,13 @@ class JobStore:
         next_id = (waiting.order_by(*order, jobs.c.position, jobs.c.id).limit(1)
                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
                    .scalar_subquery())
+        # The pause is read in the same statement: a worker that looked before the pause was
+        # stored (or another studio's worker) cannot take a job after it.
+        paused = select(QueueState.key).where(QueueState.key == PAUSED_KEY, QueueState.value == "1")
         moment = now()
         with self.db.engine.begin() as conn:
             row = conn.execute(
-                update(jobs).where(jobs.c.id == next_id, jobs.c.status == PENDING)
+                update(jobs).where(jobs.c.id == next_id, jobs.c.status == PENDING, ~paused.exists())
                 .values(status=RUNNING, worker=worker_id(worker), started_at=moment,
                         heartbeat_at=moment, finished_at=None, attempts=jobs.c.attempts + 1,
                         progress=0.0, message="", error=None, cancel_requested=0)
@@ -197,10 +201,12 @@ class JobStore:
             session.add(JobItem(job_id=job_id, item_id=item_id))
 
     def recover(self, max_attempts: int, hung_after_s: float | None = None,
-                dead_after_s: float = DEAD_AFTER_S) -> dict[str, int]:
+                dead_after_s: float = DEAD_AFTER_S, dead_workers: Iterable[str] = ()) -> dict[str, int]:
         """Jobs left `running` by a worker that is provably dead (studio/jobs/heartbeat.py): its
-        process is gone, or, on another host, silent for `dead_after_s`; with `hung_after_s`,
-        also jobs that reported no progress for that long (the caller stops their worker first).
+        process is gone, or, on another host, silent for `dead_after_s`, or named in
+        `dead_workers` (e.g. Ray says that actor runs in another process now); with
+        `hung_after_s`, also jobs that reported no progress for that long (the caller stops
+        their worker first).
         Jobs of live workers — other studios and actors on the same database — are not touched.
 
         A job whose outputs were committed did finish (tasks write to the gallery once, at the
@@ -213,7 +219,9 @@ class JobStore:
             rows = session.scalars(select(Job).where(Job.status == RUNNING)
                                    .with_for_update(skip_locked=True)).all()
             workers = {w.name: w for w in session.scalars(select(WorkerProcess))}
-            rows = [r for r in rows if is_dead(r.worker, workers, moment, dead_after_s)
+            dead_workers = set(dead_workers)
+            rows = [r for r in rows if r.worker in dead_workers
+                    or is_dead(r.worker, workers, moment, dead_after_s)
                     or (hung_after_s is not None and _silent_s(r, moment) > hung_after_s)]
             linked = set(session.scalars(select(JobItem.job_id).where(
                 JobItem.job_id.in_([r.id for r in rows]))))
@@ -367,6 +375,12 @@ class JobStore:
                 (Job.priority > job.priority) | ((Job.priority == job.priority) & (
                     (Job.position < job.position) | ((Job.position == job.position) & (Job.id < job.id))))))
 
+    def waiting_count(self) -> int:
+        """Jobs waiting to run (pending or held): the queue's size against its cap."""
+        with self.db.session() as session:
+            return session.scalar(select(func.count()).select_from(Job)
+                                  .where(Job.status.in_((PENDING, PAUSED))))
+
     def counts(self) -> dict[str, int]:
         with self.db.session() as session:
             found = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
@@ -423,7 +437,7 @@ class JobStore:
             cancel_requested=bool(row.cancel_requested), worker=row.worker,
             result=json.loads(row.result_json) if row.result_json else None,
             created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-            item_ids=item_ids)
+            item_ids=item_ids, heartbeat_at=row.heartbeat_at)
 
 
 def _model(params: dict[str, Any]) -> str:
