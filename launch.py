@@ -93,6 +93,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="another Host name to answer, e.g. a reverse proxy's; repeatable")
     parser.add_argument("--max-request-mb", type=float, default=64.0,
                         help="largest HTTP request body in MB (default 64)")
+    parser.add_argument("--database", metavar="URL",
+                        help="SQLAlchemy URL of the database (default: SQLite in the data dir); "
+                             "postgresql+psycopg://user:pass@host/db shares one queue and gallery "
+                             "between studios and machines")
+    parser.add_argument("--storage", metavar="PATH",
+                        help="where gallery files and thumbnails live (default: the data dir); "
+                             "with many machines, a path every one of them mounts")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run queued jobs on Ray actors of this cluster (auto, 127.0.0.1:6379) "
+                             "instead of in this process; needs a PostgreSQL --database")
+    parser.add_argument("--ray-workers", type=int, default=0, metavar="N",
+                        help="with --ray: N CPU actors when the cluster has no GPUs "
+                             "(default: one actor per GPU)")
     parser.add_argument("--autolaunch", action="store_true",
                         help="open the studio in your web browser once it serves (when there is one)")
     parser.add_argument("--no-browser", action="store_true",
@@ -111,6 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Refusing to serve {where} without a login: add --auth user:password "
               "(or serve on 127.0.0.1).", file=sys.stderr)
         raise SystemExit(2)
+    if args.ray and not (args.database or "").startswith(("postgresql", "postgres:")):
+        print("--ray runs jobs on other machines, which cannot open this machine's SQLite file: "
+              "add --database postgresql+psycopg://user:pass@host/db (docs/scale-out.md).",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if args.ray_workers < 0:
+        raise SystemExit(f"--ray-workers must be 0 or more, got {args.ray_workers}")
     if args.openvino:
         os.environ["GENSTUDIO_OPENVINO"] = args.openvino  # read by RuntimeOptions.from_env
     if args.offline:
@@ -126,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         offline=args.offline, memory_budget_gb=args.memory_budget_gb,
         allow_code_execution=args.allow_code_execution, allowed_hosts=tuple(args.allowed_host),
         max_request_mb=args.max_request_mb,
-        queue_worker=not args.no_queue_worker,
+        queue_worker=not args.no_queue_worker, database=args.database,
+        storage_dir=Path(args.storage).expanduser().resolve() if args.storage else None,
+        ray_address=args.ray, ray_workers=args.ray_workers,
         open_browser=args.autolaunch and not args.no_browser)
     serve(config)
 

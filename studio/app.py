@@ -13,10 +13,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from engines.base import EngineManager, EngineSpec
 from studio.config import StudioConfig
 from studio.context import StudioContext
 from studio.db.database import Database
+from studio.gallery.shared_sweep import sweep_shared
 from studio.gallery.store import GalleryStore
 from studio.jobs.queue import JobQueue
 from studio.jobs.runner import Runner
@@ -48,6 +51,7 @@ API_MODULES = (
     "studio.api.openai",
     "studio.api.queue",
     "studio.api.a1111_extras",  # before a1111: its /upscalers answers, not the empty one
+    "studio.api.a1111_lora",  # before a1111 too: /loras, /embeddings, /sd-vae
     "studio.api.a1111",
 )
 
@@ -60,12 +64,17 @@ footer { display: none !important; }
 def build_context(config: StudioConfig) -> StudioContext:
     # 1. Storage: migrate (after a backup) and repair what an earlier crash left behind.
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(config.database_path)
-    applied = db.migrate()
+    try:
+        db = Database(config.database or config.database_path)
+        db.lock_exclusive()  # one studio per SQLite file; PostgreSQL is shared (docs/scale-out.md)
+        applied = db.migrate()
+    except (ValueError, RuntimeError, OSError, SQLAlchemyError) as error:  # one line, no traceback
+        raise SystemExit(f"GenStudio: {str(error).splitlines()[0]}") from None
     if applied:
         log.info("database migrated to version %s", applied[-1])
-    gallery = GalleryStore(db, config.data_dir)
-    repaired = gallery.sweep()
+    gallery = GalleryStore(db, config.storage)
+    # Shared database and storage: other processes write files now; only long-dead leftovers go.
+    repaired = gallery.sweep() if not db.shared else sweep_shared(gallery)
     if any(repaired.values()):
         log.warning("start-up sweep repaired %s", repaired)
     # 2. Engines: registered, not loaded.
@@ -153,7 +162,9 @@ def serve(config: StudioConfig, block: bool = True):
     guard.allow_origin(share_url)
     guard.ready = True  # until now /api, /v1 and /sdapi answered 503 with Retry-After
     if ctx.queue is not None and config.queue_worker:
-        ctx.queue.start_worker()
+        from studio.jobs.ray_worker import start_queue_worker
+
+        start_queue_worker(ctx)  # in this process, or on Ray actors with --ray (issue 14)
     print(f"GenStudio running at {local_url}" + (f"  (public: {share_url})" if share_url else ""), flush=True)
     if config.open_browser:
         from studio.browser import open_studio

@@ -19,6 +19,10 @@ class StudioConfig:
     offline: bool = False  # never try a model hub; set automatically when none is reachable
     memory_budget_gb: float = 8.0  # loaded models above this are unloaded, least recent first
     queue_worker: bool = True  # run the persistent queue's worker in this process
+    database: str | None = None  # SQLAlchemy URL (PostgreSQL: many machines); None: SQLite in data_dir
+    storage_dir: Path | None = None  # gallery files and thumbnails (shared storage); None: data_dir
+    ray_address: str | None = None  # run queued jobs on Ray actors of this cluster (auto, host:port)
+    ray_workers: int = 0  # with ray_address: CPU actors when the cluster has no GPUs
     open_browser: bool = False  # open the page in the user's browser once it serves (run.sh)
     extra_models_dirs: tuple[Path, ...] = field(default_factory=tuple)
     allow_code_execution: bool = False  # run & fix runs model-written code: only when asked
@@ -30,12 +34,17 @@ class StudioConfig:
         return self.data_dir / "studio.sqlite3"
 
     @property
+    def storage(self) -> Path:
+        """Where the gallery's files live (outputs/, thumbnails/)."""
+        return self.storage_dir or self.data_dir
+
+    @property
     def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
+        return self.storage / "outputs"
 
     @property
     def thumbnails_dir(self) -> Path:
-        return self.data_dir / "thumbnails"
+        return self.storage / "thumbnails"
 
     @property
     def models_dir(self) -> Path:
