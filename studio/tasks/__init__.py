@@ -46,6 +46,7 @@ TASK_MODULES = (
     "studio.tasks.style_training",
     "studio.tasks.upscale",
     "studio.tasks.hires",
+    "studio.tasks.lora_training",
 )
 
 _registry: dict[str, TaskSpec] = {}

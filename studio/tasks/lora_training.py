@@ -1,0 +1,180 @@
+"""Train a LoRA on your own images: the "train_lora" queue task (engine "diffusion").
+
+Params (a JSON-able dict; the queue stores it as is):
+  name           the LoRA's file name in <data>/models/Lora (letters, digits, - and _)
+  trigger        the word that calls the concept up, e.g. "gsring"
+  image_ids      gallery item ids, and/or
+  images         base64 PNG/JPEG or data URLs; 5..30 images in all (ids first, then uploads)
+  captions       optional, one per image in that order; the trigger word is put in front of
+                 any caption that lacks it; without captions every image is captioned with it
+  rank           LoRA rank, 1..128 (default 8)
+  steps          optimiser steps (default 400)
+  lr             learning rate (default 1e-3; 1e-4 suits full-size SD 1.x)
+  batch          images per step (default 4)
+  model          the base model (default the embedded one); SD 1.x / 2.x only
+  seed           default 0
+  overwrite      replace an existing LoRA of that name (default false)
+
+It runs on the "training" lane (a worker of its own, without the device lock), so generation
+goes on beside it. Progress: the message carries the loss ("step 120/400, loss 0.2731"), the preview a grid of
+sample images every `steps / 4` steps. Cancel stops at the next step and keeps the checkpoint;
+the job started again with the same name (or the queue recovering it after a restart) resumes
+from it (<data>/models/Lora/.runs/<name>/). The result lands in <data>/models/Lora/<name>.safetensors
+in the kohya/A1111 key layout, with `<name>.json` (A1111's activation text) and
+`<name>.preview.png` beside it, and the last sample grid in the gallery. It is usable at once:
+`<lora:name:1>` in any prompt.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engines.base import ParamError
+from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks.image import _gallery_image, _default_model, decode_image
+
+ENGINE = "diffusion"
+FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
+          "model", "seed", "overwrite")
+MIN_IMAGES, MAX_IMAGES = 5, 30
+EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
+
+
+@dataclass
+class Prepared:
+    name: str
+    images: list[Image.Image]
+    captions: list[str]
+    config: Any  # engines.training.lora.LoraTrainConfig
+    model: str
+    target: Path
+    overwrite: bool
+
+
+def lora_dir(ctx) -> Path:
+    return Path(ctx.config.models_dir) / "Lora"
+
+
+def prepare(ctx, params: dict) -> Prepared:
+    """Check and convert a request; raises ParamError naming the field. Loads no weights."""
+    from engines.training.lora import LoraTrainConfig
+
+    if not isinstance(params, dict):
+        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) for train_lora: {', '.join(unknown)}")
+    name = params.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        raise ParamError("name", f"`name` must be letters, digits, - or _ (a file name), got {name!r}")
+    images = _images(ctx, params)
+    trigger = params.get("trigger")
+    config = LoraTrainConfig(
+        trigger=trigger.strip() if isinstance(trigger, str) else trigger,
+        rank=params.get("rank", 8), steps=params.get("steps", 400), lr=params.get("lr", 1e-3),
+        batch=params.get("batch", 4), seed=params.get("seed", 0))
+    config.check()
+    captions = _captions(params.get("captions"), len(images), config.trigger)
+    model = params.get("model") or _default_model(ctx)
+    if not isinstance(model, str):
+        raise ParamError("model", f"`model` must be a model name, got {model!r}")
+    config.sample_every = max(1, config.steps // 4)
+    config.checkpoint_every = max(1, min(50, config.steps // 10))
+    config.sample_prompts = (config.trigger,) + tuple(sorted(set(captions)))[:3]
+    config.sample_guidance = EMBEDDED_GUIDANCE if model == _default_model(ctx) else 7.0
+    overwrite = params.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ParamError("overwrite", f"`overwrite` must be true or false, got {overwrite!r}")
+    target = lora_dir(ctx) / f"{name}.safetensors"
+    if target.exists() and not overwrite:
+        raise ParamError("name", f"a LoRA named {name!r} exists already; pick another `name` "
+                         f"or set `overwrite`")
+    return Prepared(name, images, captions, config, model, target, overwrite)
+
+
+def _images(ctx, params: dict) -> list[Image.Image]:
+    ids, uploads = params.get("image_ids") or [], params.get("images") or []
+    if not isinstance(ids, list) or not isinstance(uploads, list):
+        raise ParamError("images", "`image_ids` and `images` must be lists")
+    count = len(ids) + len(uploads)
+    if not MIN_IMAGES <= count <= MAX_IMAGES:
+        raise ParamError("images", f"training needs {MIN_IMAGES}..{MAX_IMAGES} images, got {count}")
+    images = [_gallery_image(ctx, item_id, "image_ids") for item_id in ids]
+    images += [decode_image(value, "images") for value in uploads]
+    return [image.convert("RGB") for image in images]
+
+
+def _captions(captions: Any, count: int, trigger: str) -> list[str]:
+    if captions is None:
+        return [trigger] * count
+    if not isinstance(captions, list) or len(captions) != count or not all(
+            isinstance(c, str) and len(c) <= 1000 for c in captions):
+        raise ParamError("captions", f"`captions` must be a list of {count} texts, one per image")
+    pattern = re.compile(rf"(?<!\w){re.escape(trigger)}(?!\w)", re.I)
+    return [c.strip() if pattern.search(c) else f"{trigger}, {c.strip()}".rstrip(", ")
+            for c in captions]
+
+
+def validate(ctx, params: dict) -> None:
+    prepare(ctx, params)
+
+
+def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
+    from engines.diffusion.loading import RuntimeOptions, load_pipeline, resolve_model
+    from engines.training.lora import save_kohya, train_lora
+
+    # 1. Check everything, then load a training copy of the model (the engine's stays as is).
+    p = prepare(ctx, params)
+    started = time.perf_counter()
+    pipe = load_pipeline(resolve_model(p.model), ctx.engines.device,
+                         RuntimeOptions(half_precision=False))
+    run_dir = lora_dir(ctx) / ".runs" / p.name
+    # 2. Train (resumes from run_dir's checkpoint; Cancelled keeps it).
+    result = train_lora(pipe, p.images, p.captions, p.config, run_dir, on_progress, cancel)
+    # 3. The LoRA file with kohya's metadata, A1111's sidecar and a preview, then the gallery.
+    tags: dict[str, int] = {}
+    for caption in p.captions:
+        for tag in (t.strip() for t in caption.split(",")):
+            tags[tag] = tags.get(tag, 0) + 1
+    metadata = {"ss_output_name": p.name, "ss_network_module": "networks.lora",
+                "ss_network_dim": p.config.rank, "ss_network_alpha": p.config.rank,
+                "ss_base_model_version": "sd_v1", "ss_num_train_images": len(p.images),
+                "ss_steps": result.steps, "ss_learning_rate": p.config.lr,
+                "ss_sd_model_name": Path(p.model).name,
+                "ss_tag_frequency": json.dumps({p.name: tags}),
+                "modelspec.trigger_phrase": p.config.trigger}
+    save_kohya(result.state_dict, p.target, metadata)
+    p.target.with_suffix(".json").write_text(json.dumps(
+        {"activation text": p.config.trigger, "preferred weight": 1,
+         "description": f"Trained in GenStudio on {len(p.images)} images, {result.steps} steps"},
+        indent=1))
+    items = []
+    if result.samples is not None:
+        result.samples.save(p.target.with_suffix(".preview.png"))
+        items = [ctx.gallery.add_image(
+            result.samples, task="train_lora", engine=ENGINE, model=p.model,
+            prompt=f"LoRA {p.name} ({p.config.trigger}): samples", params={
+                "name": p.name, "trigger": p.config.trigger, "rank": p.config.rank,
+                "steps": result.steps, "lr": p.config.lr, "images": len(p.images)},
+            duration_s=round(time.perf_counter() - started, 3))]
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoint is done with
+    info = {"lora": p.name, "path": str(p.target), "trigger": p.config.trigger,
+            "steps": result.steps, "resumed_from": result.resumed_from,
+            "final_loss": round(sum(result.losses[-20:]) / max(1, len(result.losses[-20:])), 5),
+            "seconds": round(time.perf_counter() - started, 1),
+            "usage": f"<lora:{p.name}:1> {p.config.trigger}"}
+    return TaskResult(item_ids=[i.id for i in items], images=[result.samples] if items else [],
+                      text=None, info=info)
+
+
+# The "training" lane: a worker of its own, without the device lock, so generation goes on.
+register(TaskSpec("train_lora", ENGINE, validate, run,
+                  "Train a LoRA on 5-30 of your own images (lands in models/Lora)",
+                  lane="training"))
