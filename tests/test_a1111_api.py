@@ -87,13 +87,15 @@ def test_auth_like_the_ui(server):
 
 
 def test_openapi_schema_lists_the_routes(server):
-    schema = requests.get(f"{server.url}/openapi.json", timeout=30).json()
+    # the schema and the docs need the same login as everything else
+    assert requests.get(f"{server.url}/openapi.json", timeout=30).status_code == 401
+    schema = requests.get(f"{server.url}/openapi.json", auth=AUTH, timeout=30).json()
     for path in ("txt2img", "img2img", "progress", "interrupt", "skip", "png-info", "options",
                  "sd-models", "samplers", "schedulers"):
         assert f"/sdapi/v1/{path}" in schema["paths"]
     body = schema["components"]["schemas"]["Txt2ImgRequest"]["properties"]
     assert {"prompt", "cfg_scale", "sampler_name", "n_iter", "override_settings"} <= set(body)
-    assert requests.get(f"{server.url}/docs", timeout=30).status_code == 200
+    assert requests.get(f"{server.url}/docs", auth=AUTH, timeout=30).status_code == 200
 
 
 def test_txt2img_reproduces_the_task_pixels_and_lands_in_the_gallery(server, selected, ctx):

@@ -37,7 +37,7 @@ def test_tasks_are_registered():
 
 def test_txt2img_saves_every_image_with_a1111_parameters(ctx, model_id):
     result = run_task(ctx, "txt2img", {"prompt": "a blue triangle", "negative_prompt": "dark",
-                                       "steps": 3, "seed": 41, "batch_size": 2, "cfg_scale": 5,
+                                       "steps": 3, "seed": 41, "batch_size": 2, "guidance_scale": 5,
                                        "scheduler": "DPM++ 2M Karras", "model": model_id})
     assert len(result.item_ids) == 2 and result.info["seeds"] == [41, 42]
     for item_id, seed in zip(result.item_ids, (41, 42)):
@@ -68,7 +68,7 @@ def test_img2img_inpaint_outpaint_record_lineage(ctx, model_id):
     root = run_task(ctx, "txt2img", {"prompt": "a tree", "steps": 2, "seed": 1,
                                      "model": model_id}).item_ids[0]
     child = run_task(ctx, "img2img", {"prompt": "a tree at night", "steps": 4, "seed": 2,
-                                      "denoising_strength": 0.5, "init_image_id": root,
+                                      "strength": 0.5, "init_image_id": root,
                                       "model": model_id}).item_ids[0]
     original = ctx.gallery.open_image(child)
     mask = Image.new("L", original.size, 0)
@@ -76,7 +76,7 @@ def test_img2img_inpaint_outpaint_record_lineage(ctx, model_id):
     painted = np.asarray(mask) > 127
     inpainted = run_task(ctx, "inpaint", {"prompt": "a moon", "steps": 4, "seed": 3,
                                           "init_image_id": child, "mask": b64(mask),
-                                          "inpainting_fill": 0, "model": model_id}).item_ids[0]
+                                          "inpainting_fill": "fill", "model": model_id}).item_ids[0]
     out = np.asarray(ctx.gallery.open_image(inpainted))
     assert np.array_equal(out[~painted], np.asarray(original)[~painted])
     outpainted = run_task(ctx, "outpaint", {"prompt": "more sky", "steps": 2, "seed": 4,

@@ -85,3 +85,19 @@ def test_malformed_jobs_get_a_clear_422(client):
                                       "expand": True})
     assert "give `task`" in post({})
     assert client.get("/api/queue", auth=AUTH).json()["counts"]["pending"] == 0
+
+
+def test_a1111_names_are_translated_at_the_api_not_by_the_task(tmp_path):
+    """A job copied from an A1111 client keeps its names over POST /api/queue; the task itself
+    knows only its own (A1111 names live in studio/api/ alone)."""
+    from studio.api.a1111_names import to_task_params
+    from studio.tasks import validate_task
+
+    ctx = make_context(tmp_path / "data")
+    a1111 = {"prompt": "x", "cfg_scale": 5, "sampler_name": "Euler a", "n_iter": 2,
+             "denoising_strength": 0.4, "inpainting_fill": 0}
+    assert to_task_params(a1111) == {"prompt": "x", "guidance_scale": 5, "scheduler": "Euler a",
+                                     "batch_count": 2, "strength": 0.4, "inpainting_fill": "fill"}
+    with pytest.raises(ValueError, match="cfg_scale"):
+        validate_task(ctx, "txt2img", {"prompt": "x", "cfg_scale": 5})
+    validate_task(ctx, "txt2img", to_task_params({"prompt": "x", "cfg_scale": 5}))

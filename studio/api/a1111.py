@@ -37,14 +37,11 @@ from fastapi.exceptions import RequestValidationError
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
+from studio.api.a1111_names import FILL_CODES, a1111_field
 from studio.api.a1111_options import Checkpoints, Options
 from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
 from studio.api.auth import require_auth
 
-# The task's names -> A1111's, for 422s that name the field the client sent.
-FIELD_NAMES = {"guidance_scale": "cfg_scale", "strength": "denoising_strength",
-               "scheduler": "sampler_name", "batch_count": "n_iter", "init_image": "init_images",
-               "init_image_id": "init_images", "mask_id": "mask", "model": "sd_model_checkpoint"}
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 
 
@@ -105,7 +102,8 @@ def _encode_png(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> Run:
+def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
+              vae: str | None = None) -> Run:
     """The task and per-iteration params of a request; raises 422s naming A1111 fields."""
     if request.n_iter < 1:
         raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
@@ -129,6 +127,8 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
             params[name] = getattr(request, name)
     if model_id is not None:
         params["model"] = model_id
+    if vae not in (None, "Automatic", "None"):  # A1111's sd_vae: a file in models/VAE
+        params["vae"] = vae
     task = "txt2img"
     if isinstance(request, Img2ImgRequest):
         task = "img2img"
@@ -152,7 +152,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
             if not 0 <= request.inpainting_fill <= 3:
                 raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
                                     request.inpainting_fill)
-            params.update(inpainting_fill=request.inpainting_fill,
+            params.update(inpainting_fill=FILL_CODES[request.inpainting_fill],
                           inpaint_full_res=request.inpaint_full_res,
                           inpaint_full_res_padding=request.inpaint_full_res_padding)
             if request.mask_blur is not None:
@@ -165,7 +165,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None) -> 
     try:
         get_task(task).validate(ctx, whole)
     except ValueError as error:
-        raise unprocessable(_a1111_field(getattr(error, "field", None)), str(error)) from None
+        raise unprocessable(a1111_field(getattr(error, "field", None)), str(error)) from None
     uploads = _store_uploads(ctx, params)
     iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
     return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
@@ -206,12 +206,13 @@ def router(ctx) -> APIRouter:
 
     async def generate(request: Txt2ImgRequest, kind: str, http: Request) -> GenerationResponse:
         model_id = model_for(request)
-        run = await asyncio.to_thread(build_run, ctx, request, kind, model_id)
+        vae = (request.override_settings or {}).get("sd_vae", options.get().get("sd_vae"))
+        run = await asyncio.to_thread(build_run, ctx, request, kind, model_id, vae)
         try:
             outcomes = await runs.execute(run, http.is_disconnected)
         except ValueError as error:  # refused at enqueue (the queue is full...)
             _forget_uploads(ctx, run)
-            raise unprocessable(_a1111_field(getattr(error, "field", None)), str(error)) from None
+            raise unprocessable(a1111_field(getattr(error, "field", None)), str(error)) from None
         except QueueUnavailable as error:
             _forget_uploads(ctx, run)
             raise HTTPException(503, detail=str(error), headers={"Retry-After": "30"}) from None
@@ -219,7 +220,7 @@ def router(ctx) -> APIRouter:
             raise HTTPException(504, detail=f"{error}; its jobs were canceled") from None
         except RunFailed as error:
             if error.field:
-                raise unprocessable(_a1111_field(error.field), str(error)) from None
+                raise unprocessable(a1111_field(error.field), str(error)) from None
             raise HTTPException(500, detail=str(error)) from None
         return await asyncio.to_thread(_response, ctx, checkpoints, request, run, outcomes, model_id)
 
@@ -322,11 +323,6 @@ def router(ctx) -> APIRouter:
                                parameters=metadata["parsed"])
 
     return api
-
-
-def _a1111_field(field: str | None) -> str | None:
-    """The A1111 name of a task parameter (`guidance_scale` -> `cfg_scale`)."""
-    return FIELD_NAMES.get(field, field) if field else None
 
 
 def _forget_uploads(ctx, run: Run) -> None:

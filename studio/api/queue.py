@@ -63,6 +63,7 @@ def router(ctx) -> APIRouter:
 
     @api.post("")
     def enqueue(body: EnqueueBody) -> dict:
+        from studio.api.a1111_names import to_task_params
         from studio.jobs.expand import expand_jobs
         from studio.jobs.queue import JobRequest
 
@@ -81,6 +82,9 @@ def router(ctx) -> APIRouter:
                 requests = [JobRequest(body.task, p, body.priority) for p in params_list]
             else:
                 requests = [JobRequest(body.task, body.params, body.priority)]
+            # Jobs copied from A1111 keep its parameter names; the tasks take their own.
+            requests = [JobRequest(r.task, to_task_params(r.params) if isinstance(r.params, dict)
+                                   else r.params, r.priority) for r in requests]
             return {"ids": q.enqueue_batch(requests)}
         except ValueError as error:
             raise HTTPException(422, str(error))

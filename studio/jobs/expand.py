@@ -29,13 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
+from studio.api.a1111_names import PARAM_NAMES
+
 MAX_EXPANSION = 10_000  # one expansion; the queue refuses bigger requests as well
 MAX_WILDCARD_DEPTH = 8  # a wildcard may use wildcards, this deep
 MAX_NESTING = 32  # braces inside braces (wildcards included): deeper is an attack, not a prompt
 MAX_TEMPLATE_CHARS = 200_000  # one template as typed or uploaded
 MAX_EXPANDED_CHARS = 8_000_000  # all prompts of one request together (counted before expanding)
-OPTION_ALIASES = {"cfg_scale": "guidance_scale", "sampler_name": "scheduler",
-                  "negative": "negative_prompt", "neg": "negative_prompt"}
+# A1111's option names (studio/api/a1111_names.py) and two short forms of our own
+OPTION_ALIASES = {**PARAM_NAMES, "negative": "negative_prompt", "neg": "negative_prompt"}
 
 
 _WILDCARD = re.compile(r"__([\w\-/.]+?)__")

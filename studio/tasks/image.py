@@ -1,16 +1,17 @@
 """Image tasks: txt2img, img2img, inpaint, outpaint (engine "diffusion").
 
 Every caller (the tabs, the queue, the A1111 API) passes a JSON-able dict. Names follow the
-diffusers engine; the meaning is AUTOMATIC1111's, and A1111's own names are accepted as aliases.
+diffusers engine; the meaning is AUTOMATIC1111's. A1111's own names (cfg_scale, sampler_name...)
+are translated at the boundary, by studio/api/a1111_names.py, never here.
 
 Common to all four:
   prompt, negative_prompt      text (at most 4,000 characters; CLIP reads ~75 tokens)
   steps                        1..150, default 20
-  guidance_scale               A1111 "CFG scale" (alias cfg_scale), 0..30, default 7
-  scheduler                    A1111 sampler + schedule type in one name (alias sampler_name):
+  guidance_scale               A1111 "CFG scale", 0..30, default 7
+  scheduler                    A1111 sampler + schedule type in one name :
                                Euler, Euler a, DDIM, DPM++ 2M, DPM++ 2M Karras, UniPC, LCM
   seed                         -1 = random; image i of the request gets seed + i
-  batch_size, batch_count      images per run, runs (alias n_iter); at most 64 images in all
+  batch_size, batch_count      images per run, runs; at most 64 images in all
   width, height                multiples of 8, 64..4096, pixel budget 2048x2048; default: the
                                model's native size (txt2img) or the input image's (others)
   model                        engine model id; default "genstudio-tiny-sd"
@@ -19,8 +20,8 @@ Common to all four:
                                faster at large sizes, slightly different images
   step_cache                   0..5, default 0 (exact): DeepCache-style, the whole UNet every N
                                steps, its shallowest level in between; faster, approximate
-  vae                          a VAE from <data>/models/VAE by file name (A1111's `sd_vae`,
-                               alias sd_vae), or "Automatic" / "None" / absent: the model's own
+  vae                          a VAE from <data>/models/VAE by file name (A1111's `sd_vae`),
+                               or "Automatic" / "None" / absent: the model's own
   <lora:name:weight> in the prompt   a LoRA from <data>/models/Lora (subfolders too); an unknown
                                name, unreadable file or another model family is refused here
   embeddings                   a file name from <data>/models/embeddings in the prompt
@@ -29,15 +30,15 @@ txt2img only:
                                best by CLIP score (0 = off)
 img2img, inpaint, outpaint:
   init_image_id | init_image   a gallery item id (becomes the parent), or a base64 PNG/JPEG or
-                               data URL string (alias init_images: [str], as A1111)
-  strength                     A1111 "Denoising strength" (alias denoising_strength), 0..1
+                               data URL string
+  strength                     A1111 "Denoising strength" 0..1
 inpaint:
-  mask_id | mask               white = repaint; the same size as the image (alias mask)
+  mask_id | mask               white = repaint; the same size as the image
   mask_blur                    feathering in pixels, inside the mask only (default 4)
   inpaint_full_res             A1111 "Inpaint area: Only masked" (default false)
   inpaint_full_res_padding     context pixels around the mask's box (default 32)
   inpainting_fill              masked content: "fill", "original", "latent noise",
-                               "latent nothing" or A1111's 0..3 (default "original")
+                               "latent nothing" (default "original")
 outpaint:
   sides                        some of left, right, up, down (default all four)
   pixels                       added per side, a multiple of 8 (default 64)
@@ -64,9 +65,6 @@ from studio.gallery.store import NewImage
 from studio.tasks import TaskResult, TaskSpec, register
 
 ENGINE = "diffusion"
-ALIASES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
-           "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
-FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
           "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
           "step_cache", "vae")
@@ -142,19 +140,6 @@ def _resolve_image(ctx, params: dict, name: str) -> tuple[Image.Image | None, in
 # ------------------------------------------------------------------ params -> engine params
 def _normalise(params: dict) -> dict:
     out = dict(params)
-    for alias, name in ALIASES.items():
-        if alias in out and name not in out:
-            out[name] = out.pop(alias)
-    if "init_images" in out and "init_image" not in out and "init_image_id" not in out:
-        images = out.pop("init_images")
-        if not isinstance(images, list) or not images:
-            raise ParamError("init_images", "`init_images` must be a list with one image")
-        out["init_image"] = images[0]
-    fill = out.get("inpainting_fill")
-    if isinstance(fill, int) and not isinstance(fill, bool):
-        if fill not in FILL_CODES:
-            raise ParamError("inpainting_fill", f"`inpainting_fill` code must be 0..3, got {fill}")
-        out["inpainting_fill"] = FILL_CODES[fill]
     if isinstance(out.get("sides"), list):
         out["sides"] = tuple(out["sides"])
     return out
@@ -166,7 +151,7 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
         raise ValueError(f"parameters must be an object, got {type(params).__name__}")
     p = {k: v for k, v in _normalise(params).items() if k not in RECORD_ONLY}
     allowed = set(FIELDS[task]) | {"model", "init_image", "init_image_id", "mask", "mask_id"}
-    unknown = sorted(set(p) - allowed - set(ALIASES))
+    unknown = sorted(set(p) - allowed)
     if unknown:
         raise ValueError(f"unknown parameter(s) for {task}: {', '.join(unknown)}")
     if "prompt" not in p:

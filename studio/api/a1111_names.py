@@ -1,0 +1,47 @@
+"""AUTOMATIC1111's names for the image tasks' parameters: the one place they are translated.
+
+The tasks and engines speak diffusers' names (`guidance_scale`, `strength`, `scheduler`...). A1111
+clients, A1111's "prompts from file" lines and queue requests copied from A1111 use its own
+(`cfg_scale`, `denoising_strength`, `sampler_name`...). The A1111 router, the queue router and
+the prompt-file parser call `to_task_params`; error messages name the A1111 field back through
+`a1111_field`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from engines.base import ParamError
+
+# A1111 name -> the task's name
+PARAM_NAMES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
+               "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
+# A1111's "masked content" codes
+FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+# the task's name -> the A1111 field a client sent (for 422s)
+FIELD_NAMES = {**{task: a1111 for a1111, task in PARAM_NAMES.items()},
+               "init_image": "init_images", "init_image_id": "init_images", "mask_id": "mask",
+               "model": "sd_model_checkpoint"}
+
+
+def to_task_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A1111 names and codes -> the image tasks' (names a task already uses are kept)."""
+    out = dict(params)
+    for a1111, name in PARAM_NAMES.items():
+        if a1111 in out and name not in out:
+            out[name] = out.pop(a1111)
+    if "init_images" in out and "init_image" not in out and "init_image_id" not in out:
+        images = out.pop("init_images")
+        if not isinstance(images, list) or len(images) != 1:
+            raise ParamError("init_images", "`init_images` must be a list with one image")
+        out["init_image"] = images[0]
+    fill = out.get("inpainting_fill")
+    if isinstance(fill, int) and not isinstance(fill, bool):
+        if fill not in FILL_CODES:
+            raise ParamError("inpainting_fill", f"`inpainting_fill` code must be 0..3, got {fill}")
+        out["inpainting_fill"] = FILL_CODES[fill]
+    return out
+
+
+def a1111_field(field: str | None) -> str | None:
+    """The A1111 name of a task parameter (`guidance_scale` -> `cfg_scale`)."""
+    return FIELD_NAMES.get(field, field) if field else None
