@@ -1,0 +1,97 @@
+""""Train a LoRA" in the image tabs: a `train_lora` job (the queue's training lane,
+studio/tasks/lora_training.py) started, watched and canceled from here.
+
+Uploaded pictures enter the gallery first (task "upload") and the job refers to them by id, so
+it survives a restart and resumes from its checkpoint; it is listed in the Queue tab. The
+status line carries the live loss, the image the latest grid of samples.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+
+from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+
+
+def _save_uploads(ctx, files) -> list[int]:
+    from PIL import Image, UnidentifiedImageError
+
+    ids = []
+    for path in files or []:
+        try:
+            image = Image.open(path)
+            image.load()
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{path} is not a readable image ({error})") from None
+        ids.append(ctx.gallery.add_image(image.convert("RGB"), task="upload", engine="",
+                                         prompt="LoRA training image",
+                                         params={"source": "LoRA training"}).id)
+    return ids
+
+
+def start_training(ctx, name, trigger, files, captions, rank, steps, lr):
+    """Yields (job id, status, samples) until the job ends."""
+    try:
+        ids = _save_uploads(ctx, files)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    lines = [line.strip() for line in (captions or "").splitlines() if line.strip()]
+    params = {"name": (name or "").strip(), "trigger": (trigger or "").strip(), "image_ids": ids,
+              "rank": int(rank), "steps": int(steps), "lr": float(lr)}
+    if lines:
+        params["captions"] = lines
+    update = None
+    try:
+        for update in follow_job(ctx, "train_lora", params):
+            text = (f"**{params['name']}** · job #{update.job_id} · "
+                    + (update.message or update.status if update.status == "running"
+                       else update.status))
+            yield update.job_id, text, update.preview if update.preview is not None else gr.skip()
+    except gr.Error:
+        for item_id in ids:  # refused before it was queued: keep nothing
+            ctx.gallery.delete(item_id)
+        raise
+    result = (update.result or {}).get("info") or {} if update else {}
+    final = {"completed": f"Saved: use `{result.get('usage', '')}` in a prompt "
+                          f"(refresh the LoRA list).",
+             "canceled": "Canceled: the checkpoint is kept; start again with the same name to "
+                         "resume.",
+             "failed": f"⚠️ {update.error if update else ''}"}.get(
+        update.status if update else "", "")
+    yield None, f"**{params['name']}** · {final}", gr.skip()
+
+
+def build(ctx) -> dict:
+    c: dict = {}
+    with gr.Accordion("Train a LoRA", open=False, elem_id="lora-train"):
+        gr.Markdown("5–30 pictures of one subject or style, a trigger word that is not an "
+                    "ordinary word, optional captions (one line per picture, in order). The "
+                    "LoRA lands in `models/Lora`; use it as `<lora:name:1> trigger`. Runs as a "
+                    "job on the queue's training lane; Cancel keeps a checkpoint, and starting "
+                    "again with the same name resumes it. On the embedded model a few hundred "
+                    "steps take minutes on a CPU.", elem_classes="gs-muted")
+        with gr.Row():
+            with gr.Column():
+                c["name"] = gr.Textbox(label="LoRA name", placeholder="my_ring")
+                c["trigger"] = gr.Textbox(label="Trigger word", placeholder="gsring")
+                c["files"] = gr.File(label="Images", file_count="multiple", file_types=["image"])
+                c["captions"] = gr.Textbox(label="Captions (optional, one per line)", lines=3)
+                with gr.Row():
+                    c["rank"] = gr.Slider(1, 64, value=8, step=1, label="Rank")
+                    c["steps"] = gr.Slider(50, 3000, value=400, step=50, label="Steps")
+                    c["lr"] = gr.Number(value=1e-3, label="Learning rate")
+                with gr.Row():
+                    c["start"] = gr.Button("Start training", variant="primary",
+                                           elem_id="lora-train-start")
+                    c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="lora-train-cancel")
+            with gr.Column():
+                c["status"] = gr.Markdown("*No training running.*", elem_id="lora-train-status")
+                c["samples"] = gr.Image(label="Samples", interactive=False, height=260)
+    job = gr.State(None)
+    c["cancel"].click(partial(cancel_job, ctx), job, c["status"], **PRIVATE)
+    c["start"].click(partial(start_training, ctx),
+                     [c["name"], c["trigger"], c["files"], c["captions"], c["rank"], c["steps"],
+                      c["lr"]], [job, c["status"], c["samples"]], concurrency_limit=None,
+                     **PRIVATE)
+    return c
