@@ -19,6 +19,7 @@ PROMPTS = ["a red circle", "a green square --seed 7", "a blue triangle on the se
 def test_prompt_file_jobs_finish_and_land_in_the_gallery(page, studio_server, tmp_path):
     from engines.diffusion.random_weights import embedded_or_random
 
+    expect.set_options(timeout=30_000)  # a loaded 2-core machine answers in seconds, not ms
     model = embedded_or_random(tmp_path / "models")
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text("\n".join(PROMPTS) + "\n")
