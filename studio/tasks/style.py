@@ -12,26 +12,19 @@ Params of the "style" task (a JSON-able dict; the queue stores it as is):
   save_input               default true: an uploaded photo (not from the gallery) is saved to
                            the gallery too, as the result's parent, so lineage is kept
 
-Training (`TrainingRun`) is not a queue task: it runs for minutes on one CPU thread in a
-background thread of its own, never holding the device lock, so generation keeps working.
-Its checkpoint lives in <data_dir>/styles/.runs/<slug>/ (start again with the same name to
-resume); the finished style is written to <data_dir>/styles/<slug>/ and is listed at once.
+Training a new style is the "train_style" task (studio/tasks/style_training.py).
 """
 from __future__ import annotations
 
-import re
-import shutil
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from engines.base import CancelToken, Cancelled, ParamError
+from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
-from studio.gallery.store import NewImage
 from studio.tasks import TaskResult, TaskSpec, register
 from studio.tasks.image import decode_image
 
@@ -148,107 +141,3 @@ def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
 
 register(TaskSpec("style", ENGINE, validate, run,
                   "Restyle a photo with a GAN style (or any painting, not a GAN)"))
-
-
-# ---------------------------------------------------------------- training new styles
-def slugify(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")[:40]
-    if not slug:
-        raise ParamError("name", f"`name` must contain letters or digits, got {name!r}")
-    return slug
-
-
-@dataclass
-class TrainingStatus:
-    state: str = "starting"  # starting, running, done, cancelled, failed
-    iteration: int = 0
-    total: int = 0
-    losses: list[dict[str, float]] = field(default_factory=list)  # one row per iteration
-    preview: Image.Image | None = None
-    message: str = ""
-    style_id: str | None = None  # "user:<slug>" once saved
-    seconds: float = 0.0
-
-
-class TrainingRun:
-    """One background CycleGAN training; poll `status`, stop with `cancel()`."""
-
-    def __init__(self, ctx, name: str, style_images: list[Image.Image],
-                 content_images: list[Image.Image], size: int = 128, iterations: int = 600,
-                 threads: int = 1) -> None:
-        from engines.training.cyclegan import TrainConfig
-
-        self.name, self.slug = name.strip(), slugify(name)
-        if len(style_images) < 1 or len(content_images) < 1:
-            raise ValueError("training needs at least one style image and one content image")
-        self.config = TrainConfig(size=size, iterations=iterations, threads=threads,
-                                  sample_every=max(10, min(100, iterations // 20)),
-                                  checkpoint_every=50)
-        self.config.check()
-        self.styles_dir = Path(ctx.config.styles_dir)
-        self._engines = ctx.engines
-        self.run_dir = self.styles_dir / ".runs" / self.slug
-        self.style_images = [im.convert("RGB") for im in style_images]
-        self.content_images = [im.convert("RGB") for im in content_images]
-        self.status = TrainingStatus(total=iterations)
-        self._cancel = CancelToken()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"style-train-{self.slug}",
-                                        daemon=True)
-
-    def start(self) -> "TrainingRun":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self._cancel.cancel()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        from engines.training import cyclegan
-
-        status = self.status
-        started = time.perf_counter()
-
-        def on_losses(iteration: int, losses: dict[str, float]) -> None:
-            with self._lock:
-                status.iteration = iteration
-                status.losses.append({"iteration": iteration, **losses})
-                status.seconds = time.perf_counter() - started
-
-        def on_progress(progress) -> None:
-            status.state = "running"
-            status.message = f"iteration {progress.step}/{progress.total}"
-            if progress.preview is not None:
-                status.preview = progress.preview
-
-        try:
-            status.state = "running"
-            model, state = cyclegan.train(self.config, self.style_images, self.content_images,
-                                          self.run_dir, on_progress=on_progress,
-                                          cancel=self._cancel, on_losses=on_losses)
-            folder = cyclegan.export_style(
-                model, state, self.styles_dir / self.slug, self.name,
-                f"Trained here from {len(self.style_images)} style and "
-                f"{len(self.content_images)} content images", self.style_images,
-                self.content_images)
-            if status.preview is not None:
-                status.preview.convert("RGB").save(folder / "preview.jpg", quality=90)
-            shutil.rmtree(self.run_dir, ignore_errors=True)  # the 40 MB checkpoint is done with
-            self._engines.unload("style")  # a style retrained under the same name reloads
-            status.style_id = f"user:{self.slug}"
-            status.state = "done"
-            status.message = f"saved as style {status.style_id} after {state.iteration} iterations"
-        except Cancelled:
-            status.state = "cancelled"
-            status.message = (f"cancelled at iteration {status.iteration}; a checkpoint is kept: "
-                              f"start again with the name {self.name!r} to resume")
-        except Exception as error:  # shown in the UI; the checkpoint (if any) stays for a resume
-            status.state = "failed"
-            status.message = f"training failed: {error}"

@@ -1,18 +1,15 @@
 """Text tasks: "chat" (one reply to a conversation) and "code" (write, complete, explain, fix,
-optionally run & fix), plus the streaming helper the chat tab and the OpenAI API share.
+optionally run & fix).
 
-`LiveGeneration` runs one generation on its own thread, which holds the device lock from start
-to end, and hands text chunks to whoever iterates it (a Gradio handler, an HTTP response) from
-any thread. Leaving the iteration early sets the cancel token: the engine stops within one token.
+They run in a queue worker like every task; the text streams to callers (the Chat and Code tabs,
+the OpenAI API) through the job's progress (`Progress.text`, the reply so far), and a cancel
+stops the engine within one token.
 """
 from __future__ import annotations
 
-import asyncio
-import queue
 import re
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engines.base import CancelToken, ParamError, ProgressCallback
 from studio.tasks import TaskResult, TaskSpec, register
@@ -26,7 +23,6 @@ CODE_MODES = ("write", "complete", "explain", "fix")
 LANGUAGES = ("python", "javascript", "typescript", "bash", "c", "cpp", "go", "rust", "java", "sql",
              "html", "css")
 MAX_FIX_ROUNDS = 5
-_DONE = object()
 
 
 # ---------------------------------------------------------------- parameters
@@ -42,88 +38,16 @@ def llm_params(params: dict[str, Any]) -> tuple[str, "LLMParams"]:
 
 
 # ---------------------------------------------------------------- streaming
-class LiveGeneration:
-    """One streamed generation on a worker thread: `for chunk in live: ...` (sync) or
-    `async for chunk in live.achunks()`. `stats`, `text` and `error` are final once it ends."""
-
-    def __init__(self, ctx: "StudioContext", model: str, params: "LLMParams",
-                 cancel: CancelToken | None = None) -> None:
-        from engines.llm.engine import GenerationStats
-
-        self.ctx, self.model, self.params = ctx, model, params
-        self.cancel = cancel or CancelToken()
-        self.stats: GenerationStats = GenerationStats()
-        self.error: BaseException | None = None
-        self.parts: list[str] = []
-        self.ready = threading.Event()  # set once the prompt is checked (or it failed)
-        self.done = threading.Event()
-        self._chunks: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="llm-generation", daemon=True)
-
-    def start(self) -> "LiveGeneration":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            with self.ctx.engines.use("llm", self.model) as engine:
-                engine.prepare(self.params)  # too long for the context: fail before streaming
-                self.ready.set()
-                for chunk in engine.stream(self.params, self.cancel, self.stats):
-                    self._chunks.put(chunk)
-        except BaseException as error:  # handed to the reader, re-raised there
-            self.error = error
-        finally:
-            self.ready.set()
-            self.done.set()
-            self._chunks.put(_DONE)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    @property
-    def cancelled(self) -> bool:
-        return self.stats.finish_reason == "cancelled"
-
-    def __iter__(self) -> Iterator[str]:
-        finished = False
-        try:
-            while True:
-                chunk = self._chunks.get()
-                if chunk is _DONE:
-                    finished = True
-                    break
-                self.parts.append(chunk)
-                yield chunk
-            if self.error is not None:
-                raise self.error
-        finally:
-            if not finished:  # the reader went away (Stop, closed connection): stop computing
-                self.cancel.cancel()
-
-    async def achunks(self) -> AsyncIterator[str]:
-        finished = False
-        try:
-            while True:
-                try:
-                    chunk = self._chunks.get_nowait()
-                except queue.Empty:
-                    await asyncio.sleep(0.005)
-                    continue
-                if chunk is _DONE:
-                    finished = True
-                    break
-                self.parts.append(chunk)
-                yield chunk
-            if self.error is not None:
-                raise self.error
-        finally:
-            if not finished:
-                self.cancel.cancel()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done.wait(timeout)
+def stream_reply(ctx: "StudioContext", model: str, params: "LLMParams", cancel: CancelToken,
+                 stats: "GenerationStats") -> Iterator[str]:
+    """The reply so far, after each chunk, on the caller's thread (a queue worker): the device
+    lock is held from the prompt check to the last token. `stats` is final once it ends."""
+    text = ""
+    with ctx.engines.use("llm", model) as engine:
+        engine.prepare(params)  # too long for the context: fail before streaming
+        for chunk in engine.stream(params, cancel, stats):
+            text += chunk
+            yield text
 
 
 def reply_params(params: "LLMParams", stats: "GenerationStats", **extra: Any) -> dict[str, Any]:
@@ -253,6 +177,7 @@ def code_events(ctx: "StudioContext", params: dict,
     Yields ("text", round, reply so far) while streaming and ("round", round, CodeRound) after
     each round. Raises Cancelled on Stop."""
     from engines.base import Cancelled
+    from engines.llm.engine import GenerationStats
     from studio.code_runner import check_code_execution, run_python
 
     cancel = cancel or CancelToken()
@@ -260,16 +185,16 @@ def code_events(ctx: "StudioContext", params: dict,
     if run_and_fix:  # off unless the studio was started with --allow-code-execution
         check_code_execution(ctx.config)
     for number in range(1, (rounds if run_and_fix else 1) + 1):
-        live = LiveGeneration(ctx, model, code_llm_params(request, sampling), cancel).start()
-        for _ in live:
-            yield "text", number, live.text
-        if live.cancelled:
+        stats, reply = GenerationStats(), ""
+        for reply in stream_reply(ctx, model, code_llm_params(request, sampling), cancel, stats):
+            yield "text", number, reply
+        if stats.finish_reason == "cancelled":
             raise Cancelled()
-        if request.mode == "explain" or (request.mode == "complete" and live.stats.fim):
-            code = live.text
+        if request.mode == "explain" or (request.mode == "complete" and stats.fim):
+            code = reply
         else:  # a chat reply: the code is in its fenced block, if it used one
-            code = extract_code(live.text)
-        round_ = CodeRound(number, code, live.text, stats=live.stats)
+            code = extract_code(reply)
+        round_ = CodeRound(number, code, reply, stats=stats)
         if run_and_fix:
             round_.run = run_python(code)
         yield "round", number, round_
@@ -303,7 +228,7 @@ def run_code(ctx: "StudioContext", params: dict, on_progress: ProgressCallback,
     rounds: list[CodeRound] = []
     for kind, number, value in code_events(ctx, params, cancel):
         if kind == "text":
-            on_progress(Progress(number, params.get("rounds", 1), value))
+            on_progress(Progress(number, params.get("rounds", 1), f"round {number}", text=value))
         else:
             rounds.append(value)
     item = record_code(ctx, params, rounds)
