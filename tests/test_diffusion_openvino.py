@@ -142,3 +142,23 @@ def test_sdxl_style_unet_with_pooled_text_and_size_ids():
         assert torch.allclose(got, expected, atol=1e-4)
         # without the SDXL inputs the UNet cannot run; the traced graph is not asked to
         assert not runner.covers(sample, context, {})
+
+
+def test_a_loaded_lora_sends_the_unet_back_to_pytorch(tmp_path):
+    """LoRAs are loaded into the PyTorch modules per generation; the traced graph has none."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from engines.diffusion.openvino import enable_openvino
+
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4).eval()
+    runner = enable_openvino(unet, "f32", 1)
+    sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 7, 32)
+    assert runner.covers(sample, context, {})
+    unet.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))
+    assert not runner.covers(sample, context, {})

@@ -11,7 +11,8 @@ dynamic batch, height, width and prompt length (SDXL's pooled text embeddings an
 two more inputs), then compiled for the CPU. `enable_openvino` swaps the module's `forward` for
 one that calls the compiled model, and falls back to PyTorch for anything the traced graph does
 not cover: ControlNet residuals and other extra inputs, latent sizes that need the UNet's
-odd-size upsampling path, token merging and the step cache (both hook PyTorch modules).
+odd-size upsampling path, token merging and the step cache (both hook PyTorch modules), and
+LoRAs (loaded into the PyTorch modules for one generation).
 """
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ class OpenVINOUNet:
                   "down_intrablock_additional_residuals", "class_labels", "attention_mask",
                   "encoder_attention_mask")
         if any(kwargs.get(name) is not None for name in extras):
+            return False
+        if getattr(self.unet, "peft_config", None):  # a LoRA is loaded: the traced graph lacks it
             return False
         if sample.device.type != "cpu" or encoder_hidden_states is None:
             return False
