@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
+import studio.images  # noqa: F401  (sets Pillow's pixel bound for every decode, Gradio's uploads too)
 from studio.api.auth import check_authorization
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocket
+from starlette.websockets import WebSocketDisconnect
 from fastapi.testclient import TestClient
 
 from studio.api.auth import check_authorization, require_auth
@@ -38,6 +39,12 @@ def make_client(ready: bool = True, **config) -> tuple[TestClient, Guard]:
     @app.post("/gradio_api/upload")
     async def upload(request: Request) -> dict:
         return {"got": len(await request.body())}
+
+    @app.websocket("/gradio_api/ws")
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
 
     @app.get("/api/gallery")
     def gallery() -> dict:
@@ -156,3 +163,15 @@ def test_deeply_nested_json_is_a_400_not_a_500():
     assert response.status_code == 400 and "nested too deeply" in response.json()["error"]["message"]
     fine = b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}"
     assert client.post("/v1/chat/completions", content=fine, headers=JSON).json() == {"got": len(fine)}
+
+
+def test_cross_site_websockets_are_refused():
+    client, _ = make_client()
+    own = {"host": "127.0.0.1:7860", "origin": "http://127.0.0.1:7860"}
+    with client.websocket_connect("/gradio_api/ws", headers=own) as ws:
+        assert ws.receive_text() == "hello"  # the studio's own page
+    for headers in ({**own, "origin": "https://evil.example"}, {**own, "host": "attacker.example"}):
+        with pytest.raises(WebSocketDisconnect) as closed:
+            with client.websocket_connect("/gradio_api/ws", headers=headers) as ws:
+                ws.receive_text()
+        assert closed.value.code == 1008

@@ -132,8 +132,11 @@ def png_bytes_with_metadata(image: Image.Image, infotext: str | None, data: dict
 
 def read_png_metadata(source: Image.Image | bytes | str) -> dict[str, Any]:
     """Both chunks of a PNG: {"parameters": str|None, "parsed": dict, "genstudio": dict|None}."""
-    image = source if isinstance(source, Image.Image) else Image.open(
-        io.BytesIO(source) if isinstance(source, bytes) else source)
+    if isinstance(source, bytes):  # a client's bytes: size and format checked first
+        from studio.images import open_user_image
+
+        source = open_user_image(source)
+    image = source if isinstance(source, Image.Image) else Image.open(source)
     chunks = getattr(image, "text", None) or image.info
     infotext = chunks.get(PARAMETERS_CHUNK)
     ours = chunks.get(JSON_CHUNK)

@@ -29,18 +29,28 @@ SETTINGS = ("source_id", "prompt", "negative", "steps", "cfg", "scheduler", "see
             "mask_blur", "fill", "only_masked", "padding", "batch_size", "model", "sides", "pixels")
 
 
+def _open_upload(path) -> Image.Image:
+    """An uploaded file: size checked from its header, five formats only (studio/images.py)."""
+    from studio.images import open_user_image
+
+    try:
+        return open_user_image(path, name="image")
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+
+
 def editor_image_and_mask(value) -> tuple[Image.Image, Image.Image]:
     """(background RGB, mask L) from the editor: the mask is every painted pixel of any layer."""
     if not value or value.get("background") is None:
         raise gr.Error("Upload an image or send one here first.")
     background = value["background"]
     if not isinstance(background, Image.Image):
-        background = Image.open(background)
+        background = _open_upload(background)
     background = background.convert("RGB")
     painted = np.zeros((background.height, background.width), dtype=bool)
     for layer in value.get("layers") or []:
         if not isinstance(layer, Image.Image):
-            layer = Image.open(layer)
+            layer = _open_upload(layer)
         layer = layer.convert("RGBA")
         if layer.size != background.size:
             layer = layer.resize(background.size, Image.NEAREST)

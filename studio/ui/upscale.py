@@ -82,10 +82,9 @@ def request(ctx, mode, path, parent, batch, upscaler, second, visibility, resize
     parent = parent if parent is not None else item_for_path(ctx, path)
     if parent is not None:
         return {**params, "image_id": int(parent)}, None
-    from PIL import Image
+    from studio.images import open_user_image
 
-    with Image.open(path) as opened:
-        image = opened.copy()
+    image = open_user_image(path, name="image")  # size from the header; five formats only
     validate_task(ctx, "upscale", {**params, "image": image})  # before saving the upload
     saved = ctx.gallery.add_image(image, task="upload", engine="", prompt="uploaded image",
                                   params={"source": "upscale tab"})
