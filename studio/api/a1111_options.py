@@ -198,6 +198,7 @@ class Options:
             raise ParamError("sd_model_checkpoint", f"`sd_model_checkpoint`: no checkpoint {name!r}; known: {titles}")
         return checkpoint
 
+
 def write_atomically(path: Path, text: str) -> None:
     """A crash mid-write leaves the old file or the new one, never half of each: write a temp
     file beside it, fsync, then rename over it (atomic on one filesystem)."""
