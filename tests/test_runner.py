@@ -96,7 +96,7 @@ def test_an_interactive_run_starts_within_one_job_of_a_batch(runner):
     started = runner.queue.get(click.id).started_at
     before = [h for h in batch if (j := runner.queue.get(h.id)).started_at and j.started_at < started]
     assert len(before) <= 2  # the one running at the click (and at most the one it had claimed)
-    assert pending and pending[0].queue_position is not None
+    assert all(u.queue_position is not None for u in pending)  # "n jobs ahead" while it waits
 
 
 def test_handles_in_many_threads_see_the_same_job(runner):

@@ -89,24 +89,22 @@ class Runs:
 
     def interrupt(self) -> bool:
         """Stop the running job; when it belongs to an A1111 request, the rest of it too."""
-        current = self.current()
-        if current is None:
-            return False
-        job_id, _, run = current
-        if run is not None:
-            run.interrupted = True
-            for handle in run.handles:
-                handle.cancel()
-        else:
-            self.ctx.runner.handle(job_id).cancel()
-        return True
+        return self._stop_current(whole_request=True)
 
     def skip(self) -> bool:
         """Stop the running job only; an A1111 request goes on with its next run."""
+        return self._stop_current(whole_request=False)
+
+    def _stop_current(self, whole_request: bool) -> bool:
         current = self.current()
         if current is None:
             return False
         job_id, _, run = current
+        if run is not None and whole_request:
+            run.interrupted = True
+            for handle in run.handles:
+                handle.cancel()
+            return True
         if run is not None:
             run.skips += 1
         self.ctx.runner.handle(job_id).cancel()

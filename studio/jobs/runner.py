@@ -91,25 +91,17 @@ class JobHandle:
         """Yield an update whenever the job changes; the last one is final. `cancel_on_exit`:
         leaving the loop early (the reader went away) cancels the job. `timeout`: raise
         TimeoutError (and cancel, with cancel_on_exit) when the job is not done by then."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        finished, last_key = False, None
+        watch = _Watch(self, timeout)
         try:
             while True:
                 version = self.queue.board.version  # read before the snapshot: no change missed
-                update = self.snapshot()
-                if update._key() != last_key:
-                    last_key = update._key()
+                if (update := watch.fresh(self.snapshot())) is not None:
                     yield update
-                if update.finished:
-                    finished = True
+                if watch.finished:
                     return
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"job {self.id} did not finish within {timeout:g} s")
-                wait = ROW_RECHECK_S if left is None else min(left, ROW_RECHECK_S)
-                self.queue.board.wait(version, wait)
+                self.queue.board.wait(version, watch.wait_s())
         finally:
-            if cancel_on_exit and not finished:
+            if cancel_on_exit and not watch.finished:
                 self.cancel()
 
     async def aupdates(self, cancel_on_exit: bool = True,
@@ -117,26 +109,21 @@ class JobHandle:
         """`updates()` for async code. It waits on the event loop (polling the in-memory board
         every few milliseconds, the row every ROW_RECHECK_S), never on a pooled thread: a
         thousand waiting requests must not starve the threads that serve /progress or cancel."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        finished, last_key = False, None
+        watch = _Watch(self, timeout)
         try:
             while True:
                 version = self.queue.board.version
-                live = self.queue.board.get(self.id)
-                update = self.snapshot() if live is not None else await asyncio.to_thread(self.snapshot)
-                if update._key() != last_key:
-                    last_key = update._key()
+                live = self.queue.board.get(self.id) is not None  # else the row: off the loop
+                snapshot = self.snapshot() if live else await asyncio.to_thread(self.snapshot)
+                if (update := watch.fresh(snapshot)) is not None:
                     yield update
-                if update.finished:
-                    finished = True
+                if watch.finished:
                     return
-                recheck = time.monotonic() + ROW_RECHECK_S
+                recheck = time.monotonic() + watch.wait_s()
                 while self.queue.board.version == version and time.monotonic() < recheck:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"job {self.id} did not finish within {timeout:g} s")
                     await asyncio.sleep(ASYNC_POLL_S)
         finally:
-            if cancel_on_exit and not finished:
+            if cancel_on_exit and not watch.finished:
                 self.cancel()
 
     # ------------------------------------------------------------ acting
@@ -176,6 +163,31 @@ class JobHandle:
         position = self.queue.position(job) if job.status == PENDING else None
         return JobUpdate(job.id, job.status, int(job.progress * 100), 100 if job.progress else 0,
                          job.message, queue_position=position, error=job.error)
+
+
+class _Watch:
+    """What one reader of a job has seen: only changed updates pass, the final one ends it."""
+
+    def __init__(self, handle: JobHandle, timeout: float | None) -> None:
+        self.handle, self.timeout = handle, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.finished, self._last_key = False, None
+
+    def fresh(self, update: JobUpdate) -> JobUpdate | None:
+        self.finished = update.finished
+        if update._key() == self._last_key:
+            return None
+        self._last_key = update._key()
+        return update
+
+    def wait_s(self) -> float:
+        """How long to wait for a change; TimeoutError once the deadline has passed."""
+        if self.deadline is None:
+            return ROW_RECHECK_S
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"job {self.handle.id} did not finish within {self.timeout:g} s")
+        return min(left, ROW_RECHECK_S)
 
 
 class Runner:
