@@ -72,15 +72,17 @@ def start_training(ctx, name, style_uploads, content_uploads, item_ids, size, it
             plot = gr.skip()
             if time.monotonic() - read_at > CURVE_EVERY_S:
                 plot, read_at = loss_frame(ctx, params["name"]), time.monotonic()
+            running = update.status == "running" and update.total
             text = (f"**{params['name']}** · job #{update.job_id} · "
-                    + (f"iteration {update.step}/{update.total}" if update.status == "running"
-                       else update.status))
+                    + (f"iteration {update.step}/{update.total}" if running
+                       else "waiting / starting…" if not update.finished else update.status))
             yield update.job_id, text, plot, update.preview if update.preview is not None else gr.skip()
     except gr.Error:
         for item_id in saved:  # refused before it was queued: keep nothing
             ctx.gallery.delete(item_id)
         raise
-    final = {"completed": f"Saved as style **{(update.result or {}).get('text') or ''}**.",
+    style_id = ((update.result or {}).get("info") or {}).get("style_id")
+    final = {"completed": f"Saved as style **{style_id}**; pick it in the list above.",
              "canceled": "Canceled: the checkpoint is kept; start again with the same name to "
                          "resume.",
              "failed": f"⚠️ {update.error}"}.get(update.status, "")
