@@ -9,13 +9,16 @@ Off unless the studio was started with --allow-code-execution (`check_code_execu
   - reads stdout and stderr as they come and keeps only the last OUTPUT_LIMIT characters; more
     than `output_mb` in all and the tree is killed (a flood never enters the studio's memory);
   - runs in an empty temporary folder with an empty environment (no tokens, no studio paths);
+  - with Landlock (Linux 5.13+): reads only the system and Python folders, writes only its
+    temporary folder (so not the data dir, the database, the repository or /proc/<studio>/environ),
+    no TCP (ABI 4+), no signals to other processes (ABI 6+);
   - when the studio runs as root: as `nobody`, in a network namespace without network.
 
-What it does NOT protect against (plainly): the snippet can read every file its user may read
-(as the studio's own user, that includes the data dir and its database; as `nobody`, every
-world-readable file), it can use the network unless the studio runs as root, it shares the
-kernel (a kernel exploit escapes), and it can use up to its limits of CPU, memory and disk in
-the temporary folder. It is a guard for a local user's own code, not a jail for strangers.
+What it does NOT protect against (plainly): without Landlock (older kernels) the snippet reads
+every file its user may read, the studio's data dir and database included, and uses the network
+(unless the studio runs as root); with it, it still reads the system folders (/etc, /usr) and can
+send UDP; it shares the kernel (a kernel exploit escapes) and may use its CPU, memory and disk
+allowance. It is a guard for a local user's own code, not a jail for strangers.
 """
 from __future__ import annotations
 

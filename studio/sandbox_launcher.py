@@ -12,6 +12,10 @@ new session. Standard library only: it must not import the studio. In order, it
      system's python3; with neither, it stays root without any capability (so the process
      limit applies, but root's files stay writable);
   4. forbids gaining privileges through setuid programs (PR_SET_NO_NEW_PRIVS);
+  4b. in the snippet's process only, where the kernel has Landlock (Linux 5.13+): file access
+     limited to the system and Python folders (read) and its temporary folder (read, write);
+     so not the studio's data dir, database or repository, whichever user runs it. With
+     Landlock ABI 4+ no TCP either; with ABI 6+ no signals to processes outside the sandbox;
   5. sets the limits: CPU seconds, address space, file size, open files, no core dumps, and at
      most N more processes for the user than it has now (RLIMIT_NPROC counts the user's tasks);
   6. runs the snippet, waits for it (adopting orphans as they come), kills whatever it left
@@ -104,6 +108,73 @@ def user_tasks(uid: int) -> int:
     return total
 
 
+# ------------------------------------------------------------------ Landlock
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+FS_READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
+FS_ALL_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
+NET_TCP = (1 << 0) | (1 << 1)  # bind, connect
+SCOPES = (1 << 0) | (1 << 1)  # abstract unix sockets, signals
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 without Landlock."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    version = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(0, version)
+
+
+def readable_roots() -> list[str]:
+    """What Python and ordinary programs need to read: system folders and this interpreter's."""
+    roots = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt/conda"]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+        roots.append(prefix)
+    return [r for r in dict.fromkeys(roots) if os.path.exists(r)]
+
+
+def _landlock(writable: str) -> bool:
+    """Restrict this process and its future children; False where the kernel cannot."""
+    abi = landlock_abi()
+    if abi < 1:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fs_all = FS_ALL_BY_ABI[max(k for k in FS_ALL_BY_ABI if k <= abi)]
+    attr = _RulesetAttr(fs_all, NET_TCP if abi >= 4 else 0, SCOPES if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return False
+    rules = [(path, FS_READ) for path in readable_roots()]
+    rules += [("/dev/null", FS_READ | (1 << 1)), ("/dev/zero", FS_READ), ("/dev/urandom", FS_READ),
+              ("/dev/random", FS_READ), ("/proc/self", FS_READ), (writable, fs_all)]
+    try:
+        for path, access in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            # a file may only be given file rights (no read-dir, no make-...)
+            if not os.path.isdir(path):
+                access &= (1 << 0) | (1 << 1) | (1 << 2) | ((1 << 14) if abi >= 3 else 0)
+            rule = _PathBeneath(access & fs_all, fd)
+            libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+            os.close(fd)
+        return libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0
+    finally:
+        os.close(ruleset)
+
+
 # ------------------------------------------------------------------ the launcher
 def _prctl(libc, option: int, value: int) -> bool:
     return libc.prctl(option, value, 0, 0, 0) == 0
@@ -167,6 +238,7 @@ def main(argv: list[str]) -> None:
     child = os.fork()
     if child == 0:
         try:
+            _landlock(os.path.dirname(script))
             os.execv(interpreter, [interpreter, "-I", script])
         except OSError as error:
             os.write(2, f"sandbox: cannot start {interpreter}: {error}\n".encode())

@@ -13,6 +13,7 @@ import pytest
 from studio.code_runner import (OUTPUT_LIMIT, CodeExecutionDisabled, RunLimits, check_code_execution,
                                 run_python)
 from studio.config import StudioConfig
+from studio.sandbox_launcher import landlock_abi
 
 
 def processes_running(marker: str) -> list[int]:
@@ -87,14 +88,27 @@ def test_no_studio_environment_or_files(tmp_path, monkeypatch):
     secret.chmod(0o600)
     result = run_python(f"import os\nprint(dict(os.environ))\nprint(open({str(secret)!r}).read())\n")
     assert "hunter2" not in result.stdout and "GENSTUDIO_AUTH" not in result.stdout
-    if os.geteuid() == 0:  # as root the snippet runs as nobody: the studio's files are closed
+    if os.geteuid() == 0 or landlock_abi() >= 1:  # nobody, or Landlock: the studio's files are closed
         assert not result.ok and "PermissionError" in result.stderr
-    else:  # same user: documented as unprotected (README Security, code_runner docstring)
+    else:  # same user, old kernel: documented as unprotected (README Security, code_runner docstring)
         assert result.ok and "rows" in result.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the network namespace needs root")
-def test_no_network_when_the_studio_runs_as_root():
+@pytest.mark.skipif(landlock_abi() < 1, reason="the kernel has no Landlock")
+def test_landlock_closes_world_readable_files_and_the_studios_environment(tmp_path):
+    readme = Path(__file__).resolve().parent.parent / "README.md"  # world-readable, outside the sandbox
+    code = (f"import os\nfor p in [{str(readme)!r}, '/proc/{os.getpid()}/environ', '/etc/hostname']:\n"
+            "    try:\n        open(p).read(1)\n        print('open', p)\n"
+            "    except OSError:\n        print('closed', p)\n"
+            "open('own.txt', 'w').write('x')\nprint(open('own.txt').read())\n")
+    result = run_python(code)
+    assert result.ok, result.stderr
+    assert f"closed {readme}" in result.stdout and f"closed /proc/{os.getpid()}/environ" in result.stdout
+    assert "open /etc/hostname" in result.stdout and result.stdout.endswith("x\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and landlock_abi() < 4, reason="needs root or Landlock ABI 4")
+def test_no_tcp_from_the_sandbox():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
