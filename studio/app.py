@@ -50,8 +50,8 @@ API_MODULES = (
     "studio.api.gallery",
     "studio.api.openai",
     "studio.api.queue",
-    "studio.api.a1111_extras",  # before a1111: its /upscalers answers, not the empty one
-    "studio.api.a1111_lora",  # before a1111 too: /loras, /embeddings, /sd-vae
+    "studio.api.a1111_extras",
+    "studio.api.a1111_lora",
     "studio.api.a1111",
 )
 

@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from studio.api.a1111 import router, scheduler_name
+from studio.api.a1111 import router
+from studio.api.a1111_names import scheduler_name
 from studio.gallery.store import GalleryQuery
 
 
@@ -39,8 +40,11 @@ def client(ctx, model_source):
     if model_source != "genstudio-tiny-sd":
         ctx.config.models_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(model_source, ctx.config.models_dir / "tiny-test")
+    from studio.api import a1111_extras, a1111_lora
+
     app = FastAPI()
-    app.include_router(router(ctx))
+    for module_router in (router, a1111_extras.router, a1111_lora.router):
+        app.include_router(module_router(ctx))
     with TestClient(app) as client:
         if model_source != "genstudio-tiny-sd":
             assert client.post("/sdapi/v1/options",

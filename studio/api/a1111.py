@@ -34,56 +34,22 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
+from engines.base import ParamError
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
-from studio.api.a1111_names import FILL_CODES, a1111_field
+from studio.api.a1111_names import (FILL_CODES, SCHEDULE_TYPES, a1111_field, scheduler_name,
+                                     schedulers_table)
 from studio.api.a1111_options import Checkpoints, Options
 from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
 from studio.api.auth import require_auth
 
-SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 
 
 def unprocessable(field: str | None, message: str, value: Any = None) -> RequestValidationError:
     loc = ("body", field) if field else ("body",)
     return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error",
                                     "input": value}])
-
-
-# ------------------------------------------------------------------ samplers
-def _schedulers_table() -> dict[str, tuple[str, str, str | None]]:
-    from engines.diffusion.params import SCHEDULERS
-
-    return {name: (name, sampler, schedule) for name, (_, _, sampler, schedule) in SCHEDULERS.items()}
-
-
-def scheduler_name(sampler: str | None, schedule: str | None) -> str | None:
-    """A1111 sampler_name + scheduler -> the engine's scheduler name (None = the default)."""
-    table = _schedulers_table()
-    automatic = schedule is None or schedule.strip().lower() in ("", "automatic")
-    if sampler is None and automatic:
-        return None
-    if sampler is None:
-        from engines.diffusion.params import DEFAULT_SCHEDULER
-
-        sampler = table[DEFAULT_SCHEDULER][1]
-    if sampler in table and table[sampler][1] != sampler:  # "DPM++ 2M Karras": old combined name
-        if automatic or SCHEDULE_TYPES.get(schedule.strip().lower()) == table[sampler][2]:
-            return sampler
-    samplers = {s for _, s, _ in table.values()}
-    if sampler not in samplers:
-        raise unprocessable("sampler_name", f"unknown sampler {sampler!r}; known: "
-                            f"{', '.join(sorted(samplers))}", sampler)
-    wanted = None if automatic else SCHEDULE_TYPES.get(schedule.strip().lower(), schedule)
-    for name, s, schedule_type in table.values():
-        if s == sampler and schedule_type == wanted:
-            return name
-    if wanted is None:  # only scheduled variants of this sampler exist
-        return next(name for name, s, _ in table.values() if s == sampler)
-    options = sorted({t or "Automatic" for _, s, t in table.values() if s == sampler})
-    raise unprocessable("scheduler", f"schedule type {schedule!r} is not available with "
-                        f"{sampler}; available: {', '.join(options)}", schedule)
 
 
 # ------------------------------------------------------------------ request -> task params
@@ -119,7 +85,12 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": seed,
         "steps": request.steps, "guidance_scale": request.cfg_scale,
         "batch_size": request.batch_size}
-    scheduler = scheduler_name(request.sampler_name or request.sampler_index, request.scheduler)
+    sampler = request.sampler_name or request.sampler_index
+    try:
+        scheduler = scheduler_name(sampler, request.scheduler)
+    except ParamError as error:
+        raise unprocessable(error.field, str(error),
+                            sampler if error.field == "sampler_name" else request.scheduler) from None
     if scheduler is not None:
         params["scheduler"] = scheduler
     for name in ("width", "height"):
@@ -192,16 +163,23 @@ def router(ctx) -> APIRouter:
     checkpoints = Checkpoints(ctx)
     options = Options(ctx, checkpoints)
     runs = Runs(ctx)
+    _generation_routes(api, ctx, checkpoints, options, runs)
+    _progress_routes(api, runs)
+    _model_routes(api, checkpoints, options)
+    return api
 
+
+def _generation_routes(api: APIRouter, ctx, checkpoints: Checkpoints, options: Options,
+                       runs: Runs) -> None:
     def model_for(request: Txt2ImgRequest) -> str | None:
         override = (request.override_settings or {}).get("sd_model_checkpoint")
-        if override is not None:
+        if override is None:
+            model_id = options.model_id
+        else:
             try:
                 model_id = options.resolve(override).model_id
             except ValueError as error:
                 raise unprocessable("override_settings", str(error), override) from None
-        else:
-            model_id = options.model_id
         return None if model_id == checkpoints.default_id() else model_id
 
     async def generate(request: Txt2ImgRequest, kind: str, http: Request) -> GenerationResponse:
@@ -234,27 +212,23 @@ def router(ctx) -> APIRouter:
         """Image to image; with `mask` (white = repaint) it inpaints."""
         return await generate(request, "img2img", http)
 
+    @api.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(request: PNGInfoRequest) -> PNGInfoResponse:
+        from studio.gallery.pnginfo import PARAMETERS_CHUNK, read_png_metadata
+
+        image = _decode(request.image, "image")
+        metadata = read_png_metadata(image)
+        chunks = getattr(image, "text", None) or image.info
+        items = {k: v for k, v in chunks.items() if k != PARAMETERS_CHUNK and isinstance(v, str)}
+        return PNGInfoResponse(info=metadata["parameters"] or "", items=items,
+                               parameters=metadata["parsed"])
+
+
+def _progress_routes(api: APIRouter, runs: Runs) -> None:
     @api.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = False) -> ProgressResponse:
         """The job running now, whoever started it (a tab, the queue or this API)."""
-        current = runs.current()
-        if current is None:
-            return ProgressResponse(progress=0, eta_relative=0, state=ProgressState())
-        job_id, live, run = current
-        job_no, job_count = (run.job_ids.index(job_id), run.job_count) if run else (0, 1)
-        fraction = min(1.0, (job_no + live.fraction) / job_count)
-        eta = live.eta_s or 0.0
-        preview = None
-        if live.preview is not None and not skip_current_image:
-            preview = _encode_png(live.preview)
-        state = ProgressState(
-            skipped=bool(run and run.skips), interrupted=bool(run and run.interrupted),
-            job=f"{run.kind if run else 'job'} {job_no + 1}", job_count=job_count,
-            job_timestamp=run.timestamp if run else "", job_no=job_no,
-            sampling_step=live.step, sampling_steps=live.total)
-        return ProgressResponse(progress=round(fraction, 4), eta_relative=round(eta, 3),
-                                state=state, current_image=preview,
-                                textinfo=f"job #{job_id}: step {live.step}/{live.total}")
+        return _progress(runs, skip_current_image)
 
     @api.post("/interrupt")
     def interrupt() -> dict:
@@ -266,6 +240,8 @@ def router(ctx) -> APIRouter:
         """Stop the job running now; an A1111 request goes on with its next run."""
         return {"skipped": runs.skip()}
 
+
+def _model_routes(api: APIRouter, checkpoints: Checkpoints, options: Options) -> None:
     @api.get("/sd-models", response_model=list[SDModel])
     def sd_models() -> list[SDModel]:
         return [SDModel(title=c.title, model_name=c.model_name, hash=c.hash, sha256=None,
@@ -274,7 +250,7 @@ def router(ctx) -> APIRouter:
     @api.get("/samplers", response_model=list[Sampler])
     def samplers() -> list[Sampler]:
         names: dict[str, list[str]] = {}
-        for name, sampler, _ in _schedulers_table().values():
+        for name, sampler, _ in schedulers_table().values():
             names.setdefault(sampler, [])
             if name != sampler:
                 names[sampler].append(name)
@@ -304,25 +280,31 @@ def router(ctx) -> APIRouter:
         """The models folders are read on every /sd-models call; nothing to refresh."""
 
     # What clients ask for when they connect; GenStudio has none of these, so empty answers.
-    for path, value in (("sd-vae", []), ("upscalers", []), ("latent-upscale-modes", []),
-                        ("loras", []), ("hypernetworks", []), ("face-restorers", []),
-                        ("prompt-styles", []), ("embeddings", {"loaded": {}, "skipped": {}}),
+    # (LoRAs, embeddings, VAEs and upscalers have routers of their own: a1111_lora, a1111_extras.)
+    for path, value in (("hypernetworks", []), ("face-restorers", []), ("prompt-styles", []),
                         ("scripts", {"txt2img": [], "img2img": []}), ("cmd-flags", {})):
         api.add_api_route(f"/{path}", _constant(value), methods=["GET"],
                           summary=f"{path} (none in GenStudio)", name=f"a1111_{path}")
 
-    @api.post("/png-info", response_model=PNGInfoResponse)
-    def png_info(request: PNGInfoRequest) -> PNGInfoResponse:
-        from studio.gallery.pnginfo import PARAMETERS_CHUNK, read_png_metadata
 
-        image = _decode(request.image, "image")
-        metadata = read_png_metadata(image)
-        chunks = getattr(image, "text", None) or image.info
-        items = {k: v for k, v in chunks.items() if k != PARAMETERS_CHUNK and isinstance(v, str)}
-        return PNGInfoResponse(info=metadata["parameters"] or "", items=items,
-                               parameters=metadata["parsed"])
-
-    return api
+def _progress(runs: Runs, skip_current_image: bool) -> ProgressResponse:
+    current = runs.current()
+    if current is None:
+        return ProgressResponse(progress=0, eta_relative=0, state=ProgressState())
+    job_id, live, run = current
+    job_no, job_count = (run.job_ids.index(job_id), run.job_count) if run else (0, 1)
+    fraction = min(1.0, (job_no + live.fraction) / job_count)
+    preview = None
+    if live.preview is not None and not skip_current_image:
+        preview = _encode_png(live.preview)
+    state = ProgressState(
+        skipped=bool(run and run.skips), interrupted=bool(run and run.interrupted),
+        job=f"{run.kind if run else 'job'} {job_no + 1}", job_count=job_count,
+        job_timestamp=run.timestamp if run else "", job_no=job_no,
+        sampling_step=live.step, sampling_steps=live.total)
+    return ProgressResponse(progress=round(fraction, 4), eta_relative=round(live.eta_s or 0.0, 3),
+                            state=state, current_image=preview,
+                            textinfo=f"job #{job_id}: step {live.step}/{live.total}")
 
 
 def _forget_uploads(ctx, run: Run) -> None:

@@ -17,6 +17,7 @@ PARAM_NAMES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
                "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
 # A1111's "masked content" codes
 FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 # the task's name -> the A1111 field a client sent (for 422s)
 FIELD_NAMES = {**{task: a1111 for a1111, task in PARAM_NAMES.items()},
                "init_image": "init_images", "init_image_id": "init_images", "mask_id": "mask",
@@ -45,3 +46,38 @@ def to_task_params(params: dict[str, Any]) -> dict[str, Any]:
 def a1111_field(field: str | None) -> str | None:
     """The A1111 name of a task parameter (`guidance_scale` -> `cfg_scale`)."""
     return FIELD_NAMES.get(field, field) if field else None
+
+
+# ------------------------------------------------------------------ samplers
+def schedulers_table() -> dict[str, tuple[str, str, str | None]]:
+    from engines.diffusion.params import SCHEDULERS
+
+    return {name: (name, sampler, schedule) for name, (_, _, sampler, schedule) in SCHEDULERS.items()}
+
+
+def scheduler_name(sampler: str | None, schedule: str | None) -> str | None:
+    """A1111 sampler_name + scheduler -> the engine's scheduler name (None = the default)."""
+    table = schedulers_table()
+    automatic = schedule is None or schedule.strip().lower() in ("", "automatic")
+    if sampler is None and automatic:
+        return None
+    if sampler is None:
+        from engines.diffusion.params import DEFAULT_SCHEDULER
+
+        sampler = table[DEFAULT_SCHEDULER][1]
+    if sampler in table and table[sampler][1] != sampler:  # "DPM++ 2M Karras": old combined name
+        if automatic or SCHEDULE_TYPES.get(schedule.strip().lower()) == table[sampler][2]:
+            return sampler
+    samplers = {s for _, s, _ in table.values()}
+    if sampler not in samplers:
+        raise ParamError("sampler_name", f"unknown sampler {sampler!r}; known: "
+                         f"{', '.join(sorted(samplers))}")
+    wanted = None if automatic else SCHEDULE_TYPES.get(schedule.strip().lower(), schedule)
+    for name, s, schedule_type in table.values():
+        if s == sampler and schedule_type == wanted:
+            return name
+    if wanted is None:  # only scheduled variants of this sampler exist
+        return next(name for name, s, _ in table.values() if s == sampler)
+    options = sorted({t or "Automatic" for _, s, t in table.values() if s == sampler})
+    raise ParamError("scheduler", f"schedule type {schedule!r} is not available with "
+                               f"{sampler}; available: {', '.join(options)}")
