@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio.chat.service import ChatService, as_dicts, for_display
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, cancel_job, follow_job, llm_sampling_panel
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -241,15 +241,7 @@ def _controls(ctx, chats: ChatService) -> dict:
             c["stats"] = gr.Markdown(elem_id="chat-stats", elem_classes=["gs-muted"])
             with gr.Accordion("System prompt and sampling", open=False):
                 c["system"] = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
-                with gr.Row():
-                    c["temperature"] = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
-                    c["top_p"] = gr.Slider(0.01, 1, value=0.9, step=0.01, label="Top-p")
-                    c["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top-k")
-                with gr.Row():
-                    c["repetition_penalty"] = gr.Slider(1, 2, value=1.1, step=0.01,
-                                                        label="Repetition penalty")
-                    c["max_new_tokens"] = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
-                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                c.update(llm_sampling_panel(temperature=0.7, top_p=0.9, repetition_penalty=1.1))
     return c
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, cancel_job, follow_job, llm_sampling_panel
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -26,8 +26,8 @@ GR_LANGUAGE = {"python": "python", "javascript": "javascript", "typescript": "ty
 MODE_FIELDS = {"write": ("description",), "complete": ("prefix", "suffix"), "explain": ("code",),
                "fix": ("code", "error")}  # the text boxes each mode shows
 CONTROLS = ("mode", "language", "model", "description", "code", "error", "prefix", "suffix",
-            "run_and_fix", "rounds", "temperature", "top_p", "top_k", "repetition", "max_new",
-            "seed")
+            "run_and_fix", "rounds", "temperature", "top_p", "top_k", "repetition_penalty",
+            "max_new_tokens", "seed")
 
 
 def round_markdown(number: int, run: dict) -> str:
@@ -161,15 +161,7 @@ def _controls(ctx) -> dict:
                                                value=False, elem_id="code-run-fix")
                 c["rounds"] = gr.Slider(1, 5, value=3, step=1, label="Rounds at most")
             with gr.Accordion("Sampling", open=False):
-                with gr.Row():
-                    c["temperature"] = gr.Slider(0, 2, value=0.2, step=0.05, label="Temperature")
-                    c["top_p"] = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p")
-                    c["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top-k")
-                with gr.Row():
-                    c["repetition"] = gr.Slider(1, 2, value=1.05, step=0.01,
-                                                label="Repetition penalty")
-                    c["max_new"] = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
-                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                c.update(llm_sampling_panel(temperature=0.2, top_p=0.95, repetition_penalty=1.05))
             with gr.Row():
                 c["generate"] = gr.Button("Generate", variant="primary", elem_id="code-generate")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="code-stop")

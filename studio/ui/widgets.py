@@ -192,6 +192,24 @@ def sampling_panel(prefix: str, size: bool = True) -> dict[str, gr.components.Co
     return controls
 
 
+def llm_sampling_panel(temperature: float, top_p: float,
+                       repetition_penalty: float) -> dict[str, gr.components.Component]:
+    """Temperature, top-p, top-k, repetition penalty, max new tokens and seed of the text tabs
+    (each tab passes the defaults that suit it)."""
+    controls: dict[str, Any] = {}
+    with gr.Row():
+        controls["temperature"] = gr.Slider(0, 2, value=temperature, step=0.05,
+                                            label="Temperature")
+        controls["top_p"] = gr.Slider(0.01, 1, value=top_p, step=0.01, label="Top-p")
+        controls["top_k"] = gr.Slider(0, 200, value=40, step=1, label="Top-k")
+    with gr.Row():
+        controls["repetition_penalty"] = gr.Slider(1, 2, value=repetition_penalty, step=0.01,
+                                                   label="Repetition penalty")
+        controls["max_new_tokens"] = gr.Slider(1, 4096, value=512, step=1, label="Max new tokens")
+        controls["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+    return controls
+
+
 def model_dropdown(ctx, elem_id: str, info: str | None = None) -> gr.Dropdown:
     return gr.Dropdown(model_choices(ctx), value=DEFAULT_MODEL, label="Model",
                        allow_custom_value=True, elem_id=elem_id, info=info)
