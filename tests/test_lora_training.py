@@ -38,6 +38,7 @@ def params(ctx, **extra) -> dict:
     return {"name": "ringy", "trigger": "gsring", "image_ids": uploaded,
             "images": [_b64(im) for im in rings(2)], "steps": 8, "rank": 4, "batch": 2,
             "captions": [f"a red gsring {k}" for k in ("one", "two", "three")] + ["a ring", ""],
+            "prior_images": 2,
             **extra}
 
 

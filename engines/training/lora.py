@@ -52,13 +52,17 @@ class LoraTrainConfig:
     sample_steps: int = 20
     sample_guidance: float = 7.0
     resolution: int | None = None  # square side; None = the model's native size
+    # DreamBooth's prior preservation: this many images the base model itself makes for the
+    # captions with the trigger word taken out, trained on beside the user's images so the
+    # LoRA keeps what the other words mean (colours, places...). 0 = off.
+    prior_images: int = 0
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
             raise ParamError("trigger", f"`trigger` must be a word or short phrase, got {self.trigger!r}")
         for name, low, high in (("rank", 1, 128), ("steps", 1, 20000), ("batch", 1, 64),
                                 ("checkpoint_every", 1, 100000), ("sample_every", 0, 100000),
-                                ("sample_steps", 1, 100)):
+                                ("sample_steps", 1, 100), ("prior_images", 0, 200)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
@@ -138,15 +142,21 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     run_dir.mkdir(parents=True, exist_ok=True)
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     unet, device = pipe.unet, pipe.unet.device
-    # 1. Frozen model, LoRA adapter, cached latents and caption states.
+    # 1. Frozen model, its own prior images, LoRA adapter, cached latents and caption states.
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
+    prior_captions = [without_trigger(captions[i % len(captions)], cfg.trigger)
+                      for i in range(cfg.prior_images)]
+    prior = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
                                 target_modules=TARGET_MODULES))
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     mean, std, texts = _prepare(pipe, images, captions, side)
+    if prior:
+        prior_mean, prior_std, prior_texts = _prepare(pipe, prior, prior_captions, side)
+        texts.update(prior_texts)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = scheduler.config.prediction_type
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
@@ -174,8 +184,14 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         x0 = x0 * pipe.vae.config.scaling_factor
         drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
         cond = torch.cat([texts["" if d else captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
+        if prior:  # as many prior images beside them, same weight (DreamBooth)
+            pidx = torch.randint(len(prior), (cfg.batch,), generator=g)
+            px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
+                                                                   generator=g).to(device)
+            x0 = torch.cat([x0, px0 * pipe.vae.config.scaling_factor])
+            cond = torch.cat([cond] + [texts[prior_captions[i]] for i in pidx.tolist()])
         noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=g).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
         pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
@@ -203,6 +219,28 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     unet.eval()
     state = to_kohya(get_peft_model_state_dict(unet), cfg.rank)
     return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from)
+
+
+def without_trigger(caption: str, trigger: str) -> str:
+    """The caption with the trigger word taken out (what the base model is asked for)."""
+    import re
+
+    text = re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", " ", caption, flags=re.I)
+    return re.sub(r"\s+", " ", re.sub(r"\s*,\s*(,\s*)+", ", ", text)).strip(" ,")
+
+
+def _prior_images(pipe, prompts: list[str], cfg: LoraTrainConfig, side: int) -> list[Image.Image]:
+    """The base model's own images for these prompts (seeded, so a resumed run gets the same)."""
+    import torch
+
+    images = []
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator("cpu").manual_seed(cfg.seed * 100003 + i)
+        with torch.no_grad():
+            images += pipe(prompt, num_inference_steps=cfg.sample_steps,
+                           guidance_scale=cfg.sample_guidance, width=side, height=side,
+                           generator=generator).images
+    return images
 
 
 def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: list[float],

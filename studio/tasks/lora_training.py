@@ -13,6 +13,8 @@ Params (a JSON-able dict; the queue stores it as is):
   batch          images per step (default 4)
   model          the base model (default the embedded one); SD 1.x / 2.x only
   seed           default 0
+  prior_images   DreamBooth's prior preservation: this many images the base model makes for
+                 the captions without the trigger word, trained on beside yours (default 0)
   overwrite      replace an existing LoRA of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -42,7 +44,7 @@ from studio.tasks.image import _gallery_image, _default_model, decode_image
 
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
-          "model", "seed", "overwrite")
+          "model", "seed", "overwrite", "prior_images")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -79,7 +81,8 @@ def prepare(ctx, params: dict) -> Prepared:
     config = LoraTrainConfig(
         trigger=trigger.strip() if isinstance(trigger, str) else trigger,
         rank=params.get("rank", 8), steps=params.get("steps", 400), lr=params.get("lr", 1e-3),
-        batch=params.get("batch", 4), seed=params.get("seed", 0))
+        batch=params.get("batch", 4), seed=params.get("seed", 0),
+        prior_images=params.get("prior_images", 0))
     config.check()
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)
