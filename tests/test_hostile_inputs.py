@@ -136,6 +136,14 @@ def sdapi_cases() -> list[Case]:
               J("img2img strength 5", i2i, {**base, "init_images": [TINY_PNG], "denoising_strength": 5})]
     cases += [J(f"png-info {k}", "/sdapi/v1/png-info", {"image": v}) for k, v in image_fields.items()]
     cases += [J("png-info no image", "/sdapi/v1/png-info", {})]
+    extra, batch = "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images"
+    cases += [J(f"extras image {k}", extra, {"image": v}) for k, v in image_fields.items() if k != "empty"]
+    cases += [J(f"extras upscaler traversal {t}", extra, {"image": TINY_PNG, "upscaler_1": t}) for t in TRAVERSALS[:3]]
+    cases += [J("extras resize 1000x", extra, {"image": TINY_PNG, "upscaling_resize": 1000}),
+              J("extras face restorer", extra, {"image": TINY_PNG, "gfpgan_visibility": 1}),
+              J("extras batch bomb", batch, {"imageList": [{"data": BOMB, "name": "a.png"}]}),
+              J("extras batch empty", batch, {"imageList": []}),
+              J("extras batch name traversal + tiff", batch, {"imageList": [{"data": TIFF, "name": "../../x.png"}]})]
     return cases
 
 
@@ -156,6 +164,9 @@ def openai_cases() -> list[Case]:
               J("completions max_tokens -5", completions, {"model": "smollm2-135m-instruct", "prompt": "x", "max_tokens": -5}),
               Case("chat presence_penalty 1e999", "POST", chat, headers={"Content-Type": "application/json"},
                    body=json.dumps(ok).encode()[:-1] + b', "presence_penalty": 1e999}'),
+              J("embeddings model traversal", "/v1/embeddings", {"model": "../../../../etc/passwd", "input": "x"}),
+              J("embeddings input an object", "/v1/embeddings", {"input": {"a": 1}}),
+              J("embeddings input empty", "/v1/embeddings", {"input": []}),
               Case("chat invalid JSON", "POST", chat, body=b"{", headers={"Content-Type": "application/json"}),
               Case("chat JSON nested 100,000 deep", "POST", chat, body=b"[" * 100_000 + b"]" * 100_000,
                    headers={"Content-Type": "application/json"}),
@@ -331,6 +342,8 @@ LATE_CASES = [
     J("chat stream='sometimes'", "/v1/chat/completions",
       {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
        "stream": "sometimes"}, xfail="openai.py: `stream` must be true or false, not any truthy value"),
+    *(J(f"options vae traversal {t}", "/sdapi/v1/options", {"sd_vae": t},
+        xfail="lead: sd_vae checked against the listed VAEs when it is set") for t in TRAVERSALS[:3]),
 ]
 
 
