@@ -38,54 +38,12 @@ class EnqueueBody(BaseModel):
 
 def router(ctx) -> APIRouter:
     api = APIRouter(prefix="/api/queue", tags=["queue"], dependencies=[Depends(require_auth(ctx))])
-
-    def queue():
-        if ctx.queue is None:
-            raise HTTPException(503, "this studio runs without a queue")
-        return ctx.queue
-
-    def job_json(view, etas: dict[int, float] | None = None) -> dict:
-        data = view.to_dict()
-        live = queue().live().get(view.id)
-        if live is not None:
-            data.update(progress=live.fraction, step=live.step, total=live.total, message=live.message)
-        if etas is not None and view.id in etas:
-            data["eta_s"] = round(etas[view.id], 1)
-        return data
-
-    def lookup(job_id: int):
-        if not 0 < job_id < 1 << 63:  # beyond SQLite's integers: an OverflowError (500) otherwise
-            raise HTTPException(404, f"no job with id {job_id}")
-        try:
-            return queue().get(job_id)
-        except LookupError as error:
-            raise HTTPException(404, str(error))
+    queue = ctx.queue
 
     @api.post("")
     def enqueue(body: EnqueueBody) -> dict:
-        from studio.api.a1111_names import to_task_params
-        from studio.jobs.expand import expand_jobs
-        from studio.jobs.queue import JobRequest
-
-        q = queue()
         try:
-            if body.jobs is not None:
-                if body.task is not None:
-                    raise ValueError("give either `task` (one job) or `jobs` (a batch), not both")
-                requests = [JobRequest(j.task, j.params, j.priority) for j in body.jobs]
-            elif body.task is None:
-                raise ValueError("give `task` and `params` for one job, or `jobs` for a batch")
-            elif body.expand or body.matrix:
-                params_list = expand_jobs(body.params, [{"prompt": body.params.get("prompt", "")}],
-                                          ctx.config.wildcards_dir, body.matrix,
-                                          q.max_jobs_per_request)
-                requests = [JobRequest(body.task, p, body.priority) for p in params_list]
-            else:
-                requests = [JobRequest(body.task, body.params, body.priority)]
-            # Jobs copied from A1111 keep its parameter names; the tasks take their own.
-            requests = [JobRequest(r.task, to_task_params(r.params) if isinstance(r.params, dict)
-                                   else r.params, r.priority) for r in requests]
-            return {"ids": q.enqueue_batch(requests)}
+            return {"ids": queue.enqueue_batch(_requests(ctx, body))}
         except ValueError as error:
             raise HTTPException(422, str(error))
 
@@ -97,48 +55,93 @@ def router(ctx) -> APIRouter:
         bad = [s for s in status or [] if s not in STATUSES]
         if bad:
             raise HTTPException(422, f"unknown status {bad[0]!r}; one of {', '.join(STATUSES)}")
-        q = queue()
-        jobs = q.list(status, limit, offset)
-        etas = q.etas(jobs)
-        return {"paused": q.paused, "counts": q.counts(), "jobs": [job_json(j, etas) for j in jobs]}
+        jobs = queue.list(status, limit, offset)
+        etas = queue.etas(jobs)
+        return {"paused": queue.paused, "counts": queue.counts(),
+                "jobs": [_job_json(queue, j, etas) for j in jobs]}
 
     @api.get("/{job_id}")
     def get_job(job_id: int) -> dict:
-        view = lookup(job_id)
-        return job_json(view, queue().etas([view]))
+        view = _lookup(queue, job_id)
+        return _job_json(queue, view, queue.etas([view]))
 
+    _action_routes(api, queue)
+    return api
+
+
+def _action_routes(api: APIRouter, queue) -> None:
     def action(job_id: int, do) -> dict:
-        lookup(job_id)
+        _lookup(queue, job_id)
         try:
             do()
         except ValueError as error:
             raise HTTPException(409, str(error))
-        return job_json(lookup(job_id))
+        return _job_json(queue, _lookup(queue, job_id))
 
     @api.post("/{job_id}/cancel")
     def cancel(job_id: int) -> dict:
-        return action(job_id, lambda: queue().cancel(job_id))
+        return action(job_id, lambda: queue.cancel(job_id))
 
     @api.post("/{job_id}/retry")
     def retry(job_id: int) -> dict:
-        return action(job_id, lambda: queue().retry(job_id))
+        return action(job_id, lambda: queue.retry(job_id))
 
     @api.post("/{job_id}/move")
     def move(job_id: int, where: Literal["up", "down", "top", "bottom"]) -> dict:
-        return action(job_id, lambda: queue().move(job_id, where))
+        return action(job_id, lambda: queue.move(job_id, where))
 
     @api.post("/pause")
     def pause() -> dict:
-        queue().pause()
+        queue.pause()
         return {"paused": True}
 
     @api.post("/resume")
     def resume() -> dict:
-        queue().resume()
+        queue.resume()
         return {"paused": False}
 
     @api.post("/clear")
     def clear() -> dict:
-        return {"deleted": queue().clear_finished()}
+        return {"deleted": queue.clear_finished()}
 
-    return api
+
+def _requests(ctx, body: EnqueueBody) -> list:
+    """The jobs a body asks for: one, a batch, or a template's expansion. ValueError if malformed."""
+    from studio.api.a1111_names import to_task_params
+    from studio.jobs.expand import expand_jobs
+    from studio.jobs.queue import JobRequest
+
+    if body.jobs is not None:
+        if body.task is not None:
+            raise ValueError("give either `task` (one job) or `jobs` (a batch), not both")
+        requests = [JobRequest(j.task, j.params, j.priority) for j in body.jobs]
+    elif body.task is None:
+        raise ValueError("give `task` and `params` for one job, or `jobs` for a batch")
+    elif body.expand or body.matrix:
+        params_list = expand_jobs(body.params, [{"prompt": body.params.get("prompt", "")}],
+                                  ctx.config.wildcards_dir, body.matrix,
+                                  ctx.queue.max_jobs_per_request)
+        requests = [JobRequest(body.task, p, body.priority) for p in params_list]
+    else:
+        requests = [JobRequest(body.task, body.params, body.priority)]
+    # Jobs copied from A1111 keep its parameter names; the tasks take their own.
+    return [JobRequest(r.task, to_task_params(r.params), r.priority) for r in requests]
+
+
+def _job_json(queue, view, etas: dict[int, float] | None = None) -> dict:
+    data = view.to_dict()
+    live = queue.live().get(view.id)
+    if live is not None:
+        data.update(progress=live.fraction, step=live.step, total=live.total, message=live.message)
+    if etas is not None and view.id in etas:
+        data["eta_s"] = round(etas[view.id], 1)
+    return data
+
+
+def _lookup(queue, job_id: int):
+    if not 0 < job_id < 1 << 63:  # beyond SQLite's integers: an OverflowError (500) otherwise
+        raise HTTPException(404, f"no job with id {job_id}")
+    try:
+        return queue.get(job_id)
+    except LookupError as error:
+        raise HTTPException(404, str(error))
