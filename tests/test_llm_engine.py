@@ -175,7 +175,7 @@ def test_next_chat_turn_reuses_the_prompt_cache_and_stays_exact(engine):
     params = LLMParams(messages=tuple(turns), max_new_tokens=24, temperature=0.9, seed=11)
     engine.generate(ask("Something unrelated, to clear the cache.", max_new_tokens=2))
     fresh = engine.generate(params)
-    assert fresh.stats.cached_tokens == 0 and fresh.stats.prompt_tokens > 512
+    assert fresh.stats.cached_tokens < 64 and fresh.stats.prompt_tokens > 512  # the template's opening
     reused = engine.generate(params)
     assert reused.stats.cached_tokens >= 512 and reused.text == fresh.text
     longer = LLMParams(messages=tuple(turns) + (ChatMessage("assistant", reused.text),
@@ -184,5 +184,5 @@ def test_next_chat_turn_reuses_the_prompt_cache_and_stays_exact(engine):
     warm = engine.generate(longer)
     engine.generate(ask("Something unrelated again.", max_new_tokens=2))
     cold = engine.generate(longer)
-    assert warm.stats.cached_tokens >= 512 and cold.stats.cached_tokens == 0
+    assert warm.stats.cached_tokens >= 512 and cold.stats.cached_tokens < 64
     assert warm.text == cold.text  # the cache changes the speed, never the text

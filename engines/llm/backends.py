@@ -162,16 +162,18 @@ class LlamaCppBackend(Backend):
     def _prime(self, body: list[int], cancel: CancelToken) -> None:
         """Evaluate `body` (the prompt but its last token), reusing the cache where it can."""
         llm = self.llm
-        # 1. Keep the cached keys/values of the whole 256-token chunks this prompt shares with the
-        #    last one (a chat's next turn starts with the previous turns). Prompts are always
-        #    evaluated in chunks at the same fixed boundaries, so a kept chunk holds exactly what
-        #    a fresh evaluation would compute: the same seed still gives the same text.
-        common = 0
+        # 1. Keep the cached keys/values of every token this prompt shares with the last prompt
+        #    (a chat's next turn starts with the previous turns). Prompts are evaluated in
+        #    batches of two tokens or more, never one: on the CPU a token's keys/values are then
+        #    the same whatever the batch around it, so a kept token holds exactly what a fresh
+        #    evaluation computes and the same seed still gives the same text (tested). Generated
+        #    tokens were evaluated one at a time, which rounds differently: they are not kept.
+        keep = 0
         for cached, token in zip(self._evaluated, body):
             if cached != token:
                 break
-            common += 1
-        keep = common // PROMPT_CHUNK * PROMPT_CHUNK
+            keep += 1
+        keep = min(keep, max(0, len(body) - 2))  # the rest is at least a batch of two
         if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             llm.n_tokens = keep
         else:
@@ -180,10 +182,10 @@ class LlamaCppBackend(Backend):
         self._evaluated = body[:keep]
         self.reused_tokens = keep
         # 2. The rest of the prompt, a chunk at a time, checking for Stop between chunks.
-        for start in range(keep, len(body), PROMPT_CHUNK):
+        for start, end in _batches(keep, len(body)):
             cancel.raise_if_cancelled()
-            llm.eval(body[start:start + PROMPT_CHUNK])
-            self._evaluated = body[:start + PROMPT_CHUNK]
+            llm.eval(body[start:end])
+            self._evaluated = body[:end]
         cancel.raise_if_cancelled()
 
     def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
@@ -220,6 +222,14 @@ class LlamaCppBackend(Backend):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
+
+
+def _batches(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) in PROMPT_CHUNK pieces, the last one never a single token (see _prime)."""
+    bounds = list(range(start, end, PROMPT_CHUNK)) + [end]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return list(zip(bounds, bounds[1:]))
 
 
 class Stepper:
