@@ -123,6 +123,9 @@ def _controls(ctx) -> dict[str, Any]:
             c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img-prompt",
                                      placeholder="a small red star at the top left on a blue background")
             c["negative"] = gr.Textbox(label="Negative prompt", lines=1)
+            from studio.ui import lora_picker  # LoRA list and "Train a LoRA"
+
+            c["lora"] = lora_picker.build(ctx, c["prompt"])
         with gr.Column(scale=1, min_width=200):
             c["run"], c["cancel"], c["add_queue"] = run_strip("txt2img")
             c["mode"] = gr.Radio(["txt2img", "img2img"], value="txt2img", label="Mode",
