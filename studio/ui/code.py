@@ -106,15 +106,20 @@ def generate(ctx, *controls):
     """Generate: yields (job id, code, explanation, rounds log, status) as the job runs."""
     params = mode_params(*controls)
     explain, keep = params["mode"] == "explain", gr.skip()
-    yield None, keep, keep, "", "*starting…*"
-    update = None
+    update, log = None, ""
     for update in follow_job(ctx, "code", params):
         if update.finished:
             break
+        ended = update.step - 1  # run & fix reports the round as the step
+        if params["run_and_fix"] and 1 <= ended < params["rounds"] \
+                and f"**Round {ended}**" not in log:
+            log += (f"**Round {ended}** — the code failed when run; its error goes "
+                    "back to the model.\n\n")
         reply = update.text if update.text is not None else update.message
         status = (f"*round {update.step}: generating…*" if update.status == "running"
                   else f"*waiting for job #{update.job_id}…*")
-        yield (update.job_id, keep if explain else reply, reply if explain else keep, keep, status)
+        yield (update.job_id, keep if explain else reply, reply if explain else keep,
+               log, status)
     if update.status != "completed":
         message = "**stopped** — nothing saved" if update.status == "canceled" \
             else f"failed: {update.error}"
