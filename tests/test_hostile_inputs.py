@@ -200,6 +200,8 @@ def queue_cases() -> list[Case]:
         ("img2img init bomb", {"task": "img2img", "params": {**star, "init_image": BOMB}}),
         ("inpaint mask of another size", {"task": "inpaint", "params": {**star, "init_image": TINY_PNG, "mask": b64(image_bytes("PNG", 8))}}),
         ("gallery id of 80 bits", {"task": "img2img", "params": {**star, "init_image_id": 2**80}}),
+        ("a batch of 10,001 jobs", {"jobs": [{"task": "txt2img", "params": {"prompt": "x"}}] * 10_001}),
+        ("params of 3 MB", {"task": "txt2img", "params": {**star, "negative_prompt": "n" * (3 << 20)}}),
     )]
     cases += [J(f"queue wildcard traversal {t}", q, {"task": "txt2img", "params": {**star, "prompt": f"a __{t}__"}, "expand": True})
               for t in ("../../../../etc/passwd", "/etc/passwd", "../secret", "./../../x")]
