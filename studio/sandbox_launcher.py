@@ -43,6 +43,8 @@ NOBODY = 65534
 def _children_map() -> dict[int, list[int]]:
     """Parent pid -> child pids, from /proc (a snapshot)."""
     children: dict[int, list[int]] = {}
+    if not os.path.isdir("/proc"):  # not Linux: only the process group can be found (killpg)
+        return children
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -81,6 +83,11 @@ def kill_tree(root: int, include_root: bool = True, rounds: int = 50) -> int:
             stopped.add(pid)
     for pid in stopped:
         _signal(pid, signal.SIGKILL)
+    if include_root:  # its process group too: all there is to find where /proc is missing
+        try:
+            os.killpg(root, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     return len(stopped)
 
 
@@ -94,6 +101,8 @@ def _signal(pid: int, sig: int) -> None:
 def user_tasks(uid: int) -> int:
     """Tasks (processes and their threads) of a real uid: what RLIMIT_NPROC is compared with."""
     total = 0
+    if not os.path.isdir("/proc"):
+        return 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -128,6 +137,8 @@ class _PathBeneath(ctypes.Structure):
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 without Landlock."""
+    if not sys.platform.startswith("linux"):  # 444 is another system call elsewhere
+        return 0
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     version = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -177,7 +188,8 @@ def _landlock(writable: str) -> bool:
 
 # ------------------------------------------------------------------ the launcher
 def _prctl(libc, option: int, value: int) -> bool:
-    return libc.prctl(option, value, 0, 0, 0) == 0
+    prctl = getattr(libc, "prctl", None)  # Linux only; elsewhere the other limits still apply
+    return prctl is not None and prctl(option, value, 0, 0, 0) == 0
 
 
 def _world_runnable(path: str) -> bool:
@@ -208,7 +220,8 @@ def _confine(settings: dict) -> str:
         os._exit(70)
     uid, interpreter = os.getuid(), sys.executable
     if os.geteuid() == 0:
-        libc.unshare(CLONE_NEWNET)  # best effort: only loopback, and it is down
+        if hasattr(libc, "unshare"):
+            libc.unshare(CLONE_NEWNET)  # best effort: only loopback, and it is down
         runnable = [p for p in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3")
                     if _world_runnable(p)]
         if runnable:
