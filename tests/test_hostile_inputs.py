@@ -384,3 +384,15 @@ def test_the_right_non_ascii_login_works(locked_studio):
     bearer = {"Authorization": "Bearer pässwörd".encode("utf-8")}
     assert requests.get(locked_studio.url + "/v1/models", headers=bearer, timeout=10).status_code == 200
     assert "pässwörd" not in locked_studio.log()
+
+
+@pytest.mark.parametrize("user,password", [("änn", "falsch"), ("ännchen", "pässwörd"), ("\u0000", "\uffff"),
+                                           ("a" * 10_000, "b")], ids=["wrong", "unknown", "controls", "long"])
+def test_gradio_login_with_bad_non_ascii_credentials_is_a_4xx(locked_studio, user, password):
+    response = requests.post(locked_studio.url + "/login", data={"username": user, "password": password}, timeout=10)
+    assert 400 <= response.status_code < 500 and response.headers["content-type"].startswith("application/json")
+
+
+def test_gradio_login_with_the_non_ascii_password_works(locked_studio):
+    response = requests.post(locked_studio.url + "/login", data={"username": "änn", "password": "pässwörd"}, timeout=10)
+    assert response.status_code == 200 and response.json() == {"success": True}
