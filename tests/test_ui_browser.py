@@ -118,3 +118,35 @@ def test_a_click_during_a_batch_starts_within_one_job_with_previews(page, studio
     assert len(batch_before_ui) - started_before <= 1, (started_before, len(batch_before_ui))
     assert (ui_started - clicked).total_seconds() < 30
     assert sum(1 for j in listed if j["priority"] == 0 and j["status"] == "pending") > 5
+
+
+def test_the_gallery_is_a_grid_of_cells_small_images_crisp_large_ones_smooth(browser, launch_studio,
+                                                                             tmp_path):
+    from PIL import Image
+
+    from studio.db.database import Database
+    from studio.gallery.store import GalleryStore
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = Database(data_dir / "studio.sqlite3")
+    db.migrate()
+    store = GalleryStore(db, data_dir)
+    for side, prompt in ((1024, "large"), (64, "small")):  # newest first: small, then large
+        store.add_image(Image.effect_noise((side, side), 64).convert("RGB"), task="txt2img",
+                        engine="diffusion", prompt=prompt)
+    db.engine.dispose()
+    server = launch_studio(data_dir=data_dir)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(server.url)
+    open_tab(page, "Gallery")
+    page.locator("#gallery-page-info").get_by_text("2 items").wait_for()
+    page.wait_for_function("[...document.querySelectorAll('#gallery-grid .thumbnail-item img')]"
+                           ".filter(i => i.complete && i.naturalWidth).length === 2")
+    small, large = page.locator("#gallery-grid .thumbnail-item img").evaluate_all(
+        "all => all.map(i => [i.naturalWidth, getComputedStyle(i).imageRendering, "
+        "Math.round(i.getBoundingClientRect().width)])")
+    assert small[:2] == [64, "pixelated"] and large[:2] == [256, "auto"]  # 256: the thumbnail
+    assert small[2] == large[2] < 300  # the same cell whatever the image's size
+    page.close()

@@ -282,9 +282,10 @@ def connect_send_buttons(ctx, tabs, handles: dict, own_tab: str) -> None:
 
 # ------------------------------------------------------------------ page-wide
 # Small images (the embedded model draws 64 px) are drawn with nearest-neighbour scaling where a
-# panel enlarges them, so they stay crisp; larger ones keep smooth scaling. A capturing `load`
-# listener marks each <img> inside a `gs-crisp` component once its natural size is known.
-SMALL_IMAGE_PX = 256
+# panel enlarges them, so they stay crisp; larger ones (and the gallery's 256 px thumbnails of
+# large images, which cells shrink) keep smooth scaling. A capturing `load` listener marks each
+# <img> inside a `gs-crisp` component once its natural size is known.
+SMALL_IMAGE_PX = 128
 HEAD = f"""<script>
 document.addEventListener("load", (event) => {{
   const img = event.target;
