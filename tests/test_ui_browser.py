@@ -150,3 +150,15 @@ def test_the_gallery_is_a_grid_of_cells_small_images_crisp_large_ones_smooth(bro
     assert small[:2] == [64, "pixelated"] and large[:2] == [256, "auto"]  # 256: the thumbnail
     assert small[2] == large[2] < 300  # the same cell whatever the image's size
     page.close()
+
+
+def test_cancel_in_the_tab_stops_the_running_job_and_saves_nothing(page, studio_server):
+    generate(page, "a long one", steps=150)
+    page.locator("#txt2img-preview img").first.wait_for(timeout=120_000)  # it is running
+    page.locator("#txt2img-cancel").click()
+    page.locator("#txt2img-status").get_by_text("Cancelled: nothing was saved.").wait_for(
+        timeout=60_000)
+    [job] = jobs(studio_server)
+    assert job["status"] == "canceled" and job["item_ids"] == []
+    assert job["progress"] < 1.0  # stopped between steps, long before the 150th
+    assert api(studio_server, "/api/gallery")["total"] == 0
