@@ -86,8 +86,12 @@ def test_image_endpoints_run_as_jobs_and_return_the_saved_files(client, studio, 
 
 
 def test_text_endpoints_and_queue_add(client, studio):
-    reply = client.predict(message="Name a colour.", max_new_tokens=16, seed=3, api_name="/chat")
+    history = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]
+    reply = client.predict(message="And another one?", history=history, max_new_tokens=16,
+                           seed=3, api_name="/chat")
     assert isinstance(reply, str) and reply.strip()
+    [asked] = [j for j in jobs(studio) if j["task"] == "chat"]
+    assert asked["params"]["messages"] == [*history, {"role": "user", "content": "And another one?"}]
     code = client.predict(description="print the sum of 2 and 3", max_new_tokens=48, seed=3,
                           api_name="/code")
     assert isinstance(code, str) and code.strip()

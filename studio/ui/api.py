@@ -128,12 +128,14 @@ def style(ctx, image: ImageFile, style: str = "vintage", strength: float = 1.0,
     return _images(ctx, run(ctx, "style", params))
 
 
-def chat(ctx, message: str, system_prompt: str = "", model: str = CHAT_MODEL,
-         temperature: float = 0.7, max_new_tokens: int = 512, seed: int = -1) -> str:
-    """Chat: one reply to `message` from a local language model (also saved to the gallery)."""
+def chat(ctx, message: str, history: list[dict] = (), system_prompt: str = "",
+         model: str = CHAT_MODEL, temperature: float = 0.7, max_new_tokens: int = 512,
+         seed: int = -1) -> str:
+    """Chat: one reply to `message` from a local language model (also saved to the gallery);
+    `history`: the conversation before it, [{"role": "user" | "assistant", "content": ...}]."""
     params = {"model": model, "system_prompt": system_prompt, "temperature": temperature,
               "max_new_tokens": max_new_tokens, "seed": None if seed < 0 else seed,
-              "messages": [{"role": "user", "content": message}]}
+              "messages": [*(history or []), {"role": "user", "content": message}]}
     return run(ctx, "chat", params).get("text") or ""
 
 
