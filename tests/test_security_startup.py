@@ -35,6 +35,7 @@ def test_apis_answer_503_until_mounted_never_404(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
     assert seen and seen[-1] == 200, (seen, (tmp_path / "studio.log").read_text()[-2000:])
     assert set(seen) <= {503, 200}, seen
     assert all(set(h) == {"ready"} and isinstance(h["ready"], bool) for h in health)  # (it may be ready by then)
