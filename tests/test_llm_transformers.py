@@ -53,3 +53,27 @@ def test_folder_model_streams_with_its_template_and_stops(tiny_folder):
         assert stats.finish_reason == "cancelled" and stats.completion_tokens <= at_cancel + 1
     finally:
         engine.unload()
+
+
+def test_folder_model_under_a_json_schema_and_with_logprobs(tiny_folder):
+    """Random weights write random tokens: the grammar alone keeps the reply valid JSON."""
+    import json
+
+    schema = {"type": "object", "required": ["name", "size", "tags"], "properties": {
+        "name": {"type": "string"}, "size": {"enum": ["small", "large"]},
+        "tags": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}}}}
+    engine = LLMEngine(str(tiny_folder), "cpu")
+    try:
+        for seed in range(3):
+            result = engine.generate(LLMParams(
+                messages=(ChatMessage("user", "hello"),), max_new_tokens=30, seed=seed,
+                response_format={"type": "json_schema", "json_schema": {"schema": schema}}))
+            value = json.loads(result.text)
+            assert set(value) == {"name", "size", "tags"} and value["size"] in ("small", "large")
+            assert all(0 <= t <= 9 for t in value["tags"]) and result.stats.completion_tokens <= 30
+        greedy = engine.generate(LLMParams(messages=(ChatMessage("user", "hello"),), max_new_tokens=6,
+                                           temperature=0.0, repetition_penalty=1.0, logprobs=True, top_logprobs=2))
+        assert len(greedy.stats.logprobs) == greedy.stats.completion_tokens
+        assert all(e.top[0][0] == e.token for e in greedy.stats.logprobs)
+    finally:
+        engine.unload()

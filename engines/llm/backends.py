@@ -191,11 +191,15 @@ class LlamaCppBackend(Backend):
     def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
         """For decoding loops of our own (constrained output, logprobs): logits in, tokens out."""
         self._prime(prompt[:-1], cancel)
+        from engines.llm.steppers import LlamaStepper
+
         return LlamaStepper(self.llm, prompt[-1:])
 
     def token_texts(self) -> list[str | None]:
         if self._texts is None:
-            self._texts = [_text_or_none(self.llm.detokenize([i])) for i in range(self.llm.n_vocab())]
+            from engines.llm.steppers import text_or_none
+
+            self._texts = [text_or_none(self.llm.detokenize([i])) for i in range(self.llm.n_vocab())]
         return self._texts
 
     def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
@@ -230,35 +234,6 @@ def _batches(start: int, end: int) -> list[tuple[int, int]]:
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         bounds[-2] -= 1
     return list(zip(bounds, bounds[1:]))
-
-
-class Stepper:
-    """`logits` for the next token (float32 numpy); `feed(tokens)` evaluates tokens and updates
-    it. Decoding loops of our own drive it (engines/llm/guided.py)."""
-    logits: "np.ndarray"
-
-    def feed(self, tokens: list[int]) -> None:
-        raise NotImplementedError
-
-
-class LlamaStepper(Stepper):
-    def __init__(self, llm, first: list[int]) -> None:
-        self.llm = llm
-        self.feed(first)
-
-    def feed(self, tokens: list[int]) -> None:
-        import numpy as np
-
-        self.llm.eval(tokens)  # logits are kept for the last token only
-        self.logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
-
-
-def _text_or_none(piece: bytes) -> str | None:
-    """A token's text, or None when it is not whole UTF-8 on its own (a byte of a character)."""
-    try:
-        return piece.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 # ---------------------------------------------------------------- transformers
@@ -355,6 +330,8 @@ class TransformersBackend(Backend):
                 past = out.cache
 
     def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
+        from engines.llm.steppers import TorchStepper
+
         return TorchStepper(self, prompt, cancel)
 
     def token_texts(self) -> list[str | None]:
@@ -378,23 +355,6 @@ class TransformersBackend(Backend):
     def close(self) -> None:
         self.model = None
         self.tokenizer = None
-
-
-class TorchStepper(Stepper):
-    def __init__(self, backend: TransformersBackend, prompt: list[int], cancel: CancelToken) -> None:
-        self.backend, self.past = backend, None
-        for start in range(0, len(prompt), PROMPT_CHUNK):  # a cancel check between chunks
-            cancel.raise_if_cancelled()
-            self.feed(prompt[start:start + PROMPT_CHUNK])
-
-    def feed(self, tokens: list[int]) -> None:
-        import torch
-
-        with torch.inference_mode():
-            ids = torch.tensor([tokens], device=self.backend.device)
-            out = self.backend.model(input_ids=ids, cache=self.past, use_cache=True, logits_to_keep=1)
-        self.past = out.cache
-        self.logits = out.logits[0, -1].float().cpu().numpy()
 
 
 def sample_token(logits, history: list[int], sampling: Sampling, generator) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 import uuid
@@ -95,211 +96,230 @@ def _sse(payload: dict | str) -> str:
 
 
 def router(ctx: "StudioContext") -> APIRouter:
-    from studio.tasks.text import DEFAULT_MODEL
-
     api = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], route_class=OpenAIRoute,
                     dependencies=[Depends(require_auth(ctx))])
 
-    def models_dirs() -> tuple:
-        return (ctx.config.models_dir, *ctx.config.extra_models_dirs)
-
-    def check_model(model: str) -> None:
-        from engines.llm.catalog import resolve
-
-        try:
-            resolve(model, offline=ctx.config.offline or None)
-        except ValueError as error:
-            status = 404 if "unknown model" in str(error) or "does not exist" in str(error) else 400
-            raise OpenAIError(status, str(error), "model", "model_not_found" if status == 404 else None)
-
-    def submit(model: str, values: dict, n: int) -> list:
-        """n "chat" jobs at API priority (choice i: seed + i); validated once, by the queue."""
-        from studio.jobs.runner import API
-
-        seed = values.get("seed")
-        jobs = [{**values, "model": model, **({"seed": seed + i} if isinstance(seed, int) and
-                                               not isinstance(seed, bool) else {})} for i in range(n)]
-        try:
-            return ctx.runner.submit_many("chat", jobs, priority=API)
-        except ValueError as error:
-            field = getattr(error, "field", None)
-            raise OpenAIError(400, str(error), shapes.openai_param(field))
-
-    async def finals(request: Request, handles: list) -> list[dict]:
-        """Wait (on the event loop) for every job; their result infos, in order."""
-        infos, checked = [], time.monotonic()
-        try:
-            for handle in handles:
-                async for update in handle.aupdates():
-                    if time.monotonic() - checked > DISCONNECT_CHECK_S:
-                        checked = time.monotonic()
-                        if await request.is_disconnected():
-                            raise OpenAIError(499, "the client went away")
-                    if update.finished:
-                        if update.status != "completed":
-                            raise _failure(update)
-                        infos.append(update.result["info"])
-        finally:
-            for handle in handles[len(infos):]:
-                handle.cancel()
-        return infos
-
-    async def streamed(handles: list, make_chunk: Callable, stream_choice: Callable,
-                       include_usage: bool) -> StreamingResponse:
-        """Wait for the first job to show text (or fail: then a plain HTTP error), then stream."""
-        updates = handles[0].aupdates()
-        first = await anext(updates)
-        while not first.finished and not first.text:
-            first = await anext(updates)
-        if first.finished and first.status != "completed":
-            raise _failure(first)
-
-        async def events() -> AsyncIterator[str]:
-            infos, current = [], updates
-            try:
-                for index, handle in enumerate(handles):
-                    current = current if index == 0 else handle.aupdates()
-                    async for chunk in stream_choice(index, current, first if index == 0 else None, infos):
-                        yield _sse(chunk)
-                if include_usage:
-                    yield _sse({**make_chunk(), "choices": [], "usage": shapes.usage(infos)})
-            except OpenAIError as error:  # a job failed mid-stream: an error event, then the end
-                yield _sse({"error": {"message": error.message, "type": error.kind,
-                                      "param": error.param, "code": None}})
-            finally:
-                await current.aclose()  # the client went away: its running job is canceled
-                for handle in handles[len(infos):]:
-                    handle.cancel()
-            yield _sse("[DONE]")
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    # ------------------------------------------------------------ routes
     @api.get("/models")
     def list_models_route() -> dict:
-        from engines.llm.catalog import list_models
-        from engines.llm.embeddings import EMBEDDED_EMBEDDING_ID, embedded_model_dir
-
-        data = [{"id": m.model_id, "object": "model", "created": 0, "owned_by": "genstudio",
-                 "format": m.format, "label": m.label} for m in list_models(models_dirs())]
-        if embedded_model_dir() is not None:
-            data.append({"id": EMBEDDED_EMBEDDING_ID, "object": "model", "created": 0, "owned_by": "genstudio",
-                         "format": "transformers", "label": "all-MiniLM-L6-v2 (embeddings, embedded)"})
-        return {"object": "list", "data": data}
+        return list_models(ctx)
 
     @api.post("/chat/completions")
-    async def chat_completions(request: Request):
-        from engines.llm.tools import calls_tools
-
-        body = await _json_body(request)
-        model = body.get("model") or DEFAULT_MODEL
-        values, n = shapes.chat_params(body), shapes.choices_count(body)
-        check_model(model)
-        handles = submit(model, values, n)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        tools_active = calls_tools(tuple(values.get("tools") or ()), values.get("tool_choice", "auto"))
-
-        def chunk(index: int = 0, delta: dict | None = None, finish: str | None = None, **extra) -> dict:
-            choices = [{"index": index, "delta": delta or {}, "finish_reason": finish, **extra}]
-            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": choices}
-
-        if not body.get("stream"):
-            infos = await finals(request, handles)
-            choices = [i["choices"][0] for i in infos]
-            return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
-                                 "choices": [{"index": k, "message": shapes.chat_message(c),
-                                              "logprobs": shapes.chat_logprobs(c["logprobs"]),
-                                              "finish_reason": shapes.finish_reason(c)}
-                                             for k, c in enumerate(choices)],
-                                 "usage": shapes.usage(infos)})
-
-        async def stream_choice(index, updates, pending, infos):
-            shaper = shapes.ChoiceStream(tools_active)
-            yield chunk(index, {"role": "assistant", "content": ""})
-            update = pending
-            while True:
-                if update is None:
-                    update = await anext(updates)
-                if update.finished:
-                    if update.status != "completed":
-                        raise _failure(update)
-                    info = update.result["info"]
-                    choice = info["choices"][0]
-                    for delta in shaper.deltas(choice["text"], final=True):
-                        yield chunk(index, delta)
-                    if choice["logprobs"] is not None:
-                        yield chunk(index, {}, logprobs=shapes.chat_logprobs(choice["logprobs"]))
-                    infos.append(info)
-                    yield chunk(index, {}, "tool_calls" if shaper.calls else shapes.finish_reason(choice))
-                    return
-                for delta in shaper.deltas(update.text or ""):
-                    yield chunk(index, delta)
-                update = None
-
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await streamed(handles, chunk, stream_choice, include_usage)
+    async def chat_completions_route(request: Request):
+        return await chat_completions(ctx, request)
 
     @api.post("/completions")
-    async def completions(request: Request):
-        body = await _json_body(request)
-        model = body.get("model") or DEFAULT_MODEL
-        values, n = shapes.completion_params(body), shapes.choices_count(body)
-        check_model(model)
-        handles = submit(model, values, n)
-        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-        def chunk(index: int = 0, text: str = "", finish: str | None = None, logprobs=None) -> dict:
-            return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
-
-        if not body.get("stream"):
-            infos = await finals(request, handles)
-            choices = [i["choices"][0] for i in infos]
-            return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                                 "choices": [{"index": k, "text": c["text"], "finish_reason": shapes.finish_reason(c),
-                                              "logprobs": shapes.completion_logprobs(c["logprobs"])}
-                                             for k, c in enumerate(choices)],
-                                 "usage": shapes.usage(infos)})
-
-        # A middle written in words is cleaned once it is complete (engine.clean_middle), so
-        # fill-in-the-middle sends its text at the end; plain completions stream as they come.
-        hold = "suffix" in values
-
-        async def stream_choice(index, updates, pending, infos):
-            sent, update = 0, pending
-            while True:
-                if update is None:
-                    update = await anext(updates)
-                if update.finished:
-                    if update.status != "completed":
-                        raise _failure(update)
-                    info = update.result["info"]
-                    choice = info["choices"][0]
-                    text = choice["text"][sent:] if not hold else choice["text"]
-                    if text or choice["logprobs"] is not None:
-                        yield chunk(index, text, logprobs=shapes.completion_logprobs(choice["logprobs"]))
-                    infos.append(info)
-                    yield chunk(index, "", shapes.finish_reason(choice))
-                    return
-                text = update.text or ""
-                if not hold and len(text) > sent:
-                    yield chunk(index, text[sent:])
-                    sent = len(text)
-                update = None
-
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await streamed(handles, chunk, stream_choice, include_usage)
+    async def completions_route(request: Request):
+        return await completions(ctx, request)
 
     @api.post("/embeddings")
-    async def embeddings(request: Request):
+    async def embeddings_route(request: Request):
         body = await _json_body(request)
         return await asyncio.to_thread(embed_request, ctx, body)
 
     return api
 
 
+def list_models(ctx: "StudioContext") -> dict:
+    from engines.llm.catalog import list_models as catalogue
+    from engines.llm.embeddings import EMBEDDED_EMBEDDING_ID, embedded_model_dir
+
+    dirs = (ctx.config.models_dir, *ctx.config.extra_models_dirs)
+    data = [{"id": m.model_id, "object": "model", "created": 0, "owned_by": "genstudio",
+             "format": m.format, "label": m.label} for m in catalogue(dirs)]
+    if embedded_model_dir() is not None:
+        data.append({"id": EMBEDDED_EMBEDDING_ID, "object": "model", "created": 0, "owned_by": "genstudio",
+                     "format": "transformers", "label": "all-MiniLM-L6-v2 (embeddings, embedded)"})
+    return {"object": "list", "data": data}
+
+
+# ---------------------------------------------------------------- jobs
+def check_model(ctx: "StudioContext", model: str) -> None:
+    from engines.llm.catalog import resolve
+
+    try:
+        resolve(model, offline=ctx.config.offline or None)
+    except ValueError as error:
+        status = 404 if "unknown model" in str(error) or "does not exist" in str(error) else 400
+        raise OpenAIError(status, str(error), "model", "model_not_found" if status == 404 else None)
+
+
+def submit(ctx: "StudioContext", model: str, values: dict, n: int) -> list:
+    """n "chat" jobs at API priority (choice i: seed + i); validated once, by the queue."""
+    from studio.jobs.runner import API
+
+    seed = values.get("seed")
+    step = isinstance(seed, int) and not isinstance(seed, bool)
+    jobs = [{**values, "model": model, **({"seed": seed + i} if step else {})} for i in range(n)]
+    try:
+        return ctx.runner.submit_many("chat", jobs, priority=API)
+    except ValueError as error:
+        raise OpenAIError(400, str(error), shapes.openai_param(getattr(error, "field", None)))
+
+
+async def finals(request: Request, handles: list) -> list[dict]:
+    """Wait (on the event loop) for every job; their result infos, in order. A client that goes
+    away cancels what is left."""
+    infos, checked = [], time.monotonic()
+    try:
+        for handle in handles:
+            async for update in handle.aupdates():
+                if time.monotonic() - checked > DISCONNECT_CHECK_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        raise OpenAIError(499, "the client went away")
+                if update.finished:
+                    if update.status != "completed":
+                        raise _failure(update)
+                    infos.append(update.result["info"])
+    finally:
+        for handle in handles[len(infos):]:
+            handle.cancel()
+    return infos
+
+
+async def streamed(handles: list, make_chunk: Callable, stream_choice: Callable,
+                   include_usage: bool) -> StreamingResponse:
+    """Wait for the first job to show text (or fail: then a plain HTTP error), then stream the
+    choices one after the other."""
+    updates = handles[0].aupdates()
+    first = await anext(updates)
+    while not first.finished and not first.text:
+        first = await anext(updates)
+    if first.finished and first.status != "completed":
+        raise _failure(first)
+
+    async def events() -> AsyncIterator[str]:
+        infos, current = [], updates
+        try:
+            for index, handle in enumerate(handles):
+                current = current if index == 0 else handle.aupdates()
+                async for chunk in stream_choice(index, current, first if index == 0 else None, infos):
+                    yield _sse(chunk)
+            if include_usage:
+                yield _sse({**make_chunk(), "choices": [], "usage": shapes.usage(infos)})
+        except OpenAIError as error:  # a job failed mid-stream: an error event, then the end
+            yield _sse({"error": {"message": error.message, "type": error.kind,
+                                  "param": error.param, "code": None}})
+        finally:
+            await current.aclose()  # the client went away: its running job is canceled
+            for handle in handles[len(infos):]:
+                handle.cancel()
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _final_or_text(updates, pending):
+    """The next update of a choice's job (the one already read first, if any)."""
+    update = pending if pending is not None else await anext(updates)
+    if update.finished and update.status != "completed":
+        raise _failure(update)
+    return update
+
+
+# ---------------------------------------------------------------- chat completions
+async def chat_completions(ctx: "StudioContext", request: Request):
+    from engines.llm.tools import calls_tools
+    from studio.tasks.text import DEFAULT_MODEL
+
+    body = await _json_body(request)
+    model = body.get("model") or DEFAULT_MODEL
+    values, n = shapes.chat_params(body), shapes.choices_count(body)
+    check_model(ctx, model)
+    handles = submit(ctx, model, values, n)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    tools_active = calls_tools(tuple(values.get("tools") or ()), values.get("tool_choice", "auto"))
+
+    def chunk(index: int = 0, delta: dict | None = None, finish: str | None = None, **extra) -> dict:
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish, **extra}]}
+
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await streamed(handles, chunk, functools.partial(chat_choice_events, chunk, tools_active),
+                              include_usage)
+    infos = await finals(request, handles)
+    choices = [i["choices"][0] for i in infos]
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
+                         "choices": [{"index": k, "message": shapes.chat_message(c),
+                                      "logprobs": shapes.chat_logprobs(c["logprobs"]),
+                                      "finish_reason": shapes.finish_reason(c)} for k, c in enumerate(choices)],
+                         "usage": shapes.usage(infos)})
+
+
+async def chat_choice_events(chunk: Callable, tools_active: bool, index: int, updates, pending, infos):
+    """One choice's chunks: the role, content or tool-call deltas, logprobs, the finish."""
+    shaper = shapes.ChoiceStream(tools_active)
+    yield chunk(index, {"role": "assistant", "content": ""})
+    while True:
+        update, pending = await _final_or_text(updates, pending), None
+        if not update.finished:
+            for delta in shaper.deltas(update.text or ""):
+                yield chunk(index, delta)
+            continue
+        info = update.result["info"]
+        choice = info["choices"][0]
+        for delta in shaper.deltas(choice["text"], final=True):
+            yield chunk(index, delta)
+        if choice["logprobs"] is not None:
+            yield chunk(index, {}, logprobs=shapes.chat_logprobs(choice["logprobs"]))
+        infos.append(info)
+        yield chunk(index, {}, "tool_calls" if shaper.calls else shapes.finish_reason(choice))
+        return
+
+
+# ---------------------------------------------------------------- completions
+async def completions(ctx: "StudioContext", request: Request):
+    from studio.tasks.text import DEFAULT_MODEL
+
+    body = await _json_body(request)
+    model = body.get("model") or DEFAULT_MODEL
+    values, n = shapes.completion_params(body), shapes.choices_count(body)
+    check_model(ctx, model)
+    handles = submit(ctx, model, values, n)
+    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(index: int = 0, text: str = "", finish: str | None = None, logprobs=None) -> dict:
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+
+    if body.get("stream"):
+        # A middle written in words is cleaned once it is complete (prompts.clean_middle), so
+        # fill-in-the-middle sends its text at the end; plain completions stream as they come.
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = functools.partial(completion_choice_events, chunk, "suffix" in values)
+        return await streamed(handles, chunk, events, include_usage)
+    infos = await finals(request, handles)
+    choices = [i["choices"][0] for i in infos]
+    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                         "choices": [{"index": k, "text": c["text"], "finish_reason": shapes.finish_reason(c),
+                                      "logprobs": shapes.completion_logprobs(c["logprobs"])}
+                                     for k, c in enumerate(choices)],
+                         "usage": shapes.usage(infos)})
+
+
+async def completion_choice_events(chunk: Callable, hold: bool, index: int, updates, pending, infos):
+    sent = 0
+    while True:
+        update, pending = await _final_or_text(updates, pending), None
+        if not update.finished:
+            text = update.text or ""
+            if not hold and len(text) > sent:
+                yield chunk(index, text[sent:])
+                sent = len(text)
+            continue
+        info = update.result["info"]
+        choice = info["choices"][0]
+        text = choice["text"] if hold else choice["text"][sent:]
+        if text or choice["logprobs"] is not None:
+            yield chunk(index, text, logprobs=shapes.completion_logprobs(choice["logprobs"]))
+        infos.append(info)
+        yield chunk(index, "", shapes.finish_reason(choice))
+        return
+
+
+# ---------------------------------------------------------------- embeddings
 def embed_request(ctx: "StudioContext", body: dict) -> JSONResponse:
     """POST /v1/embeddings: a batch of texts through the "embed" engine (holds the device lock)."""
     import numpy as np
