@@ -43,7 +43,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """`durable=False` (tests): no fsync, faster; `durable=True` (benchmarks): the defaults."""
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         self.dir = Path(tempfile.mkdtemp(prefix="genstudio-pg-"))
         self.port = _free_port()
         self._as: list[str] = []
@@ -62,8 +65,9 @@ class PostgresServer:
         # C.UTF-8: lower() and the text search fold non-ASCII letters, as SQLite's FTS5 does.
         self._run(find_bin("initdb"), "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8",
                   "--locale=C.UTF-8")
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:  # a throwaway server: nothing to keep across a power cut
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(find_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.dir / "log"),
                   "-w", "start")
         return self

@@ -320,7 +320,13 @@ class RayWorker:
             return {}
         refs = {name: actor.identity.remote() for name, actor in self.actors.items()}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=2.0)
-        current = {name: ray.get(ref) for name, ref in refs.items() if ref in ready}
+        current = {}  # actor name -> the process it runs in now; unknown while it restarts
+        for name, ref in refs.items():
+            if ref in ready:
+                try:
+                    current[name] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    pass
         dead = set()
         for job in running:
             name = job.worker.partition("@")[0]
@@ -328,7 +334,7 @@ class RayWorker:
                 dead.add(job.worker)  # Ray restarted this actor: the process that ran it is gone
             elif (now() - (job.heartbeat_at or job.started_at or now())).total_seconds() > self.hung_after_s:
                 if name in self.actors and name in current:
-                    log.warning("ray worker: job %s made no progress for %.0f s; restarting %s",
+                    log.warning("ray worker: job %s made no progress for over %.1f s; restarting %s",
                                 job.id, self.hung_after_s, name)
                     ray.kill(self.actors[name], no_restart=False)
         if not dead:
