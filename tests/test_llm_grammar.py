@@ -126,3 +126,11 @@ def test_stream_shaper_sends_openai_tool_call_deltas():
     assert plain.deltas("<to") == [] and plain.deltas("<tool") == []
     assert ChoiceStream(tools_active=True).deltas("Hi there") == [{"content": "Hi there"}]
     assert json_prefix('{"a": "}"} tail') == '{"a": "}"}'
+
+
+def test_auto_tools_with_a_json_reply_allow_a_call_or_that_json():
+    tools = ({"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}},)
+    node = constraint({"type": "json_object"}, tools, "auto", True)
+    assert accepts(node, '{"a": 1}')
+    assert accepts(node, '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>')
+    assert Matcher(node).advance("plain words") is None

@@ -108,8 +108,8 @@ def constraint(response_format: Any, tools: tuple[dict, ...], choice: Any, paral
             calls.append(call)
         block = Arr(Union(calls), 1, MAX_PARALLEL_CALLS if parallel else 1,
                     CALL_OPEN, CALL_CLOSE + "\n" + CALL_OPEN, CALL_CLOSE)
-        if choice == "auto":  # the model may also answer in words
-            return Union([block, Free()])
+        if choice == "auto":  # the model may also answer: in words, or in the asked-for JSON
+            return Union([block, check_response_format(response_format) or Free()])
         return block
     return check_response_format(response_format)
 
