@@ -26,7 +26,7 @@ from PIL import Image
 
 from engines.base import CancelToken, EngineError, Progress, ProgressCallback, no_progress
 from engines.upscale.catalog import EMBEDDED, RESIZERS, embedded_path
-from engines.upscale.params import UpscaleParams
+from engines.upscale.params import MAX_OUTPUT_PIXELS, UpscaleParams
 
 MAX_PASSES = 3  # A1111 runs a network up to 3 times when the wanted factor exceeds its own
 
@@ -149,6 +149,8 @@ class UpscaleEngine:
         if self.model_id not in EMBEDDED:
             return Path(self.model_id)
         path = embedded_path(self.model_id)
+        if not path.exists() and EMBEDDED[self.model_id].shipped:
+            raise EngineError(f"{self.model_id}: {path} is missing from this installation")
         if not path.exists():  # the opt-in network: converted once from the package's ncnn files
             from engines.training.convert_realesrgan_ncnn import (NETWORKS, convert,
                                                                    package_models_dir)
@@ -214,9 +216,12 @@ class UpscaleEngine:
 
     def _network_passes(self, rgb: Image.Image, target: tuple[int, int], params: UpscaleParams,
                         info: dict, on_progress: ProgressCallback, cancel: CancelToken):
+        """Run the network until the image reaches the target (at most MAX_PASSES); a pass
+        whose output would exceed the output budget is left to the final Lanczos resize."""
         needed = max(target[0] / rgb.width, target[1] / rgb.height)
         passes, reach = 1, self.scale
-        while reach < needed and passes < MAX_PASSES and self.scale > 1:
+        while (reach < needed and passes < MAX_PASSES and self.scale > 1
+               and rgb.width * rgb.height * (reach * self.scale) ** 2 <= MAX_OUTPUT_PIXELS):
             passes, reach = passes + 1, reach * self.scale
         for index in range(passes):
             def on_tile(done, total, index=index):
