@@ -25,7 +25,7 @@ def test_chat_task_records_a_gallery_text_item(ctx):
 @pytest.mark.parametrize("params, match", [
     ({"messages": [{"role": "user", "content": ""}]}, "empty"),
     ({"messages": [{"role": "user", "content": "x" * 100_000}]}, "100,000"),
-    ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, "unknown model"),
+    ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, "no-such-model"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, "temperature"),
 ])
 def test_bad_chat_input_writes_nothing(ctx, params, match):

@@ -75,11 +75,14 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
     if request.batch_size < 1:
         raise unprocessable("batch_size", "batch_size must be at least 1", request.batch_size)
+    from engines.diffusion.params import MAX_IMAGES, MAX_SEED
+
     seed = request.seed
     total = request.n_iter * request.batch_size
+    if total > MAX_IMAGES:  # before a seed is drawn from what is left below MAX_SEED
+        raise unprocessable("n_iter", f"n_iter × batch_size is {total:,}; at most {MAX_IMAGES} "
+                            f"images per request", request.n_iter)
     if seed == -1:
-        from engines.diffusion.params import MAX_SEED
-
         seed = secrets.randbelow(MAX_SEED - total + 2)
     params: dict[str, Any] = {
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": seed,
@@ -271,8 +274,8 @@ def _model_routes(api: APIRouter, checkpoints: Checkpoints, options: Options) ->
         try:
             options.set(changes)
         except ValueError as error:
-            raise unprocessable("sd_model_checkpoint", str(error),
-                                changes.get("sd_model_checkpoint")) from None
+            field = getattr(error, "field", None) or "sd_model_checkpoint"
+            raise unprocessable(field, str(error), changes.get(field)) from None
         return {"sd_model_checkpoint": options.get()["sd_model_checkpoint"]}
 
     @api.post("/refresh-checkpoints")

@@ -184,6 +184,13 @@ class Options:
             checkpoint = self.resolve(changes["sd_model_checkpoint"])
             changes["sd_model_checkpoint"] = checkpoint.title
         changes.pop("sd_checkpoint_hash", None)
+        if changes.get("sd_vae") is not None:  # a listed VAE only, never a path to anywhere
+            from engines.diffusion.vae import resolve_vae
+
+            try:
+                resolve_vae(changes["sd_vae"], [Path(self.ctx.config.models_dir) / "VAE"])
+            except ValueError as error:
+                raise ParamError("sd_vae", str(error).replace("`vae`", "`sd_vae`")) from None
         with self._lock:
             self._values.update(changes)
             try:

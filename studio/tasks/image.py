@@ -62,6 +62,7 @@ from PIL import Image
 from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
+from studio.models import check_diffusion_model
 from studio.tasks import TaskResult, TaskSpec, register
 
 ENGINE = "diffusion"
@@ -157,8 +158,8 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
     if "prompt" not in p:
         raise ParamError("prompt", "`prompt` is required")
     model = p.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise ParamError("model", f"`model` must be a model name, got {model!r}")
+    if model is not None:
+        check_diffusion_model(ctx, model)  # only the studio's own models (studio/models.py)
     kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
     stored = {k: v for k, v in kwargs.items()}
     kwargs.update(extra_networks(ctx, kwargs.pop("vae", None)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engines.base import CancelToken, ParamError, ProgressCallback
+from studio.models import check_llm_model
 from studio.tasks import TaskResult, TaskSpec, register
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ def last_user_message(params: "LLMParams") -> str:
 
 # ---------------------------------------------------------------- chat task
 def validate_chat(ctx: "StudioContext", params: dict) -> None:
+    # only the studio's own models (studio/models.py), before anything opens the file
+    check_llm_model(ctx, params.get("model") or DEFAULT_MODEL)
     llm_params(params)
 
 
@@ -215,6 +218,7 @@ def record_code(ctx: "StudioContext", params: dict, rounds: list[CodeRound]):
 
 
 def validate_code(ctx: "StudioContext", params: dict) -> None:
+    check_llm_model(ctx, params.get("model") or DEFAULT_MODEL)
     if split_code_params(params)[3]:  # run & fix: refused at once when the studio forbids it
         from studio.code_runner import check_code_execution
 
