@@ -119,3 +119,20 @@ def test_hires_resize_and_validation(ctx):
     with pytest.raises(ParamError) as caught:
         validate_task(ctx, "hires", {"prompt": "x", "width": 1024, "height": 1024, "hr_scale": 4})
     assert caught.value.field == "width"  # 4096x4096 is over the engine's pixel budget
+
+
+def test_cancel_between_tiles_writes_nothing(ctx):
+    from engines.base import CancelToken, Cancelled
+
+    token = CancelToken()
+    seen = []
+
+    def on_progress(progress):
+        seen.append(progress)
+        token.cancel()  # after the first tile
+
+    with pytest.raises(Cancelled):
+        run_task(ctx, "upscale", {"image": encode_image(photo(96)), "tile": 48,
+                                  "upscaler": "R-ESRGAN AnimeVideo"}, on_progress, token)
+    assert len(seen) == 1 and "tile 1/" in seen[0].message
+    assert ctx.gallery.query().total == 0  # neither the result nor the upload
