@@ -166,6 +166,14 @@ class Database:
         handle.flush()
         self._lock_file = handle  # held (and the lock with it) as long as this process lives
 
+    def close(self) -> None:
+        """Close every connection and let another process take the data dir."""
+        self.engine.dispose()
+        lock = getattr(self, "_lock_file", None)
+        if lock is not None:
+            lock.close()  # closing the file releases the flock
+            self._lock_file = None
+
     # --- notifications (PostgreSQL NOTIFY/LISTEN; SQLite has none: listeners poll)
     def notify(self, session_or_conn, channel: str) -> None:
         """Inside a transaction: listeners are told when (and only if) it commits."""
