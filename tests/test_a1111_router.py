@@ -129,3 +129,15 @@ def test_connect_time_endpoints_answer(client):
                  "cmd-flags", "samplers", "schedulers", "sd-models", "options"):
         assert client.get(f"/sdapi/v1/{path}").status_code == 200, path
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+
+
+def test_txt2img_hires_fix_doubles_the_size_and_records_itself(client):
+    body = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a red star", "seed": 5, "steps": 3, "width": 64, "height": 64,
+        "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Lanczos", "hr_second_pass_steps": 2,
+        "denoising_strength": 0.5})
+    assert body.status_code == 200, body.text
+    info = json.loads(body.json()["info"])
+    item = client.ctx.gallery.get(info["gallery_ids"][0])
+    assert (item.width, item.height) == (128, 128) and info["task"] == "hires"
+    assert "Hires upscale: 2" in info["infotexts"][0] and "Hires upscaler: Lanczos" in info["infotexts"][0]

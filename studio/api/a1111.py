@@ -38,6 +38,7 @@ from engines.base import ParamError
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
+from studio.api.a1111_extras import hires_params
 from studio.api.a1111_names import (FILL_CODES, SCHEDULE_TYPES, a1111_field, scheduler_name,
                                      schedulers_table)
 from studio.api.a1111_options import Checkpoints, Options
@@ -104,6 +105,10 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
     if vae not in (None, "Automatic", "None"):  # A1111's sd_vae: a file in models/VAE
         params["vae"] = vae
     task = "txt2img"
+    hires = None if isinstance(request, Img2ImgRequest) else hires_params(request)
+    if hires is not None:  # A1111's hires fix: a second, img2img pass at the larger size
+        task = "hires"
+        params.update(hires)
     if isinstance(request, Img2ImgRequest):
         task = "img2img"
         params["strength"] = request.denoising_strength

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
+from studio.api.a1111_models import HiresFields
 from studio.api.auth import require_auth
 
 # The task's names -> A1111's, for 422s that name the field the client sent.
@@ -83,18 +84,6 @@ class UpscalerItem(BaseModel):
     model_path: str | None = None
     model_url: str | None = None
     scale: float | None = None
-
-
-class HiresFields(BaseModel):
-    """A1111's hires-fix fields of /sdapi/v1/txt2img (its defaults)."""
-    enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
 
 
 def hires_params(request: Any) -> dict | None:

@@ -20,7 +20,19 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class Txt2ImgRequest(_Lenient):
+class HiresFields(BaseModel):
+    """A1111's hires-fix fields of /sdapi/v1/txt2img (its defaults)."""
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+class Txt2ImgRequest(_Lenient, HiresFields):
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] | None = Field(None, description="accepted, ignored (no prompt styles)")
@@ -35,7 +47,7 @@ class Txt2ImgRequest(_Lenient):
     width: int | None = Field(None, description="multiple of 8; default: the model's native size")
     height: int | None = Field(None, description="multiple of 8; default: the model's native size")
     denoising_strength: float | None = Field(
-        None, description="img2img: how much to change the image; txt2img: ignored (no hires fix)")
+        None, description="img2img: how much to change the image; txt2img: the hires fix's second pass")
     override_settings: dict[str, Any] | None = Field(
         None, description="per-request options, e.g. {\"sd_model_checkpoint\": \"...\"}")
     override_settings_restore_afterwards: bool = True
