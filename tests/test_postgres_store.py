@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -61,12 +61,19 @@ def start_queue_worker(ctx: "StudioContext"):
 
 
 def _wake_on_notify(queue) -> None:
+    """Wake the workers when another studio queues work; between times, take back the jobs of
+    studios that died elsewhere (their heartbeats stopped), as a restart would."""
     listener = queue.store.listen()
     while queue.worker is not None:
-        if listener.wait(30.0):
+        if listener.wait(REAP_EVERY_S * 6):
             for worker in [queue.worker, *queue.lanes]:
                 if worker is not None:
                     worker.wake()
+        else:
+            try:
+                queue.store.recover(queue.max_attempts)
+            except Exception:
+                log.warning("queue: recovery round failed", exc_info=True)
 
 
 def actor_prefix(db_url: str) -> str:
@@ -306,18 +313,21 @@ class RayWorker:
             except Exception:
                 log.warning("ray worker: recovery round failed", exc_info=True)
 
-    def reap(self) -> dict[str, int]:
-        """Take back jobs of dead actors: an actor that answers with another pid than its job
-        records was restarted (its old process is dead); a job without progress for
-        `hung_after_s` has its actor killed (and restarted), then goes back at the next round."""
+    def reap(self, hung_after_s: float | None = None) -> dict[str, int]:
+        """Take back jobs of dead workers: an actor that answers with another pid than its job
+        records was restarted (its old process is dead); a worker on a lost node stopped its
+        heartbeats (the store's rules); a job without progress for `hung_after_s` has its actor
+        killed (and restarted), then goes back at the next round (`hung_after_s` overrides the
+        worker's own threshold for this round)."""
         import ray
 
         from studio.jobs.store import now
 
-        running = [j for j in self.ctx.queue.store.list(statuses=[RUNNING], limit=10_000)
-                   if j.worker and j.worker.startswith(self.prefix)]
+        running = self.ctx.queue.store.list(statuses=[RUNNING], limit=10_000)
         if not running:
             return {}
+        running = [j for j in running if j.worker and j.worker.startswith(self.prefix)]
+        hung_after_s = self.hung_after_s if hung_after_s is None else hung_after_s
         refs = {name: actor.identity.remote() for name, actor in self.actors.items()}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=2.0)
         current = {}  # actor name -> the process it runs in now; unknown while it restarts
@@ -332,11 +342,9 @@ class RayWorker:
             name = job.worker.partition("@")[0]
             if name in current and current[name] != job.worker:
                 dead.add(job.worker)  # Ray restarted this actor: the process that ran it is gone
-            elif (now() - (job.heartbeat_at or job.started_at or now())).total_seconds() > self.hung_after_s:
+            elif (now() - (job.heartbeat_at or job.started_at or now())).total_seconds() > hung_after_s:
                 if name in self.actors and name in current:
                     log.warning("ray worker: job %s made no progress for over %.1f s; restarting %s",
-                                job.id, self.hung_after_s, name)
+                                job.id, hung_after_s, name)
                     ray.kill(self.actors[name], no_restart=False)
-        if not dead:
-            return {}
         return self.ctx.queue.store.recover(self.max_attempts, dead_workers=dead)
