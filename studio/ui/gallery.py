@@ -184,6 +184,10 @@ def receive(ctx, item_id):
     return show(ctx, item_id) if item_id is not None else (gr.skip(),) * 9
 
 
+def emptied():
+    return None
+
+
 def send_item(ctx, tab_id: str, name: str, item_id):
     """A "send to" button: the item's file, text or prompt to another tab's receiver."""
     if item_id is None:
@@ -272,7 +276,7 @@ def build(ctx) -> dict:
     c["open"].click(partial(open_item, ctx), [c["open_id"]], detail_outputs, **PRIVATE)
     # Emptied after use, so that sending the same item again is a change again.
     received.change(partial(receive, ctx), [received], detail_outputs, **PRIVATE).then(
-        lambda: None, None, received, **PRIVATE)
+        emptied, None, received, **PRIVATE)
     gr.Timer(CHECK_EVERY_S).tick(partial(check_new, ctx), [seen] + filters + [page],
                                  [seen] + page_outputs, show_progress="hidden", **PRIVATE)
     return {"item_id": received, "_refresh": (reload, filters + [page], page_outputs),

@@ -113,6 +113,11 @@ def arrived(ctx, path):
     return path, source
 
 
+def model_cfg(name):
+    """A model picked by hand moves CFG to what that model works best with."""
+    return model_defaults(name)[0]
+
+
 def open_item(ctx, item_id):
     try:
         item = ctx.gallery.get(int(item_id))
@@ -176,7 +181,7 @@ def build(ctx) -> dict[str, Any]:
                             concurrency_limit=None, **PRIVATE)
     c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
-    c["model"].input(lambda name: model_defaults(name)[0], c["model"], c["cfg"], **PRIVATE)
+    c["model"].input(model_cfg, c["model"], c["cfg"], **PRIVATE)
     receiver.change(partial(arrived, ctx), receiver, [c["editor"], c["source_id"]], **PRIVATE)
     c["open"].click(partial(open_item, ctx), c["open_id"], receiver, **PRIVATE)
     panel.extra["Edit this result"].click(partial(edit_result, ctx), [panel.ids, panel.chosen],
