@@ -50,6 +50,20 @@ def check_diffusion_model(ctx: "StudioContext", model: object) -> None:
     raise _not_offered(model, "GET /sdapi/v1/sd-models")
 
 
+def check_family(model: str, task: str, params: dict) -> None:
+    """ParamError unless the model's family runs `task` and takes every field set in `params`
+    (engines/diffusion/families.py, headers only); an unsupported family is refused in one
+    sentence that names it."""
+    from engines.base import EngineError
+    from engines.diffusion.families import check_fields, detect_family
+
+    try:
+        family = detect_family(model)
+    except EngineError as error:
+        raise ParamError("model", str(error)) from None
+    check_fields(family, task, params)
+
+
 def check_llm_model(ctx: "StudioContext", model: object) -> None:
     """ParamError unless `model` is listed by the language-model catalogue (embedded, extras,
     the models folders, the Hugging Face cache)."""

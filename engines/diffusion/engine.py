@@ -63,6 +63,7 @@ class DiffusionEngine:
         self.device = device
         self.options = options or RuntimeOptions.from_env()
         self.source: ModelSource | None = None
+        self.family = None  # engines/diffusion/families.Family, known once loaded
         self._pipes: dict[str, Any] = {}  # "txt2img", "img2img", "inpaint": shared components
         self._hash: str | None = None
         self._scheduler_config: dict = {}
@@ -78,7 +79,14 @@ class DiffusionEngine:
         if self.loaded:
             return
         self.source = resolve_model(self.model_id)
-        self._pipes["txt2img"] = load_pipeline(self.source, self.device, self.options)
+        # The family (headers only) decides how the pipeline is built and driven (families.py).
+        from engines.diffusion.families import detect_family
+        from engines.diffusion.family_run import load_family_pipeline
+
+        self.family = detect_family(self.source.location, self.source.kind)
+        self._pipes["txt2img"] = (
+            load_pipeline(self.source, self.device, self.options) if self.family.sd_like
+            else load_family_pipeline(self.source, self.family, self.device, self.options))
         self._scheduler_config = dict(self._pipes["txt2img"].scheduler.config)
 
     def unload(self) -> None:
@@ -110,6 +118,10 @@ class DiffusionEngine:
     @property
     def native_size(self) -> tuple[int, int]:
         pipe = self._pipe("txt2img")
+        if not self.family.sd_like:
+            from engines.diffusion.family_run import native_size
+
+            return native_size(pipe)
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return side, side
 
@@ -145,6 +157,8 @@ class DiffusionEngine:
         else:
             result = self._txt2img(params, on_progress, cancel)
         _, _, sampler, schedule = SCHEDULERS[params.scheduler]
+        if not self.family.sd_like:  # these keep their own scheduler (family_run.py)
+            sampler, schedule = result.info["sampler"], None
         result.info.update(
             model=self.model_name, model_hash=self.model_hash, sampler=sampler,
             schedule_type=schedule, seconds=round(time.perf_counter() - started, 3),
@@ -254,6 +268,10 @@ class DiffusionEngine:
                  cancel: CancelToken) -> tuple[list[Image.Image], dict]:
         """Run the pipeline batch by batch; image i gets a CPU generator seeded seeds[i], so a
         seed reproduces on any device."""
+        if not self.family.sd_like:  # Kandinsky, PixArt, SD3, LCM, unCLIP: family_run.py
+            from engines.diffusion.family_run import denoise
+
+            return denoise(self, mode, params, seeds, width, height, extra, on_progress, cancel)
         import torch
 
         from engines.diffusion.extras import conditioning

@@ -104,7 +104,9 @@ def model_hash(source: ModelSource) -> str | None:
     if source.kind == "single_file":
         file = Path(source.location)
     elif source.kind == "folder":
-        candidates = sorted((Path(source.location) / "unet").glob("*.safetensors"))
+        folder = Path(source.location)  # the denoiser: a UNet, or a transformer (PixArt, SD3)
+        candidates = (sorted((folder / "unet").glob("*.safetensors"))
+                      or sorted((folder / "transformer").glob("*.safetensors")))
         if not candidates:
             return None
         file = candidates[0]

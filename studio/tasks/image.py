@@ -62,7 +62,7 @@ from PIL import Image
 from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
-from studio.models import check_diffusion_model
+from studio.models import check_diffusion_model, check_family
 from studio.tasks import TaskResult, TaskSpec, register
 
 ENGINE = "diffusion"
@@ -160,6 +160,7 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
     model = p.get("model")
     if model is not None:
         check_diffusion_model(ctx, model)  # only the studio's own models (studio/models.py)
+        check_family(model, task, p)  # the family runs this task and takes these fields
     kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
     stored = {k: v for k, v in kwargs.items()}
     kwargs.update(extra_networks(ctx, kwargs.pop("vae", None)))

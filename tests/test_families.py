@@ -1,0 +1,177 @@
+"""Every diffusers family the studio runs, through the studio by folder: small random pipelines
+of each (diffusers' own test configs, tests/family_pipelines.py) saved in the models folder and
+run as tasks: txt2img reproducible by seed, previews, cancel between steps, gallery rows with
+their infotext, img2img and inpaint where the family has them, refusals by field and family."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engines.base import CancelToken, Cancelled, EngineError, ParamError
+from studio.gallery.pnginfo import read_png_metadata
+from studio.tasks import run_task, validate_task
+
+BUILDERS = {
+    "kandinsky22": "build_kandinsky22",
+    "pixart-alpha": "build_pixart",
+    "sd3": "build_sd3",
+    "stable-unclip-img2img": "build_unclip_img2img",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """Each family's folder, built once for the module (a second or so each)."""
+    import family_pipelines
+
+    root = tmp_path_factory.mktemp("families")
+    return {family: getattr(family_pipelines, builder)(root / family)
+            for family, builder in BUILDERS.items()}
+
+
+@pytest.fixture
+def models(ctx, built) -> dict[str, str]:
+    """The built folders copied into this studio's A1111 checkpoint folder, by family."""
+    target = Path(ctx.config.models_dir) / "Stable-diffusion"
+    target.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for family, folder in built.items():
+        shutil.copytree(folder, target / f"tiny-{family}")
+        out[family] = str(target / f"tiny-{family}")
+    return out
+
+
+def _pixels(ctx, item_id: int) -> np.ndarray:
+    return np.asarray(ctx.gallery.open_image(item_id).convert("RGB"), dtype=np.int16)
+
+
+def test_families_are_read_from_configs_only(built, tmp_path):
+    from engines.diffusion.families import detect_family
+
+    for family, folder in built.items():
+        assert detect_family(str(folder)).id == family
+    assert detect_family("genstudio-tiny-sd").id == "sd1"
+    flux = tmp_path / "my-flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    with pytest.raises(EngineError, match="my-flux is a FluxPipeline model, a family this studio "
+                                          "does not run"):
+        detect_family(str(flux))
+
+
+def test_an_unsupported_family_is_refused_in_one_sentence(ctx):
+    folder = Path(ctx.config.models_dir) / "Stable-diffusion" / "wuerstchen"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "WuerstchenCombinedPipeline"}')
+    with pytest.raises(ParamError) as error:
+        validate_task(ctx, "txt2img", {"prompt": "x", "model": str(folder)})
+    assert error.value.field == "model"
+    message = str(error.value)
+    assert "WuerstchenCombinedPipeline" in message and message.count(". ") == 0
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "pixart-alpha", "sd3"])
+def test_txt2img_by_folder_is_reproducible_with_previews_and_infotext(ctx, models, family):
+    model = models[family]
+    progress = []
+    params = {"prompt": "a red cube", "negative_prompt": "blurry", "steps": 3, "seed": 7,
+              "width": 64, "height": 64, "guidance_scale": 4.0, "preview_every": 1,
+              "model": model}
+    validate_task(ctx, "txt2img", params)
+    first = run_task(ctx, "txt2img", params, on_progress=progress.append)
+    again = run_task(ctx, "txt2img", params)
+    other = run_task(ctx, "txt2img", dict(params, seed=8))
+    # 1. Same seed, same pixels; another seed, other pixels.
+    assert np.array_equal(_pixels(ctx, first.item_ids[0]), _pixels(ctx, again.item_ids[0]))
+    assert not np.array_equal(_pixels(ctx, first.item_ids[0]), _pixels(ctx, other.item_ids[0]))
+    # 2. Every step reported, previews decoded by the family's own autoencoder.
+    steps = [p.step for p in progress if p.step]
+    assert steps[-1] == 3 and sorted(steps) == steps
+    previews = [p.preview for p in progress if p.preview is not None]
+    assert previews and all(isinstance(p, Image.Image) for p in previews)
+    # 3. The gallery row and the PNG carry the A1111 infotext of this model.
+    item = ctx.gallery.get(first.item_ids[0])
+    assert item.seed == 7 and item.task == "txt2img" and item.model == f"tiny-{family}"
+    text = read_png_metadata(str(item.file_path))["parameters"]
+    for fragment in ("a red cube", "Negative prompt: blurry", "Steps: 3", "Seed: 7",
+                     "Size: 64x64", f"Model: tiny-{family}", "CFG scale: 4.0", "Model hash: "):
+        assert fragment in text, (fragment, text)
+    assert "Sampler: " in text and first.info["family"]
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "sd3"])
+def test_cancel_between_steps_writes_nothing(ctx, models, family):
+    cancel, seen = CancelToken(), []
+
+    def on_progress(p):
+        seen.append(p.step)
+        if p.step >= 1:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        run_task(ctx, "txt2img", {"prompt": "x", "steps": 6, "seed": 1, "width": 64,
+                                  "height": 64, "model": models[family]},
+                 on_progress=on_progress, cancel=cancel)
+    assert max(seen) < 6
+    from studio.gallery.store import GalleryQuery
+
+    assert ctx.gallery.query(GalleryQuery()).total == 0
+
+
+@pytest.mark.parametrize("family", ["kandinsky22", "sd3"])
+def test_img2img_and_inpaint_where_the_family_has_them(ctx, models, family):
+    """Kandinsky 2.2 inpaints with its own 9-channel decoder only: the txt2img one refuses."""
+    model = models[family]
+    root = run_task(ctx, "txt2img", {"prompt": "a tree", "steps": 2, "seed": 1, "width": 64,
+                                     "height": 64, "model": model})
+    parent = root.item_ids[0]
+    params = {"prompt": "a tree at night", "steps": 4, "seed": 2, "strength": 0.5,
+              "init_image_id": parent, "model": model}
+    child = run_task(ctx, "img2img", params)
+    twin = run_task(ctx, "img2img", params)
+    assert np.array_equal(_pixels(ctx, child.item_ids[0]), _pixels(ctx, twin.item_ids[0]))
+    item = ctx.gallery.get(child.item_ids[0])
+    assert item.parent_id == parent
+    assert "Denoising strength: 0.5" in read_png_metadata(str(item.file_path))["parameters"]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    inpaint = {"prompt": "a moon", "steps": 4, "seed": 3, "init_image_id": parent,
+               "model": model, "mask": base64.b64encode(buffer.getvalue()).decode(),
+               "mask_blur": 0}
+    if family == "kandinsky22":
+        with pytest.raises(ParamError, match="does not do inpaint") as error:
+            validate_task(ctx, "inpaint", inpaint)
+        assert error.value.field == "model"
+        return
+    painted = run_task(ctx, "inpaint", inpaint)
+    before, after = _pixels(ctx, parent), _pixels(ctx, painted.item_ids[0])
+    assert np.array_equal(before[:8], after[:8])  # outside the mask: untouched
+    assert not np.array_equal(before[20:44, 20:44], after[20:44, 20:44])
+
+
+def test_fields_a_family_lacks_are_refused_by_name(ctx, models):
+    kandinsky, unclip = models["kandinsky22"], models["stable-unclip-img2img"]
+    cases = [("txt2img", {"model": kandinsky, "token_merging": 0.3}, "token_merging"),
+             ("txt2img", {"model": kandinsky, "scheduler": "Euler a"}, "scheduler"),
+             ("txt2img", {"model": kandinsky, "step_cache": 2}, "step_cache"),
+             ("txt2img", {"model": models["pixart-alpha"], "candidates": 4, "keep": 1},
+              "candidates"),
+             ("img2img", {"model": models["pixart-alpha"], "init_image_id": 1}, "model"),
+             ("txt2img", {"model": unclip}, "model"),
+             ("txt2img", {"model": kandinsky, "prompt": "a cat <lora:x:1>"}, "prompt")]
+    for task, extra, field in cases:
+        with pytest.raises(ParamError) as error:
+            validate_task(ctx, task, dict({"prompt": "a cat"}, **extra))
+        assert error.value.field == field, (extra, error.value)
+    # The neutral values a tab always sends are accepted.
+    validate_task(ctx, "txt2img", {"prompt": "a cat", "model": kandinsky, "token_merging": 0,
+                                   "step_cache": 0, "vae": "Automatic", "negative_prompt": ""})
