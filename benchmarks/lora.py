@@ -114,6 +114,19 @@ def held_out_prompts(n: int, seed: int = 5) -> tuple[list[str], list[Scene]]:
     return prompts, scenes
 
 
+def known_shape_prompts(n: int, seed: int = 11) -> tuple[str, ...]:
+    """DreamBooth class prompts: the four known shapes in every colour, background and position
+    (the base model draws these; no ring is ever shown with the held-out attributes)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        c, b = rng.choice(tuple(COLOURS)), rng.choice(tuple(BACKGROUNDS))
+        if c != b:
+            shape = rng.choice(("circle", "square", "triangle", "star"))
+            out.append(caption(c, b, rng.choice(tuple(POSITIONS)), rng.choice(tuple(SIZES)), shape))
+    return tuple(out)
+
+
 def training_set(n: int, seed: int = 3) -> tuple[list[Image.Image], list[str]]:
     rng = np.random.default_rng(seed)
     images, captions = [], []
@@ -150,6 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--prior", type=int, default=32,
                    help="prior-preservation images the base model makes (0 = off)")
+    p.add_argument("--prior-prompts", choices=["captions", "all"], default="all",
+                   help="class prompts of the prior images: the training captions without the "
+                        "trigger, or known shapes in every colour/background/position")
+    p.add_argument("--lora-weight", type=float, default=1.0)
+    p.add_argument("--target", default="attention", help="attention | cross_attention")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
@@ -190,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     grid(images[:8], 8).save(args.out / "training_images.png")
     cfg = LoraTrainConfig(trigger=TRIGGER, rank=args.rank, steps=args.steps, lr=args.lr,
                           batch=args.batch, sample_every=max(100, args.steps // 4),
-                          sample_guidance=args.guidance, prior_images=args.prior)
+                          sample_guidance=args.guidance, prior_images=args.prior, target=args.target,
+                          prior_prompts=known_shape_prompts(args.prior) if args.prior_prompts == "all" else ())
     trainer = DiffusionEngine("genstudio-tiny-sd", device="cpu")
     trainer.load()
     started = time.perf_counter()
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_kohya(result.state_dict, lora_dir / f"{TRIGGER}.safetensors", {"ss_output_name": TRIGGER})
     # 3. Held-out prompts with and without the LoRA, through the engine.
     base = generate(engine, prompts, lora_dir, args.sample_steps, args.guidance)
-    tuned = generate(engine, [f"{q} <lora:{TRIGGER}:1>" for q in prompts], lora_dir,
+    tuned = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts], lora_dir,
                      args.sample_steps, args.guidance)
     report["held_out"] = {
         "base": {"concept": float(np.mean([is_ring(i) for i in base])),

@@ -33,7 +33,12 @@ from PIL import Image
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
 
-TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+TARGET_MODULES = {
+    # every attention projection of the UNet (diffusers' LoRA example; kohya's default)
+    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
+    # cross-attention only (Custom Diffusion's choice): the text->image mapping, nothing else
+    "cross_attention": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
+}
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -56,6 +61,8 @@ class LoraTrainConfig:
     # captions with the trigger word taken out, trained on beside the user's images so the
     # LoRA keeps what the other words mean (colours, places...). 0 = off.
     prior_images: int = 0
+    prior_prompts: tuple[str, ...] = ()  # DreamBooth's class prompts; default: the captions
+    target: str = "attention"  # which UNet layers get the LoRA: a key of TARGET_MODULES
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
@@ -66,6 +73,9 @@ class LoraTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
+        if self.target not in TARGET_MODULES:
+            raise ParamError("target", f"`target` must be one of {', '.join(TARGET_MODULES)}, "
+                             f"got {self.target!r}")
         if not isinstance(self.lr, (int, float)) or not 1e-6 <= self.lr <= 1e-1:
             raise ParamError("lr", f"`lr` must be between 1e-6 and 0.1, got {self.lr!r}")
 
@@ -145,11 +155,11 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     # 1. Frozen model, its own prior images, LoRA adapter, cached latents and caption states.
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
-    prior_captions = [without_trigger(captions[i % len(captions)], cfg.trigger)
-                      for i in range(cfg.prior_images)]
+    sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
+    prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                target_modules=TARGET_MODULES))
+                                target_modules=TARGET_MODULES[cfg.target]))
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -166,7 +176,7 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if json.loads(state["config"]) == asdict(cfg) | {"sample_prompts": list(cfg.sample_prompts)}:
+        if json.loads(state["config"]) == _config_record(cfg):
             set_peft_model_state_dict(unet, state["lora"])
             optimizer.load_state_dict(state["optimizer"])
             g.set_state(state["rng"])
@@ -221,6 +231,11 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from)
 
 
+def _config_record(cfg: LoraTrainConfig) -> dict:
+    """The settings a checkpoint was made with, as JSON would give them back."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
 def without_trigger(caption: str, trigger: str) -> str:
     """The caption with the trigger word taken out (what the base model is asked for)."""
     import re
@@ -247,7 +262,7 @@ def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: li
                      cfg: LoraTrainConfig) -> None:
     import torch
 
-    config = json.dumps(asdict(cfg) | {"sample_prompts": list(cfg.sample_prompts)})
+    config = json.dumps(_config_record(cfg))
     state = {"lora": {k: v.detach().cpu() for k, v in lora.items()},
              "optimizer": optimizer.state_dict(), "rng": g.get_state(), "step": step,
              "losses": torch.tensor(losses), "config": config}
