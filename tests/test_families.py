@@ -175,3 +175,39 @@ def test_fields_a_family_lacks_are_refused_by_name(ctx, models):
     # The neutral values a tab always sends are accepted.
     validate_task(ctx, "txt2img", {"prompt": "a cat", "model": kandinsky, "token_merging": 0,
                                    "step_cache": 0, "vae": "Automatic", "negative_prompt": ""})
+
+
+# ------------------------------------------------------------------ variations (DALL·E 2)
+@pytest.mark.parametrize("family", ["kandinsky22", "stable-unclip-img2img"])
+def test_variations_of_a_gallery_image(ctx, models, family):
+    source = ctx.gallery.add_image(Image.new("RGB", (64, 64), (200, 40, 40)), task="upload",
+                                   engine="", model="")
+    progress = []
+    params = {"image_id": source.id, "model": models[family], "count": 2, "steps": 3,
+              "seed": 5, "preview_every": 1}
+    validate_task(ctx, "variations", params)
+    result = run_task(ctx, "variations", params, on_progress=progress.append)
+    assert len(result.item_ids) == 2 and result.info["seeds"] == [5, 6]
+    first, second = (_pixels(ctx, i) for i in result.item_ids)
+    assert first.shape == (64, 64, 3) and not np.array_equal(first, second)  # new noise each
+    # Seed 6 alone is the second variation: each is painted from its own generator.
+    alone = run_task(ctx, "variations", dict(params, count=1, seed=6))
+    assert np.array_equal(_pixels(ctx, alone.item_ids[0]), second)
+    item = ctx.gallery.get(result.item_ids[0])
+    assert item.task == "variations" and item.parent_id == source.id and item.seed == 5
+    text = read_png_metadata(str(item.file_path))["parameters"]
+    assert f"Variation of: {source.id}" in text and "Seed: 5" in text and "Steps: 3" in text
+    assert [p.step for p in progress if p.step][-1] == 6
+    assert any(p.preview is not None for p in progress)
+
+
+def test_variations_need_a_prior_decoder_family(ctx, models):
+    source = ctx.gallery.add_image(Image.new("RGB", (64, 64)), task="upload", engine="", model="")
+    with pytest.raises(ParamError, match="does not do variations") as error:
+        validate_task(ctx, "variations", {"image_id": source.id, "model": models["sd3"]})
+    assert error.value.field == "model"
+    # Without `model`, the first variations model of the models folder is used.
+    validate_task(ctx, "variations", {"image_id": source.id})
+    with pytest.raises(ParamError) as error:
+        validate_task(ctx, "variations", {"model": models["kandinsky22"]})
+    assert error.value.field == "image_id"

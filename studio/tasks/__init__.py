@@ -47,6 +47,7 @@ TASK_MODULES = (
     "studio.tasks.upscale",
     "studio.tasks.hires",
     "studio.tasks.lora_training",
+    "studio.tasks.variations",
 )
 
 _registry: dict[str, TaskSpec] = {}
