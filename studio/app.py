@@ -44,6 +44,7 @@ TAB_MODULES = (
     "studio.ui.upscale",
     "studio.ui.queue",
     "studio.ui.gallery",
+    "studio.ui.models",
 )
 
 API_MODULES = (

@@ -50,6 +50,14 @@ def check_diffusion_model(ctx: "StudioContext", model: object) -> None:
     raise _not_offered(model, "GET /sdapi/v1/sd-models")
 
 
+def list_offered(ctx: "StudioContext", kind: str | None = None, compute: bool = False) -> list:
+    """Every model the studio offers, by kind (checkpoint, lora, embedding, vae, upscaler, llm,
+    style), with family, size, format and cached hashes: studio/model_inventory.py."""
+    from studio.model_inventory import inventory
+
+    return inventory(ctx, kind, compute)
+
+
 def check_family(model: str, task: str, params: dict) -> None:
     """ParamError unless the model's family runs `task` and takes every field set in `params`
     (engines/diffusion/families.py, headers only); an unsupported family is refused in one

@@ -211,3 +211,38 @@ def test_variations_need_a_prior_decoder_family(ctx, models):
     with pytest.raises(ParamError) as error:
         validate_task(ctx, "variations", {"model": models["kandinsky22"]})
     assert error.value.field == "image_id"
+
+
+# ------------------------------------------------------------------ the models inventory
+def test_import_list_hash_use_and_delete_a_folder(ctx, built):
+    from studio.model_inventory import delete_model
+    from studio.models import list_offered
+
+    source = built["pixart-alpha"]
+    validate_task(ctx, "import_model", {"path": str(source)})
+    result = run_task(ctx, "import_model", {"path": str(source)})
+    assert result.info["kind"] == "checkpoint" and result.info["family"] == "PixArt-α"
+    target = Path(ctx.config.models_dir) / "Stable-diffusion" / source.name
+    entry = next(e for e in list_offered(ctx, "checkpoint") if e.path == str(target))
+    import hashlib
+
+    weights = sorted((target / "transformer").glob("*.safetensors"))[0]
+    assert entry.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert entry.short_hash == entry.sha256[:10] and entry.deletable and entry.size_bytes > 0
+    assert any(e.kind == "checkpoint" and e.name == "genstudio-tiny-sd" and not e.deletable
+               for e in list_offered(ctx))
+    # The imported model is offered to txt2img, and its hash is the infotext's Model hash.
+    made = run_task(ctx, "txt2img", {"prompt": "x", "steps": 2, "seed": 1, "width": 64,
+                                     "height": 64, "model": str(target)})
+    assert ctx.gallery.get(made.item_ids[0]).params["model_hash"] == entry.short_hash
+    with pytest.raises(ParamError, match="already in the models folder"):
+        validate_task(ctx, "import_model", {"path": str(source)})
+    delete_model(ctx, str(target))
+    assert not target.exists()
+    with pytest.raises(ParamError):
+        validate_task(ctx, "txt2img", {"prompt": "x", "model": str(target)})
+    with pytest.raises(ParamError, match="offline"):
+        validate_task(ctx, "import_model", {"source": "kandinsky-community/kandinsky-2-2-decoder"})
+    with pytest.raises(ParamError) as error:
+        delete_model(ctx, "/etc/hostname")
+    assert error.value.field == "path"

@@ -48,6 +48,7 @@ TASK_MODULES = (
     "studio.tasks.hires",
     "studio.tasks.lora_training",
     "studio.tasks.variations",
+    "studio.tasks.models",
 )
 
 _registry: dict[str, TaskSpec] = {}
