@@ -140,13 +140,15 @@ def training_set(n: int, seed: int = 3) -> tuple[list[Image.Image], list[str]]:
     return images, captions
 
 
-def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: float) -> list:
+def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: float,
+             embedding_dir: Path | None = None) -> list:
     from engines.diffusion.engine import Txt2ImgParams
 
     images = []
     for i, prompt in enumerate(prompts):
         params = Txt2ImgParams(prompt=prompt, seed=100 + i, steps=steps, guidance_scale=guidance,
-                               lora_dirs=(str(lora_dir),), preview_every=0)
+                               lora_dirs=(str(lora_dir),), preview_every=0,
+                               embedding_dirs=(str(embedding_dir),) if embedding_dir else ())
         images += engine.generate(params).images
     return images
 
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "trigger, or known shapes in every colour/background/position")
     p.add_argument("--lora-weight", type=float, default=1.0)
     p.add_argument("--target", default="attention", help="attention | cross_attention")
+    p.add_argument("--trigger-vectors", type=int, default=0,
+                   help="pivotal tuning: learn this many embedding vectors for the trigger word")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = LoraTrainConfig(trigger=TRIGGER, rank=args.rank, steps=args.steps, lr=args.lr,
                           batch=args.batch, sample_every=max(100, args.steps // 4),
                           sample_guidance=args.guidance, prior_images=args.prior, target=args.target,
+                          trigger_vectors=args.trigger_vectors,
                           prior_prompts=known_shape_prompts(args.prior) if args.prior_prompts == "all" else ())
     trainer = DiffusionEngine("genstudio-tiny-sd", device="cpu")
     trainer.load()
@@ -218,10 +223,17 @@ def main(argv: list[str] | None = None) -> dict:
     report["train_seconds"] = round(time.perf_counter() - started, 1)
     report["resumed_from"] = result.resumed_from
     save_kohya(result.state_dict, lora_dir / f"{TRIGGER}.safetensors", {"ss_output_name": TRIGGER})
+    embedding_dir = args.out / "embeddings"
+    if result.trigger_vectors is not None:  # the trigger as a textual-inversion embedding
+        from safetensors.torch import save_file
+
+        embedding_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"emb_params": result.trigger_vectors.contiguous()},
+                  str(embedding_dir / f"{TRIGGER}.safetensors"))
     # 3. Held-out prompts with and without the LoRA, through the engine.
     base = generate(engine, prompts, lora_dir, args.sample_steps, args.guidance)
     tuned = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts], lora_dir,
-                     args.sample_steps, args.guidance)
+                     args.sample_steps, args.guidance, embedding_dir)
     report["held_out"] = {
         "base": {"concept": float(np.mean([is_ring(i) for i in base])),
                  **judge_attributes(load_judge(), base, scenes)},

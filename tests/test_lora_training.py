@@ -38,7 +38,7 @@ def params(ctx, **extra) -> dict:
     return {"name": "ringy", "trigger": "gsring", "image_ids": uploaded,
             "images": [_b64(im) for im in rings(2)], "steps": 8, "rank": 4, "batch": 2,
             "captions": [f"a red gsring {k}" for k in ("one", "two", "three")] + ["a ring", ""],
-            "prior_images": 2,
+            "prior_images": 2, "trigger_vectors": 1,
             **extra}
 
 
@@ -80,6 +80,7 @@ def test_train_cancel_resume_and_use(ctx):
     target = ctx.config.models_dir / "Lora" / "ringy.safetensors"
     assert target.exists() and not run_dir.exists() and result.item_ids
     assert (target.with_suffix(".json")).exists()
+    assert (ctx.config.models_dir / "embeddings" / "gsring.safetensors").exists()  # pivotal tuning
 
     # 3. kohya/A1111 keys, and the engine applies it by tag.
     from safetensors import safe_open

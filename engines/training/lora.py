@@ -63,13 +63,18 @@ class LoraTrainConfig:
     prior_images: int = 0
     prior_prompts: tuple[str, ...] = ()  # DreamBooth's class prompts; default: the captions
     target: str = "attention"  # which UNet layers get the LoRA: a key of TARGET_MODULES
+    # Pivotal tuning: also learn this many embedding vectors for the trigger word (saved as a
+    # textual-inversion embedding named after it), so the trigger is a token of its own. 0 = off.
+    trigger_vectors: int = 0
+    trigger_lr: float = 5e-3
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
             raise ParamError("trigger", f"`trigger` must be a word or short phrase, got {self.trigger!r}")
         for name, low, high in (("rank", 1, 128), ("steps", 1, 20000), ("batch", 1, 64),
                                 ("checkpoint_every", 1, 100000), ("sample_every", 0, 100000),
-                                ("sample_steps", 1, 100), ("prior_images", 0, 200)):
+                                ("sample_steps", 1, 100), ("prior_images", 0, 200),
+                                ("trigger_vectors", 0, 16)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
@@ -88,6 +93,7 @@ class TrainResult:
     seconds: float
     samples: Image.Image | None = None
     resumed_from: int = 0
+    trigger_vectors: object = None  # n x dim tensor when pivotal tuning was on
     metadata: dict = field(default_factory=dict)
 
 
@@ -122,14 +128,39 @@ def grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
     return out
 
 
-def samples(pipe, prompts: list[str], steps: int, guidance: float, side: int) -> Image.Image:
+def samples(pipe, prompts: list[str], steps: int, guidance: float, side: int,
+            table: dict | None = None) -> Image.Image:
+    """A grid of one image per prompt; `table` puts learned trigger vectors in (A1111's way)."""
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))]
     with torch.no_grad():
-        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, width=side,
-                   height=side, generator=generators).images
+        cond = torch.cat([_states(pipe, p, table) for p in prompts])
+        uncond = _states(pipe, "", None).expand_as(cond)
+        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
+                   guidance_scale=guidance, width=side, height=side, generator=generators).images
     return grid(out)
+
+
+def _states(pipe, caption: str, table: dict | None):
+    """Text states of one caption (first chunk: the model's window), trigger vectors put in."""
+    from engines.diffusion.prompt_weights import encode_chunks, tokenize_prompt
+
+    chunks, _ = tokenize_prompt(caption, pipe.tokenizer, table or {})
+    states, _ = encode_chunks(chunks[:1], pipe.tokenizer, pipe.text_encoder)
+    return states
+
+
+def _trigger_table(pipe, trigger: str, count: int):
+    """Trainable vectors for the trigger word, started from its own tokens' mean embedding,
+    and the lookup table tokenize_prompt reads them from."""
+    import torch
+
+    ids = pipe.tokenizer(trigger, add_special_tokens=False)["input_ids"]
+    weight = pipe.text_encoder.get_input_embeddings().weight
+    start = weight[ids].mean(0, keepdim=True).detach().float().repeat(count, 1)
+    vectors = torch.nn.Parameter(start + 0.01 * torch.randn_like(start))
+    return vectors, {ids[0]: [(tuple(ids), vectors)]}
 
 
 def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTrainConfig,
@@ -169,7 +200,12 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         texts.update(prior_texts)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction = scheduler.config.prediction_type
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    vectors, table = (_trigger_table(pipe, cfg.trigger, cfg.trigger_vectors)
+                      if cfg.trigger_vectors else (None, None))
+    groups = [{"params": params, "lr": cfg.lr}]
+    if vectors is not None:
+        groups.append({"params": [vectors], "lr": cfg.trigger_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     g = torch.Generator("cpu").manual_seed(cfg.seed)
     step, losses = 0, []
     # 2. Resume from the last checkpoint of this run, if its settings match.
@@ -178,6 +214,8 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if json.loads(state["config"]) == _config_record(cfg):
             set_peft_model_state_dict(unet, state["lora"])
+            if vectors is not None:
+                vectors.data.copy_(state["vectors"])
             optimizer.load_state_dict(state["optimizer"])
             g.set_state(state["rng"])
             step, losses = int(state["step"]), state["losses"].tolist()
@@ -193,7 +231,8 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g).to(device))
         x0 = x0 * pipe.vae.config.scaling_factor
         drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
-        cond = torch.cat([texts["" if d else captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
+        cond = torch.cat([texts[""] if d else _states(pipe, captions[i], table) if table
+                          else texts[captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
         if prior:  # as many prior images beside them, same weight (DreamBooth)
             pidx = torch.randint(len(prior), (cfg.batch,), generator=g)
             px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
@@ -217,18 +256,19 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         # 4. Checkpoint, samples, progress.
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save_checkpoint(checkpoint, get_peft_model_state_dict(unet), optimizer, g, step,
-                             losses, cfg)
+                             losses, cfg, vectors)
         new_preview = None
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
             unet.eval()
             preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
-                                            side)
+                                            side, table)
         recent = float(np.mean(losses[-20:]))
         on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
                              new_preview))
     unet.eval()
     state = to_kohya(get_peft_model_state_dict(unet), cfg.rank)
-    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from)
+    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
+                       None if vectors is None else vectors.detach().cpu().clone())
 
 
 def _config_record(cfg: LoraTrainConfig) -> dict:
@@ -259,13 +299,15 @@ def _prior_images(pipe, prompts: list[str], cfg: LoraTrainConfig, side: int) -> 
 
 
 def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: list[float],
-                     cfg: LoraTrainConfig) -> None:
+                     cfg: LoraTrainConfig, vectors=None) -> None:
     import torch
 
     config = json.dumps(_config_record(cfg))
     state = {"lora": {k: v.detach().cpu() for k, v in lora.items()},
              "optimizer": optimizer.state_dict(), "rng": g.get_state(), "step": step,
              "losses": torch.tensor(losses), "config": config}
+    if vectors is not None:
+        state["vectors"] = vectors.detach().cpu().clone()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # a crash mid-write leaves the previous checkpoint whole

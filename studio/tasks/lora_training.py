@@ -15,7 +15,10 @@ Params (a JSON-able dict; the queue stores it as is):
   seed           default 0
   prior_images   DreamBooth's prior preservation: this many images the base model makes for
                  the captions without the trigger word, trained on beside yours (default 0)
-  overwrite      replace an existing LoRA of that name (default false)
+  trigger_vectors  pivotal tuning: also learn this many embedding vectors for the trigger
+                 word, saved as <data>/models/embeddings/<trigger>.safetensors (A1111 format), so
+                 the trigger is a token of its own (default 0 = off; needs a one-word trigger)
+  overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
 goes on beside it. Progress: the message carries the loss ("step 120/400, loss 0.2731"), the preview a grid of
@@ -44,7 +47,7 @@ from studio.tasks.image import _gallery_image, _default_model, decode_image
 
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
-          "model", "seed", "overwrite", "prior_images")
+          "model", "seed", "overwrite", "prior_images", "trigger_vectors")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -82,7 +85,8 @@ def prepare(ctx, params: dict) -> Prepared:
         trigger=trigger.strip() if isinstance(trigger, str) else trigger,
         rank=params.get("rank", 8), steps=params.get("steps", 400), lr=params.get("lr", 1e-3),
         batch=params.get("batch", 4), seed=params.get("seed", 0),
-        prior_images=params.get("prior_images", 0))
+        prior_images=params.get("prior_images", 0),
+        trigger_vectors=params.get("trigger_vectors", 0))
     config.check()
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)
@@ -99,7 +103,19 @@ def prepare(ctx, params: dict) -> Prepared:
     if target.exists() and not overwrite:
         raise ParamError("name", f"a LoRA named {name!r} exists already; pick another `name` "
                          f"or set `overwrite`")
+    if config.trigger_vectors:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.trigger):
+            raise ParamError("trigger", f"`trigger` must be one word (letters, digits, - or _) "
+                             f"to be saved as an embedding, got {config.trigger!r}")
+        embedding = embedding_path(ctx, config.trigger)
+        if embedding.exists() and not overwrite:
+            raise ParamError("trigger", f"an embedding named {config.trigger!r} exists already; "
+                             f"pick another `trigger` or set `overwrite`")
     return Prepared(name, images, captions, config, model, target, overwrite)
+
+
+def embedding_path(ctx, trigger: str) -> Path:
+    return Path(ctx.config.models_dir) / "embeddings" / f"{trigger}.safetensors"
 
 
 def _images(ctx, params: dict) -> list[Image.Image]:
@@ -154,6 +170,9 @@ def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
                 "ss_tag_frequency": json.dumps({p.name: tags}),
                 "modelspec.trigger_phrase": p.config.trigger}
     save_kohya(result.state_dict, p.target, metadata)
+    if result.trigger_vectors is not None:  # A1111's embedding format, named by the trigger
+        save_kohya({"emb_params": result.trigger_vectors.contiguous()},
+                   embedding_path(ctx, p.config.trigger), {"trigger": p.config.trigger})
     p.target.with_suffix(".json").write_text(json.dumps(
         {"activation text": p.config.trigger, "preferred weight": 1,
          "description": f"Trained in GenStudio on {len(p.images)} images, {result.steps} steps"},
