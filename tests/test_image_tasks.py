@@ -149,26 +149,35 @@ def test_cancel_writes_nothing(ctx, model_id):
     assert count(ctx) == 0
 
 
-def test_add_to_queue_validates_and_enqueues(ctx):
-    from studio.ui.txt2img import _params, enqueue
+def test_add_to_queue_validates_and_enqueues(ctx, tmp_path):
+    """The tab's controls become one batch job; an upload enters once, as a gallery item the job
+    refers to (no image in the job row); the hires fix makes it a "hires" job."""
+    from PIL import Image
 
-    class FakeQueue:
-        def __init__(self):
-            self.jobs = []
+    from studio.jobs.queue import JobQueue
+    from studio.jobs.runner import BATCH, Runner
+    from studio.ui.txt2img import _params, add_job
 
-        def enqueue(self, task, params, priority=0):
-            self.jobs.append((task, params, priority))
-            return len(self.jobs)
+    ctx.queue = JobQueue(ctx)
+    ctx.runner = Runner(ctx.queue)
+    hires_off = (False, "Latent", 2, 0, 0.7, 0, 0)
+    common = ("a red star", "", 20, 7, "Euler a", 64, 64, 5, 1, 2, 0, 1, "genstudio-tiny-sd")
+    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0, *hires_off)
+    assert task == "txt2img" and params["batch_count"] == 2
+    assert "job #" in add_job(ctx, task, params)
+    (job,) = ctx.queue.list()
+    assert (job.task, job.params, job.priority) == ("txt2img", params, BATCH)
+    assert "width" in add_job(ctx, "txt2img", dict(params, width=7))
+    assert ctx.queue.counts()["pending"] == 1  # the bad one was not queued
 
-    ctx.queue = FakeQueue()
-    task, params = _params("txt2img", "a red star", "", 20, 7, "Euler a", 64, 64, 5, 1, 2, 0, 1,
-                           "genstudio-tiny-sd", None, 0.75, None)
-    assert "job #1" in enqueue(ctx, task, params)
-    assert ctx.queue.jobs == [("txt2img", params, 0)] and params["batch_count"] == 2
-    import gradio as gr
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(photo)
+    task, params = _params("img2img", *common, str(photo), 0.6, None, 0.0, 0, *hires_off)
+    add_job(ctx, task, params)
+    queued = max(ctx.queue.list(statuses=["pending"]), key=lambda job: job.id)
+    upload = ctx.gallery.get(queued.params["init_image_id"])
+    assert upload.task == "upload" and "init_image" not in queued.params
 
-    with pytest.raises(gr.Error, match="width"):
-        enqueue(ctx, "txt2img", dict(params, width=7))
-    ctx.queue = None
-    with pytest.raises(gr.Error, match="queue"):
-        enqueue(ctx, task, params)
+    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0,
+                           True, "Lanczos", 2, 5, 0.5, 0, 0)
+    assert task == "hires" and params["hr_scale"] == 2.0 and params["enable_hr"] is True

@@ -14,9 +14,12 @@ CHAT_SAMPLING = ("smollm2-135m-instruct", "Be brief.", 0.5, 0.8, 20, 1.2, 64, 7)
 
 @pytest.fixture
 def queue(ctx):
+    from studio.jobs.runner import Runner
+
     ctx.queue = JobQueue(ctx)  # no worker: jobs stay pending, which is all these tests need
+    ctx.runner = Runner(ctx.queue)
     yield ctx.queue
-    ctx.queue = None
+    ctx.queue = ctx.runner = None
 
 
 def jobs(queue) -> list:

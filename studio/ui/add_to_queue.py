@@ -1,4 +1,4 @@
-"""The "Add to queue" button of the Chat, Code and Style transfer tabs: queue one job and say so.
+"""The "Add to queue" button of every tab: queue one job at batch priority and say so.
 
 Problems (no queue in this studio, an engine it lacks, parameters the task's own `validate`
 refuses) become a warning toast and the status line, never a traceback, and nothing is queued.
@@ -24,10 +24,13 @@ def try_enqueue(ctx: "StudioContext", task: str, params: dict,
                 lands: str = "") -> tuple[int | None, str]:
     """Queue one `task` job: (its id, "Queued job #N…" and where its output lands), or (None, the
     reason, also shown as a warning) when it was refused."""
-    if ctx.queue is None:
+    from studio.jobs.runner import BATCH
+    from studio.ui.widgets import store_uploads
+
+    if getattr(ctx, "runner", None) is None:
         return None, refuse("The queue is not running in this studio: nothing was queued.")
-    try:
-        job_id = ctx.queue.enqueue(task, params, priority=0)
+    try:  # an uploaded picture is stored once, as a gallery item the job refers to
+        job_id = ctx.runner.submit(task, store_uploads(ctx, task, params), priority=BATCH).id
     except ValueError as error:  # unknown task, missing engine, a field the task refuses
         return None, refuse(f"Not queued: {error}")
     gr.Info(f"Queued job #{job_id}.")

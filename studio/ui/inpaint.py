@@ -77,8 +77,8 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
     # (a later upload replaces the background without telling us).
     if source and source.get("digest") == pixel_digest(image):
         params["init_image_id"] = int(source["id"])
-    else:
-        params["init_image"] = encode_image(image)
+    else:  # stored once, as a gallery upload the job refers to (widgets.store_uploads)
+        params["init_image"] = image
     if action == "outpaint":
         if not sides:
             raise gr.Error("Choose at least one side to extend.")

@@ -5,14 +5,13 @@ gallery. Thin: it turns the controls into task params and runs them as a job thr
 """
 from __future__ import annotations
 
-import base64
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from studio.tasks import validate_task
+from studio.ui.add_to_queue import add_job
+from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
                                run_strip, sampling_panel, selected_item, stream_images)
@@ -21,13 +20,9 @@ TAB_ID = "txt2img"
 TITLE = "Text to image"
 
 
-def file_as_base64(path: str) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
             batch_count, candidates, keep, model, init_path, strength, source_id,
-            token_merging=0.0, step_cache=0) -> tuple[str, dict]:
+            token_merging, step_cache, *hires) -> tuple[str, dict]:
     """The tab's controls as (task name, task params); the task checks the values."""
     params = {"prompt": prompt or "", "negative_prompt": negative or "", "steps": int(steps),
               "guidance_scale": float(cfg), "scheduler": scheduler, "width": int(width),
@@ -45,12 +40,21 @@ def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, 
         params["strength"] = float(strength)
         if source_id:
             params["init_image_id"] = int(source_id)
-        else:
-            params["init_image"] = file_as_base64(init_path)
+        else:  # an upload: checked from its header, stored once as a gallery item (widgets)
+            params["init_image"] = _open_upload(init_path)
         return "img2img", params
     if candidates:
         params.update(candidates=int(candidates), keep=int(min(keep, candidates)))
-    return "txt2img", params
+    return hires_params(params, *hires)  # "hires" when the hires fix is on, else "txt2img"
+
+
+def _open_upload(path) -> Any:
+    from studio.images import open_user_image
+
+    try:
+        return open_user_image(path, name="init image")
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
 
 
 # ------------------------------------------------------------------ handlers
@@ -59,21 +63,9 @@ def generate(ctx, *values):
     yield from stream_images(ctx, *_params(*values))
 
 
-def enqueue(ctx, task: str, params: dict) -> str:
-    """Add to queue: a batch job with the same params."""
-    if ctx.queue is None:
-        raise gr.Error("The queue is not running in this studio.")
-    try:
-        validate_task(ctx, task, params)
-        job_id = ctx.queue.enqueue(task, params, priority=0)
-    except ValueError as error:
-        raise gr.Error(str(error))
-    gr.Info(f"Queued as job #{job_id}.")
-    return f"Queued as job #{job_id}; see the Queue tab."
-
-
 def add_to_queue(ctx, *values) -> str:
-    return enqueue(ctx, *_params(*values))
+    """Add to queue: a batch job with the same params."""
+    return add_job(ctx, *_params(*values))
 
 
 def image_arrived(ctx, path):
@@ -153,6 +145,7 @@ def _controls(ctx) -> dict[str, Any]:
             c["step_cache"] = gr.Slider(0, 5, value=0, step=1,
                                         label="Step cache (DeepCache: whole UNet every N steps, "
                                               "faster, slightly different; 0 = exact)")
+            c.update(hires_controls(ctx))
         with gr.Column(scale=2):
             c["panel"] = results_panel("txt2img", ("img2img", "inpaint", "style", "queue"),
                                        extra=("Reuse parameters",))
@@ -169,7 +162,7 @@ def build(ctx) -> dict[str, Any]:
     inputs = [c[n] for n in ("mode", "prompt", "negative", "steps", "cfg", "scheduler", "width",
                              "height", "seed", "batch_size", "batch_count", "candidates", "keep",
                              "model", "init_image", "strength")] + [source_id] \
-        + [c["token_merging"], c["step_cache"]]
+        + [c["token_merging"], c["step_cache"]] + [c[n] for n in HIRES_FIELDS]
     c["run"].click(partial(generate, ctx), inputs, panel.outputs, concurrency_limit=None, **PRIVATE)
     c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)

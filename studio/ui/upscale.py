@@ -229,6 +229,11 @@ def hires_controls(ctx) -> dict:
     return c
 
 
+# hires_controls' keys, in the order hires_params takes their values
+HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps",
+                "denoising_strength", "hr_resize_x", "hr_resize_y")
+
+
 def hires_params(params: dict, enable_hr, hr_upscaler, hr_scale, hr_second_pass_steps,
                  denoising_strength, hr_resize_x, hr_resize_y) -> tuple[str, dict]:
     """(task, params): "hires" with A1111's fields added when enabled, else ("txt2img", params)."""

@@ -37,9 +37,33 @@ def submit(ctx, task: str, params: dict):
     if getattr(ctx, "runner", None) is None:
         raise gr.Error("This studio runs without a job runner.")
     try:
-        return ctx.runner.submit(task, params, priority=INTERACTIVE)
+        return ctx.runner.submit(task, store_uploads(ctx, task, params), priority=INTERACTIVE)
     except ValueError as error:
         raise gr.Error(str(error)) from None
+
+
+UPLOAD_FIELDS = ("init_image",)  # image params a tab may hand over as an in-memory upload
+
+
+def store_uploads(ctx, task: str, params: dict) -> dict:
+    """An uploaded picture (a PIL image in `params`) enters once: checked with the rest of the
+    params, then saved to the gallery as an upload (the result's parent) and referred to by id,
+    so the job row holds no image and nothing decodes it again. ValueError before any saving."""
+    from PIL import Image
+
+    from studio.tasks import validate_task
+
+    uploads = {f: params[f] for f in UPLOAD_FIELDS if isinstance(params.get(f), Image.Image)}
+    if not uploads:
+        return params
+    validate_task(ctx, task, params)  # a bad request keeps no upload
+    stored = dict(params)
+    for field, image in uploads.items():
+        item = ctx.gallery.add_image(image, task="upload", engine="", prompt=f"uploaded {field}",
+                                     params={"source": f"{task} tab"})
+        del stored[field]
+        stored[f"{field}_id"] = item.id
+    return stored
 
 
 def follow_job(ctx, task: str, params: dict) -> Iterator[Any]:
@@ -228,13 +252,16 @@ def model_defaults(model: str | None) -> tuple[float, int]:
 
 
 def model_choices(ctx) -> list[str]:
-    """The embedded model plus diffusers folders and .safetensors files under data/models."""
+    """The embedded model plus diffusers folders and .safetensors files of the models folders
+    (data/models, its A1111 Stable-diffusion/ folder where imports go, --models-dir extras)."""
+    from studio.models import diffusion_roots
+
     choices = [DEFAULT_MODEL]
-    folder = Path(ctx.config.models_dir)
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.suffix == ".safetensors" or (path / "model_index.json").exists():
-                choices.append(str(path))
+    for folder in diffusion_roots(ctx):
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.suffix == ".safetensors" or (path / "model_index.json").exists():
+                    choices.append(str(path))
     return choices
 
 
