@@ -97,6 +97,13 @@ def test_search_finds_the_same_items_on_both_databases(pg_url, tmp_path):
     assert found["postgresql"]["cat"] == [7, 6] and found["postgresql"]["nothing"] == []
 
 
+def test_seeds_up_to_2_32_fit_on_both_databases(database, tmp_path):
+    gallery = GalleryStore(database, tmp_path)
+    item = gallery.add_image(Image.new("RGB", (4, 4)), task="txt2img", engine="diffusion",
+                             seed=2**32 - 1)
+    assert gallery.get(item.id).seed == 2**32 - 1
+
+
 def test_postgres_accent_table_matches_the_python_one():
     from studio.gallery import search
 
@@ -240,6 +247,12 @@ def test_claim_prefers_the_model_a_worker_holds_within_a_priority(database):
     assert store.claim("w", prefer=[("diffusion", "sd-a")]).id == c  # priority first
     assert store.claim("w", prefer=[("diffusion", "sd-b")]).id == b  # then the held model
     assert store.claim("w", prefer=[("diffusion", "sd-b")]).id == a
+
+
+def test_the_database_id_is_made_once_and_shared(database):
+    first = JobStore(database).database_id()
+    assert re.fullmatch(r"[0-9a-f]{8}", first)
+    assert JobStore(Database(database.url)).database_id() == first  # another studio, same id
 
 
 def test_worker_is_recorded_as_name_at_host_and_pid(database):

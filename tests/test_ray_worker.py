@@ -149,6 +149,20 @@ def test_a_hung_actor_is_restarted_and_its_job_runs_again(studio):
     assert view.attempts == 2 and view.worker != victim and len(view.item_ids) == 1
 
 
+def test_actors_that_cannot_be_placed_are_refused_with_the_reason(studio, pg_server, tmp_path):
+    import ray
+
+    other = make_context(tmp_path, pg_server.create_database())  # another database: own actors
+    other.queue = JobQueue(other)
+    worker = RayWorker(other, address=None, workers=1, setup=SETUP, start_timeout_s=3)
+    try:
+        with pytest.raises(RuntimeError, match=r"placed only 0 of 1 queue actors .* 1 GPU; free now: 0"):
+            other.queue.start_worker(worker)  # the module's two actors hold both GPUs
+    finally:
+        for actor in worker.actors.values():
+            ray.kill(actor, no_restart=True)
+
+
 def test_two_front_ends_on_one_database_see_the_same_queue(studio):
     first = studio.queue
     other_ctx = make_context(studio.config.storage, studio.db.url.render_as_string(hide_password=False))

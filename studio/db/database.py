@@ -78,15 +78,16 @@ def list_migrations(dialect: str = "sqlite") -> list[tuple[int, Path]]:
     return [(v, own.get(v, p)) for v, p in sorted(plain.items())]
 
 
-def database_url(target: Path | str | None) -> URL:
+def database_url(target: Path | str | URL | None) -> URL:
     """A SQLAlchemy URL from what --database or a test gives: None (in-memory SQLite), a file
     path (SQLite) or a URL. `postgresql://` means psycopg 3 (the driver the `scale` extra
     installs), not SQLAlchemy's default psycopg2."""
     if target in (None, ":memory:"):
         return make_url("sqlite://")
-    if isinstance(target, Path) or "://" not in str(target):
+    if isinstance(target, Path) or (not isinstance(target, URL) and "://" not in str(target)):
         return URL.create("sqlite", database=str(Path(target)))
-    url = make_url(str(target).replace("postgres://", "postgresql://", 1))
+    url = target if isinstance(target, URL) else make_url(
+        str(target).replace("postgres://", "postgresql://", 1))
     if url.get_backend_name() not in DIALECTS:
         raise ValueError(f"--database: the studio runs on SQLite or PostgreSQL, got a "
                          f"{url.get_backend_name()!r} URL ({url.render_as_string(hide_password=True)})")
@@ -99,7 +100,7 @@ class Database:
     """`Database(None)`: a private in-memory SQLite database (tests); `Database(path)`: a SQLite
     file; `Database("postgresql+psycopg://user@host/db")`: a PostgreSQL database."""
 
-    def __init__(self, target: Path | str | None = None) -> None:
+    def __init__(self, target: Path | str | URL | None = None) -> None:
         self.url = database_url(target)
         self.dialect = self.url.get_backend_name()
         self.path = Path(self.url.database) if self.dialect == "sqlite" and self.url.database else None

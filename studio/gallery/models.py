@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Float, ForeignKey, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Float, ForeignKey, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from studio.db.database import Base
@@ -34,7 +34,7 @@ class Item(Base):
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
     text: Mapped[str | None] = mapped_column(Text)
     params_json: Mapped[str] = mapped_column(Text, default="{}")
-    seed: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)  # seeds reach 2**32 - 1: not an int4
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     duration_s: Mapped[float | None] = mapped_column(Float)

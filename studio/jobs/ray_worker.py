@@ -16,13 +16,13 @@ A reaper thread takes back the jobs of dead actors: a SIGKILLed actor process (R
 actor; the new process answers with another pid), a lost node (its heartbeat goes stale) or a
 hung actor (no progress for `hung_after_s`: it is killed and restarted first).
 
-Actors are named after the database, detached and restarted by Ray, so several studio front-ends
-on one database and one cluster share the same actors; `shutdown()` removes them.
+Actors are named after an id kept in the database, detached and restarted by Ray, so several
+studio front-ends on one database and one cluster share the same actors; `shutdown()` removes
+them.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import logging
 import os
@@ -52,7 +52,11 @@ def start_queue_worker(ctx: "StudioContext"):
     if config.ray_address:
         worker = RayWorker(ctx, config.ray_address, workers=config.ray_workers,
                            board=queue.board, on_finished=queue._notify_finished)
-        return queue.start_worker(worker)
+        try:
+            return queue.start_worker(worker)
+        except Exception as error:  # no cluster, no room for the actors: one line, no traceback
+            raise SystemExit(f"GenStudio: --ray {config.ray_address}: "
+                             f"{str(error).strip().splitlines()[0]}") from None
     worker = queue.start_worker()
     if ctx.db.shared:
         threading.Thread(target=_wake_on_notify, args=(queue,), name="queue-listen",
@@ -76,9 +80,11 @@ def _wake_on_notify(queue) -> None:
                 log.warning("queue: recovery round failed", exc_info=True)
 
 
-def actor_prefix(db_url: str) -> str:
-    """Actors serve one database: studios of another database on the same cluster get their own."""
-    return f"genstudio-{hashlib.sha1(db_url.encode()).hexdigest()[:8]}-"
+def actor_prefix(store) -> str:
+    """Actors serve one database: studios of another database on the same cluster get their own.
+    Named after an id kept in the database itself, so every studio finds the same actors however
+    it spells the URL (host name or address, another user or password)."""
+    return f"genstudio-{store.database_id()}-"
 
 
 # ---------------------------------------------------------------------------- inside the actor
@@ -190,7 +196,8 @@ class RayWorker:
     def __init__(self, ctx: "StudioContext", address: str | None = "auto", workers: int = 0,
                  board: LiveBoard | None = None, on_finished: Callable[[int], None] | None = None,
                  hung_after_s: float = HUNG_AFTER_S, reap_every_s: float = REAP_EVERY_S,
-                 max_attempts: int = 3, setup: str | None = None) -> None:
+                 max_attempts: int = 3, setup: str | None = None,
+                 start_timeout_s: float = 120.0) -> None:
         if workers < 0:
             raise ValueError(f"workers must be 0 (one per GPU) or more, got {workers}")
         self.ctx, self.address, self.workers = ctx, address, workers
@@ -198,7 +205,8 @@ class RayWorker:
         self.on_finished = on_finished
         self.hung_after_s, self.reap_every_s = hung_after_s, reap_every_s
         self.max_attempts, self.setup = max_attempts, setup
-        self.prefix = actor_prefix(ctx.db.url.render_as_string(hide_password=True))
+        self.start_timeout_s = start_timeout_s  # to construct the actors (no model loads then)
+        self.prefix = ""  # set by start(), from the database
         self.actors: dict[str, Any] = {}  # actor name -> handle
         self.last_step: dict[int, int] = {}  # job id -> last step seen (tests, diagnostics)
         self._running: dict[int, str] = {}  # job id -> actor name, as the mirror last saw
@@ -217,6 +225,7 @@ class RayWorker:
             raise ValueError("the Ray cluster has no GPUs: give --ray-workers N to run N CPU actors")
         if gpus and count > gpus:
             raise ValueError(f"{count} GPU actors asked for, but the cluster has {gpus} GPUs")
+        self.prefix = actor_prefix(self.ctx.queue.store)
         # GPU actors hold a GPU each; CPU actors a CPU. Detached and named: other studios on this
         # database attach to them; Ray restarts one whose process dies.
         options = dict(namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -229,7 +238,14 @@ class RayWorker:
             name = f"{self.prefix}{index}"
             self.actors[name] = remote.options(name=name, **options).remote(
                 name, config, db_url, self.max_attempts, self.setup)
-        ray.get([a.identity.remote() for a in self.actors.values()])  # all constructed
+        placed, waiting = ray.wait([a.identity.remote() for a in self.actors.values()],
+                                   num_returns=count, timeout=self.start_timeout_s)
+        if waiting:  # e.g. the GPUs are held by actors of another database: say so, do not hang
+            raise RuntimeError(
+                f"Ray placed only {len(placed)} of {count} queue actors within "
+                f"{self.start_timeout_s:.0f} s (each needs {'1 GPU' if gpus else '1 CPU'}; free now: "
+                f"{ray.available_resources().get('GPU' if gpus else 'CPU', 0):g}); see `ray status`")
+        ray.get(placed)  # an actor that failed to start raises here, with its reason
         for target, label in ((self._mirror, "ray-mirror"), (self._reaper, "ray-reaper")):
             thread = threading.Thread(target=target, name=label, daemon=True)
             thread.start()

@@ -14,6 +14,7 @@ write before the read). New jobs NOTIFY `jobs` on PostgreSQL, which idle workers
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -28,6 +29,7 @@ from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, P
                                 Job, JobItem, QueueState)
 
 PAUSED_KEY = "paused"
+DATABASE_ID_KEY = "database_id"
 CHANNEL = "genstudio_jobs"  # NOTIFY channel: jobs were queued, retried, released or resumed
 POSITION_LOCK = 7_460_002  # PostgreSQL advisory lock: one writer of queue positions at a time
 
@@ -400,6 +402,18 @@ class JobStore:
         for task, started, finished in rows:
             sums.setdefault(task, []).append((finished - started).total_seconds())
         return {task: sum(v) / len(v) for task, v in sums.items()}
+
+    def database_id(self) -> str:
+        """A random id made once per database: what Ray actors serving it are named after."""
+        with self.db.transaction() as session:
+            found = session.get(QueueState, DATABASE_ID_KEY)
+            if found is None:
+                self._serialise(session)  # two studios starting at once agree on one id
+                found = session.get(QueueState, DATABASE_ID_KEY, populate_existing=True)
+            if found is None:
+                found = QueueState(key=DATABASE_ID_KEY, value=uuid.uuid4().hex[:8])
+                session.add(found)
+            return found.value
 
     def listen(self):
         """A `Listener` whose wait(timeout) returns early when jobs may be waiting (PostgreSQL
