@@ -72,14 +72,16 @@ def import_model(ctx, path, kind, kind_label):
 def delete(ctx, path, confirmed, kind_label):
     from studio.model_inventory import delete_model
 
+    # A refusal is a status line, not gr.Error: an error would cover these controls.
     if not path:
-        raise gr.Error("Pick a model to delete.")
+        return gr.skip(), gr.skip(), "⚠️ Pick a model to delete.", gr.skip()
     if not confirmed:
-        raise gr.Error("Tick “I am sure” first: deleting removes the files.")
+        return (gr.skip(), gr.skip(), "⚠️ Tick “I am sure” first: deleting removes the files.",
+                gr.skip())
     try:
         name = delete_model(ctx, path)
     except ValueError as error:
-        raise gr.Error(str(error)) from None
+        return gr.skip(), gr.skip(), f"⚠️ {error}", gr.skip()
     rows, choices = table(ctx, kind_label)
     return rows, choices, f"Deleted {name}.", False
 
