@@ -19,7 +19,8 @@ from studio.ui.widgets import PRIVATE
 TAB_ID = "queue"
 TITLE = "Queue"
 LIST_LIMIT = 200
-COLUMNS = ["#", "Status", "Priority", "Task", "Prompt", "Progress", "ETA", "Outputs", "Error"]
+COLUMNS = ["#", "Status", "Priority", "Task", "Prompt", "Progress", "ETA", "Outputs", "Error",
+           "Worker"]  # the worker that runs / ran it: name@host:pid (a Ray actor, docs/scale-out.md)
 STATUS_TEXT = {"paused": "held"}  # a held job's row status is `paused`
 
 
@@ -94,7 +95,8 @@ def snapshot(ctx):
     etas = queue.etas(jobs)
     rows = [[job.id, STATUS_TEXT.get(job.status, job.status), job.priority, job.task, job.label,
              _progress(job, live), _duration(etas.get(job.id)),
-             " ".join(f"#{i}" for i in job.item_ids), job.error or ""] for job in jobs]
+             " ".join(f"#{i}" for i in job.item_ids), job.error or "", job.worker or ""]
+            for job in jobs]
     counts = queue.counts()
     parts = [f"{counts[s]} {s}" for s in ("running", "pending", "paused", "completed",
                                            "failed", "canceled") if counts[s]]
