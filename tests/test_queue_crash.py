@@ -24,9 +24,16 @@ JOBS = 16
 IMAGES_PER_JOB = 2
 
 
-def start_worker(data_dir: Path, log: Path) -> subprocess.Popen:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """Each crash test on SQLite and on a real PostgreSQL (tests/pg_server.py)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+def start_worker(data_dir: Path, log: Path, database: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "studio.jobs.testing", str(data_dir)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "studio.jobs.testing", str(data_dir),
+                             *([database] if database else [])], cwd=REPO,
                             env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
@@ -40,9 +47,9 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
+def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, database):
     data_dir = tmp_path / "data"
-    ctx = make_context(data_dir)
+    ctx = make_context(data_dir, database)
     queue = JobQueue(ctx)  # no worker here: this process only queues and inspects
     ids = queue.enqueue_many("queue_test", [
         {"prompt": f"job {i}", "seed": i, "steps": 8, "step_s": 0.03, "images": IMAGES_PER_JOB}
@@ -53,7 +60,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
     # moment (after the gallery commit of some job, sometimes inside it).
     kills = 0
     for completed_before_kill, extra_delay in ((0, 0.0), (5, 0.13)):
-        process = start_worker(data_dir, log)
+        process = start_worker(data_dir, log, database)
         wait_until(lambda: queue.counts()[COMPLETED] >= completed_before_kill and any(
             (j.duration_s or 0) > 0.15 for j in queue.list(statuses=[RUNNING])),
             timeout=90, what="a job in progress")
@@ -63,7 +70,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
         kills += 1
         assert queue.counts()[RUNNING] == 1  # the killed job is left running in the table
 
-    final = start_worker(data_dir, log)
+    final = start_worker(data_dir, log, database)
     assert final.wait(timeout=180) == 0, log.read_text()
     assert "recovered" in log.read_text()
 
@@ -87,12 +94,12 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_crash_windows_completed_once_or_failed_after_three_attempts(tmp_path):
+def test_crash_windows_completed_once_or_failed_after_three_attempts(tmp_path, database):
     """Deterministic crashes: one job kills the process right after its gallery commit (it must
     count as done, not run again); one kills it mid-generation every time (it must fail after
     three attempts with the reason, not loop forever); the jobs around them complete."""
     data_dir = tmp_path / "data"
-    ctx = make_context(data_dir)
+    ctx = make_context(data_dir, database)
     queue = JobQueue(ctx)
     normal = {"steps": 2}
     ids = queue.enqueue_many("queue_test", [
@@ -102,7 +109,7 @@ def test_crash_windows_completed_once_or_failed_after_three_attempts(tmp_path):
     log = tmp_path / "worker.log"
     exits = []
     for _ in range(6):
-        exits.append(start_worker(data_dir, log).wait(timeout=120))
+        exits.append(start_worker(data_dir, log, database).wait(timeout=120))
         if exits[-1] == 0:
             break
     assert exits == [-signal.SIGKILL] * 4 + [0], log.read_text()
