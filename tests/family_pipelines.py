@@ -180,3 +180,84 @@ def build_sd3(folder: Path) -> Path:
         tokenizer_3=tokenizer_3)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_stable_unclip(folder: Path) -> Path:
+    """StableUnCLIPPipeline: a prior (text -> CLIP image embedding) + an SD 2 decoder."""
+    import torch
+    from diffusers import (DDIMScheduler, DDPMScheduler, PriorTransformer, StableUnCLIPPipeline,
+                           UNet2DConditionModel)
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import \
+        StableUnCLIPImageNormalizer
+
+    from small_pipelines import _vae
+
+    torch.manual_seed(0)
+    prior_tokenizer = _clip_tokenizer(folder / "prior_tokenizer")
+    tokenizer = _clip_tokenizer(folder / "tokenizer")
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64),
+        attention_head_dim=(2, 4), class_embed_type="projection",
+        projection_class_embeddings_input_dim=64, cross_attention_dim=32, layers_per_block=1,
+        upcast_attention=True, use_linear_projection=True, norm_num_groups=8)
+    pipe = StableUnCLIPPipeline(
+        prior_tokenizer=prior_tokenizer,
+        prior_text_encoder=_clip_text(prior_tokenizer, projection=True),
+        prior=PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32,
+                               num_layers=1),
+        prior_scheduler=DDPMScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                      num_train_timesteps=1000, clip_sample=True,
+                                      clip_sample_range=5.0, beta_schedule="squaredcos_cap_v2"),
+        image_normalizer=StableUnCLIPImageNormalizer(32),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer, text_encoder=_clip_text(tokenizer, projection=False), unet=unet,
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False,
+                                steps_offset=1),
+        vae=_vae())
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_lcm(folder: Path) -> Path:
+    """LatentConsistencyModelPipeline: an SD UNet distilled with the guidance as an input."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+
+    from small_pipelines import _vae
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer(folder / "tokenizer")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        norm_num_groups=8, time_cond_proj_dim=32)
+    pipe = LatentConsistencyModelPipeline(
+        vae=_vae(), text_encoder=_clip_text(tokenizer, projection=False), tokenizer=tokenizer,
+        unet=unet, scheduler=LCMScheduler(beta_start=0.00085, beta_end=0.012,
+                                          beta_schedule="scaled_linear", clip_sample=False,
+                                          set_alpha_to_one=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_sd_turbo(folder: Path) -> Path:
+    """An SD-Turbo-shaped folder: the tiny SD with SD-Turbo's trailing-timestep Euler scheduler."""
+    import json
+
+    from engines.diffusion.random_weights import build_random_sd
+
+    build_random_sd(folder, "tiny")
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(_class_name="EulerDiscreteScheduler", timestep_spacing="trailing")
+    config_path.write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def build_pixart_sigma(folder: Path) -> Path:
+    return build_pixart(folder, sigma=True)

@@ -18,8 +18,13 @@ from studio.tasks import run_task, validate_task
 BUILDERS = {
     "kandinsky22": "build_kandinsky22",
     "pixart-alpha": "build_pixart",
+    "pixart-sigma": "build_pixart_sigma",
     "sd3": "build_sd3",
+    "stable-unclip": "build_stable_unclip",
     "stable-unclip-img2img": "build_unclip_img2img",
+    "lcm": "build_lcm",
+    "sd-turbo": "build_sd_turbo",
+    "sdxl": "build_sdxl_shaped",
 }
 
 
@@ -27,9 +32,11 @@ BUILDERS = {
 def built(tmp_path_factory) -> dict[str, Path]:
     """Each family's folder, built once for the module (a second or so each)."""
     import family_pipelines
+    import small_pipelines
 
     root = tmp_path_factory.mktemp("families")
-    return {family: getattr(family_pipelines, builder)(root / family)
+    return {family: (getattr(family_pipelines, builder, None)
+                     or getattr(small_pipelines, builder))(root / family)
             for family, builder in BUILDERS.items()}
 
 
@@ -74,11 +81,13 @@ def test_an_unsupported_family_is_refused_in_one_sentence(ctx):
     assert "WuerstchenCombinedPipeline" in message and message.count(". ") == 0
 
 
-@pytest.mark.parametrize("family", ["kandinsky22", "pixart-alpha", "sd3"])
+@pytest.mark.parametrize("family", ["kandinsky22", "pixart-alpha", "pixart-sigma", "sd3",
+                                    "stable-unclip", "lcm", "sd-turbo", "sdxl"])
 def test_txt2img_by_folder_is_reproducible_with_previews_and_infotext(ctx, models, family):
     model = models[family]
     progress = []
-    params = {"prompt": "a red cube", "negative_prompt": "blurry", "steps": 3, "seed": 7,
+    negative = "" if family == "lcm" else "blurry"  # LCM takes no negative prompt
+    params = {"prompt": "a red cube", "negative_prompt": negative, "steps": 3, "seed": 7,
               "width": 64, "height": 64, "guidance_scale": 4.0, "preview_every": 1,
               "model": model}
     validate_task(ctx, "txt2img", params)
@@ -97,7 +106,8 @@ def test_txt2img_by_folder_is_reproducible_with_previews_and_infotext(ctx, model
     item = ctx.gallery.get(first.item_ids[0])
     assert item.seed == 7 and item.task == "txt2img" and item.model == f"tiny-{family}"
     text = read_png_metadata(str(item.file_path))["parameters"]
-    for fragment in ("a red cube", "Negative prompt: blurry", "Steps: 3", "Seed: 7",
+    assert ("Negative prompt: blurry" in text) == (family != "lcm")
+    for fragment in ("a red cube", "Steps: 3", "Seed: 7",
                      "Size: 64x64", f"Model: tiny-{family}", "CFG scale: 4.0", "Model hash: "):
         assert fragment in text, (fragment, text)
     assert "Sampler: " in text and first.info["family"]
@@ -122,9 +132,9 @@ def test_cancel_between_steps_writes_nothing(ctx, models, family):
     assert ctx.gallery.query(GalleryQuery()).total == 0
 
 
-@pytest.mark.parametrize("family", ["kandinsky22", "sd3"])
+@pytest.mark.parametrize("family", ["kandinsky22", "sd3", "lcm"])
 def test_img2img_and_inpaint_where_the_family_has_them(ctx, models, family):
-    """Kandinsky 2.2 inpaints with its own 9-channel decoder only: the txt2img one refuses."""
+    """Kandinsky 2.2 inpaints with its own 9-channel decoder only, LCM not at: both refuse."""
     model = models[family]
     root = run_task(ctx, "txt2img", {"prompt": "a tree", "steps": 2, "seed": 1, "width": 64,
                                      "height": 64, "model": model})
@@ -147,7 +157,7 @@ def test_img2img_and_inpaint_where_the_family_has_them(ctx, models, family):
     inpaint = {"prompt": "a moon", "steps": 4, "seed": 3, "init_image_id": parent,
                "model": model, "mask": base64.b64encode(buffer.getvalue()).decode(),
                "mask_blur": 0}
-    if family == "kandinsky22":
+    if family in ("kandinsky22", "lcm"):
         with pytest.raises(ParamError, match="does not do inpaint") as error:
             validate_task(ctx, "inpaint", inpaint)
         assert error.value.field == "model"
@@ -167,7 +177,9 @@ def test_fields_a_family_lacks_are_refused_by_name(ctx, models):
               "candidates"),
              ("img2img", {"model": models["pixart-alpha"], "init_image_id": 1}, "model"),
              ("txt2img", {"model": unclip}, "model"),
-             ("txt2img", {"model": kandinsky, "prompt": "a cat <lora:x:1>"}, "prompt")]
+             ("txt2img", {"model": kandinsky, "prompt": "a cat <lora:x:1>"}, "prompt"),
+             ("txt2img", {"model": models["lcm"], "negative_prompt": "ugly"}, "negative_prompt"),
+             ("inpaint", {"model": models["lcm"], "init_image_id": 1}, "model")]
     for task, extra, field in cases:
         with pytest.raises(ParamError) as error:
             validate_task(ctx, task, dict({"prompt": "a cat"}, **extra))

@@ -162,7 +162,7 @@ class DiffusionEngine:
         result.info.update(
             model=self.model_name, model_hash=self.model_hash, sampler=sampler,
             schedule_type=schedule, seconds=round(time.perf_counter() - started, 3),
-            device=self.device)
+            device=self.device, family=self.family.label)
         if openvino and openvino.calls > openvino_calls:  # bf16 changes pixels: say so
             result.info["unet_backend"] = f"OpenVINO {openvino.precision}"
         return result

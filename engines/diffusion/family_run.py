@@ -141,16 +141,27 @@ def _callbacks(pipe, accepted: set[str], params, index: int, count: int, steps: 
         step(i, kwargs.get("latents"))
         return {}
 
-    def prior_step_end(_pipe, i, _t, kwargs):  # the prior's steps: cancel, a message, no step
+    def prior_step(i: int) -> None:  # the prior's steps: cancel, a message, no step counted
         on_progress(Progress(base, total, f"prior step {i + 1}, image {index + 1}/{count}"))
         cancel.raise_if_cancelled()
+
+    def prior_step_end(_pipe, i, _t, kwargs):
+        prior_step(i)
         return {}
+
+    def legacy(i, _t, latents) -> None:
+        # Stable unCLIP calls the same callback for its prior (embedding latents, 2-D) and its
+        # decoder (image latents, 4-D).
+        if latents is not None and latents.ndim < 4:
+            prior_step(i)
+        else:
+            step(i, latents)
 
     out: dict[str, Any] = {}
     if "callback_on_step_end" in accepted:
         out["callback_on_step_end"] = on_step_end
     elif "callback" in accepted:  # the older per-step callback(i, t, latents)
-        out["callback"] = lambda i, _t, latents: step(i, latents)
+        out["callback"] = legacy
         out["callback_steps"] = 1
     if "prior_callback_on_step_end" in accepted:
         out["prior_callback_on_step_end"] = prior_step_end
