@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--txt2img-jobs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per figure (median)")
     parser.add_argument("--skip-txt2img", action="store_true")
+    parser.add_argument("--claims-only", action="store_true", help="only the claim latency")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     results: dict = {"cores": os.cpu_count(), "load_before": os.getloadavg()[0]}
@@ -134,6 +135,8 @@ def main() -> None:
                 results["claim"][f"{name} {depth}"] = figures
                 print(f"  {name:<16} {depth:>6} queued {figures['median_ms']:>6.2f}  {figures['p95_ms']:>6.2f}")
 
+        if args.claims_only:
+            return
         import ray
 
         ray.init(num_gpus=max(args.actors), namespace="genstudio", include_dashboard=False,
