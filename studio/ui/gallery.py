@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from studio.gallery.store import GalleryQuery, ItemView
+from studio.ui.variations import variations_row
 from studio.ui.widgets import PRIVATE
 
 TAB_ID = "gallery"
@@ -274,6 +275,8 @@ def build(ctx) -> dict:
     c["delete"].click(partial(remove, ctx), [selected], [selected, c["detail"]],
                       **PRIVATE).then(reload, filters + [page], page_outputs, **PRIVATE)
     c["open"].click(partial(open_item, ctx), [c["open_id"]], detail_outputs, **PRIVATE)
+    with c["detail"]:  # DALL·E 2-style variations of the open item (studio/ui/variations.py)
+        variations_row(ctx, selected)
     # Emptied after use, so that sending the same item again is a change again.
     received.change(partial(receive, ctx), [received], detail_outputs, **PRIVATE).then(
         emptied, None, received, **PRIVATE)
