@@ -71,7 +71,7 @@ def test_vae_choice_changes_the_image_and_is_recorded(ctx, models):
     assert not np.array_equal(base, bright)
     info = parse_infotext(text)
     assert info["VAE"] == "bright.safetensors" and len(info["VAE hash"]) == 10
-    own, text = _pixels(ctx, dict(BASE, sd_vae="Automatic"))
+    own, text = _pixels(ctx, dict(BASE, vae="Automatic"))
     assert np.array_equal(own, base) and "VAE" not in parse_infotext(text)
     with pytest.raises(ParamError, match="unknown `vae` 'nope'") as error:
         validate_task(ctx, "txt2img", dict(BASE, vae="nope"))
