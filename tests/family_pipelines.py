@@ -261,3 +261,34 @@ def build_sd_turbo(folder: Path) -> Path:
 
 def build_pixart_sigma(folder: Path) -> Path:
     return build_pixart(folder, sigma=True)
+
+
+def build_sdxl_refiner(folder: Path) -> Path:
+    """An SDXL refiner shaped like tests/small_pipelines.build_sdxl_shaped's base: only the
+    second text encoder, aesthetic-score time ids (5 instead of 6)."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from small_pipelines import _scheduler, _vae
+
+    torch.manual_seed(1)
+    tokenizer_2 = _clip_tokenizer(folder / "tokenizer_2")
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
+        bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+        pad_token_id=tokenizer_2.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 5 * 8)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(), text_encoder=None, text_encoder_2=text_2, tokenizer=None,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -258,3 +258,32 @@ def test_import_list_hash_use_and_delete_a_folder(ctx, built):
     with pytest.raises(ParamError) as error:
         delete_model(ctx, "/etc/hostname")
     assert error.value.field == "path"
+
+
+# ------------------------------------------------------------------ SDXL refiner, second stage
+def test_sdxl_refiner_finishes_the_base_latents(ctx, models, tmp_path):
+    from family_pipelines import build_sdxl_refiner
+
+    refiner = build_sdxl_refiner(Path(ctx.config.models_dir) / "Stable-diffusion" / "refiner")
+    params = {"prompt": "a red cube", "steps": 5, "seed": 3, "width": 64, "height": 64,
+              "model": models["sdxl"], "refiner_checkpoint": str(refiner),
+              "refiner_switch_at": 0.6, "preview_every": 0}
+    validate_task(ctx, "txt2img_refiner", params)
+    progress = []
+    first = run_task(ctx, "txt2img_refiner", params, on_progress=progress.append)
+    again = run_task(ctx, "txt2img_refiner", params)
+    plain = run_task(ctx, "txt2img", {k: v for k, v in params.items()
+                                      if not k.startswith("refiner")})
+    assert np.array_equal(_pixels(ctx, first.item_ids[0]), _pixels(ctx, again.item_ids[0]))
+    assert not np.array_equal(_pixels(ctx, first.item_ids[0]), _pixels(ctx, plain.item_ids[0]))
+    assert progress[-1].step == progress[-1].total
+    assert any("refiner" in (p.message or "") for p in progress)
+    text = read_png_metadata(str(ctx.gallery.get(first.item_ids[0]).file_path))["parameters"]
+    assert "Refiner: refiner [" in text and "Refiner switch at: 0.6" in text
+    # A refiner alone is refused in one sentence; so is a base of another family.
+    with pytest.raises(ParamError, match="SDXL refiner") as error:
+        validate_task(ctx, "txt2img", {"prompt": "x", "model": str(refiner)})
+    assert error.value.field == "model"
+    with pytest.raises(ParamError) as error:
+        run_task(ctx, "txt2img_refiner", dict(params, model=models["pixart-alpha"]))
+    assert error.value.field == "model"

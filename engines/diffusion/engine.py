@@ -93,6 +93,7 @@ class DiffusionEngine:
         self._pipes.clear()
         self._scorer = None
         self._vae = None
+        self._refiner = None  # engines/diffusion/refiner.py: (path, pipeline)
         if self.device == "cuda":
             import torch
 
@@ -304,7 +305,7 @@ class DiffusionEngine:
                                   num_inference_steps=params.steps,
                                   guidance_scale=params.guidance_scale, width=width, height=height,
                                   generator=generators, callback_on_step_end=on_step_end,
-                                  output_type="pil", **extra)
+                                  **{"output_type": "pil", **extra})  # refiner.py: latents
                 images.extend(output.images)
         if step_times:
             info["seconds_per_step"] = round(float(np.median(step_times)), 4)

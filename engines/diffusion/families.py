@@ -88,8 +88,8 @@ _HALVES = {
                             "decoder as one KandinskyV22CombinedPipeline folder",
     "KandinskyV22PriorPipeline": "a Kandinsky 2.2 prior without its decoder; save the prior and "
                                  "the decoder as one KandinskyV22CombinedPipeline folder",
-    "sdxl-refiner": "an SDXL refiner, which only refines an SDXL base's images; this studio does "
-                    "not run it on its own (use img2img with the base model)",
+    "sdxl-refiner": "an SDXL refiner, which only refines an SDXL base's images: give it as "
+                    "`refiner` of a txt2img_refiner job with an SDXL base model",
 }
 # Single-file families (engines/diffusion/single_file.py) -> family id.
 _BY_SINGLE_FILE = {"v1": "sd1", "v2": "sd2", "xl_base": "sdxl"}
@@ -148,6 +148,16 @@ def _is_turbo(folder: Path) -> bool:
     return "turbo" in folder.name.lower() or (
         scheduler.get("_class_name") == "EulerDiscreteScheduler"
         and scheduler.get("timestep_spacing") == "trailing")
+
+
+def is_sdxl_refiner(folder: Path) -> bool:
+    """An SDXL refiner folder: the SDXL img2img class with only the second text encoder."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return False
+    index = _read_json(index_path)
+    return index.get("_class_name") == "StableDiffusionXLImg2ImgPipeline" and \
+        index.get("text_encoder") in (None, [None, None])
 
 
 def unsupported_sentence(name: str, class_name: str) -> str:

@@ -49,6 +49,7 @@ TASK_MODULES = (
     "studio.tasks.lora_training",
     "studio.tasks.variations",
     "studio.tasks.models",
+    "studio.tasks.refiner",
 )
 
 _registry: dict[str, TaskSpec] = {}
