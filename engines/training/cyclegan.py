@@ -6,7 +6,7 @@ adversarial loss, cycle loss, identity loss, a 50-image pool of past fakes for t
 discriminators, Adam at 2e-4 held for the first half of the run and decayed linearly to zero
 over the second. A checkpoint (all four networks, optimisers, schedulers, losses) is written
 atomically every `checkpoint_every` iterations; `train()` resumes from it when one exists.
-The shipped style is the A->B generator alone, see `export_style`.
+The shipped style is the A->B generator alone, see `style_export.export_style`.
 
     python -m engines.training.cyclegan --style ink --out runs/style_ink   # procedural data
 """
@@ -336,40 +336,6 @@ def sample_grid(generator: nn.Module, content: torch.Tensor) -> Image.Image:
 
 
 # ---------------------------------------------------------------- export
-def export_style(model: CycleGAN, state: TrainState, style_dir: Path, name: str, description: str,
-                 style_images: list[Image.Image], content_images: list[Image.Image],
-                 extra: dict | None = None) -> Path:
-    """Write a style folder the engine reads: generator.safetensors (A->B only, fp32),
-    style.json (name, architecture, settings, losses), thumbnails of the training images."""
-    from safetensors.torch import save_file
-
-    style_dir = Path(style_dir)
-    tmp = style_dir.with_name(style_dir.name + ".partial")
-    (tmp / "thumbs").mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().clone() for k, v in model.G_AB.state_dict().items()}
-    save_file(weights, str(tmp / "generator.safetensors"), metadata={"format": "cyclegan-resnet"})
-    for kind, images in (("style", style_images), ("content", content_images)):
-        for i, image in enumerate(images[:6]):
-            thumb = image.convert("RGB")
-            thumb.thumbnail((96, 96))
-            thumb.save(tmp / "thumbs" / f"{kind}_{i}.jpg", quality=85)
-    c = model.config
-    meta = {"name": name, "description": description, "kind": "cyclegan",
-            "generator": {"ngf": c.ngf, "n_blocks": c.n_blocks, "norm_affine": False},
-            "training": {**asdict(c), "iterations_done": state.iteration,
-                         "seconds": round(state.seconds, 1),
-                         "style_images": len(style_images), "content_images": len(content_images)},
-            "final_losses": {k: v[-1] for k, v in state.losses.items() if v},
-            **(extra or {})}
-    (tmp / "style.json").write_text(json.dumps(meta, indent=2))
-    if style_dir.exists():
-        import shutil
-
-        shutil.rmtree(style_dir)
-    tmp.replace(style_dir)
-    return style_dir
-
-
 # ---------------------------------------------------------------- command line
 def main() -> None:
     from engines.training import style_data
@@ -406,6 +372,8 @@ def main() -> None:
                          max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
     log(f"stopped at iteration {state.iteration} after {state.seconds:.0f}s")
     if args.export:
+        from engines.training.style_export import export_style
+
         export_style(model, state, args.export, args.style.capitalize(),
                      style_data.DESCRIPTIONS[args.style], styles, contents,
                      extra={"data": "engines/training/style_data.py (procedural, offline)"})

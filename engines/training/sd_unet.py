@@ -138,12 +138,50 @@ def text_cache(text_encoder, tokenizer) -> tuple[dict[str, int], torch.Tensor]:
     return {c: i for i, c in enumerate(captions)}, states
 
 
+def _resume(ckpt: Path, cfg: UNetConfig, unet, ema, opt, log) -> int:
+    """Load a checkpoint into the models and optimiser; returns its step (0 without one)."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, map_location="cpu")
+    if state.get("prediction_type", "epsilon") != cfg.prediction_type:
+        raise ValueError(f"{ckpt} was trained with {state.get('prediction_type', 'epsilon')!r}, not "
+                         f"{cfg.prediction_type!r}; move it away or pass a matching --prediction-type")
+    unet.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    log(f"unet resumed at step {state['step']}")
+    return state["step"]
+
+
+def _batch_loss(unet, sched, snr, latents: tuple, sf: float, scenes: list, index: dict,
+                states: torch.Tensor, cfg: UNetConfig, g: torch.Generator) -> torch.Tensor:
+    # 1. A batch: sampled latents, captions (some empty), noise, timesteps.
+    mean, std = latents
+    idx = torch.randint(len(scenes), (cfg.batch,), generator=g)
+    x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * sf
+    templates = torch.randint(3, (cfg.batch,), generator=g).tolist()
+    drop = (torch.rand(cfg.batch, generator=g) < cfg.caption_dropout).tolist()
+    rows = [0 if d else index[scenes[i].caption(t)] for i, t, d in zip(idx.tolist(), templates, drop)]
+    cond = states[rows]
+    noise = torch.randn(x0.shape, generator=g) + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+    t = torch.randint(0, 1000, (cfg.batch,), generator=g)
+    xt = sched.add_noise(x0, noise, t)
+    # 2. Loss with min-SNR weights. Epsilon: min(snr, g) / snr. For v the paper's
+    #    min(snr, g) / (snr + 1) is ~0 at the noisiest steps (snr 0.005 at t = 999), exactly
+    #    where v ~ -x0 teaches the global colours; min(snr + 1, g) / (snr + 1) keeps those at 1.
+    pred = unet(xt, t, encoder_hidden_states=cond).sample
+    if cfg.prediction_type == "epsilon":
+        target, w = noise, torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+    else:
+        target, w = sched.get_velocity(x0, noise, t), torch.clamp(snr[t] + 1, max=cfg.min_snr_gamma) / (snr[t] + 1)
+    return (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
 def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_encoder, tokenizer, judge,
                clip_dir: Path, max_steps: int, deadline: float, cfg: UNetConfig = UNetConfig(),
                seed: int = 0, resume: bool = True, log=print):
     """latents: (means, stds) unscaled, from sd_vae.encode_all. deadline: time.time() to stop by."""
     torch.manual_seed(seed)
-    mean, std = latents
     sf = vae.config.scaling_factor
     index, states = text_cache(text_encoder, tokenizer)
     unet = build_unet(text_encoder.config.hidden_size)
@@ -153,42 +191,15 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
     snr = alphas / (1 - alphas)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     ckpt, best_file = work / "unet_ckpt.pt", work / "unet_best.json"
-    step, best = 0, -1.0
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu")
-        if state.get("prediction_type", "epsilon") != cfg.prediction_type:
-            raise ValueError(f"{ckpt} was trained with {state.get('prediction_type', 'epsilon')!r}, not "
-                             f"{cfg.prediction_type!r}; move it away or pass a matching --prediction-type")
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        log(f"unet resumed at step {step}")
+    step, best = (_resume(ckpt, cfg, unet, ema, opt, log) if resume else 0), -1.0
     if resume and best_file.exists():
         best = json.loads(best_file.read_text())["headline"]
     log(f"unet params {sum(p.numel() for p in unet.parameters())}, config {asdict(cfg)}")
     g = torch.Generator().manual_seed(seed + step)
     t0, t_last = time.time(), time.time()
     while step < max_steps and time.time() < deadline:
-        # 1. A batch: sampled latents, captions (some empty), noise, timesteps.
-        idx = torch.randint(len(scenes), (cfg.batch,), generator=g)
-        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * sf
-        templates = torch.randint(3, (cfg.batch,), generator=g).tolist()
-        drop = (torch.rand(cfg.batch, generator=g) < cfg.caption_dropout).tolist()
-        rows = [0 if d else index[scenes[i].caption(t)] for i, t, d in zip(idx.tolist(), templates, drop)]
-        cond = states[rows]
-        noise = torch.randn(x0.shape, generator=g) + cfg.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
-        t = torch.randint(0, 1000, (cfg.batch,), generator=g)
-        xt = sched.add_noise(x0, noise, t)
-        # 2. Loss with min-SNR weights. Epsilon: min(snr, g) / snr. For v the paper's
-        #    min(snr, g) / (snr + 1) is ~0 at the noisiest steps (snr 0.005 at t = 999), exactly
-        #    where v ~ -x0 teaches the global colours; min(snr + 1, g) / (snr + 1) keeps those at 1.
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
-        if cfg.prediction_type == "epsilon":
-            target, w = noise, torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
-        else:
-            target, w = sched.get_velocity(x0, noise, t), torch.clamp(snr[t] + 1, max=cfg.min_snr_gamma) / (snr[t] + 1)
-        loss = (w * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        # 1-2. A batch and its min-SNR weighted loss.
+        loss = _batch_loss(unet, sched, snr, latents, sf, scenes, index, states, cfg, g)
         # 3. Update with warmup, clipping and EMA.
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)

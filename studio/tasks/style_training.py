@@ -75,6 +75,7 @@ def validate(ctx, params: dict) -> None:
 def run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) -> TaskResult:
     from engines.training import cyclegan
     from engines.training.cyclegan import TrainConfig
+    from engines.training.style_export import export_style
 
     # 1. Already done by this job (a crash after the export, before the job's row)?
     name, slug = params["name"].strip(), slugify(params["name"])
@@ -99,7 +100,7 @@ def run(ctx, params: dict, on_progress: ProgressCallback, cancel: CancelToken) -
                                   cancel=cancel)
 
     # 4. Export the style, mark it as this job's, drop the checkpoint, reload the engine.
-    folder = cyclegan.export_style(
+    folder = export_style(
         model, state, style_dir, name,
         f"Trained here from {len(styles)} style and {len(contents)} content images",
         styles, contents)
