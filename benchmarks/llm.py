@@ -47,9 +47,10 @@ SCHEMA = {"type": "object", "required": ["title", "year", "genre", "cast", "stud
 RAW = r"""
 import json, sys, time
 from llama_cpp import Llama
-path, n_ctx, n_batch, threads, max_tokens = sys.argv[1], *map(int, sys.argv[2:6])
+path, n_ctx, n_batch, threads, batch_threads, max_tokens = sys.argv[1], *map(int, sys.argv[2:7])
 ids = json.loads(sys.stdin.readline())
-llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=batch_threads,
+            verbose=False)
 print("ready", flush=True)
 for line in sys.stdin:
     started, first, count = time.perf_counter(), None, 0
@@ -75,9 +76,10 @@ def clean_env() -> dict:
 
 class RawProcess:
     def __init__(self, path: Path, prompt_ids: list[int], n_ctx: int, n_batch: int, threads: int,
-                 tokens: int) -> None:
+                 batch_threads: int, tokens: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", RAW, str(path), str(n_ctx), str(n_batch), str(threads), str(tokens)],
+            [sys.executable, "-c", RAW, str(path), str(n_ctx), str(n_batch), str(threads),
+             str(batch_threads), str(tokens)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env(), cwd="/")
         self.proc.stdin.write(json.dumps(prompt_ids) + "\n")
         self.proc.stdin.flush()
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         os.environ["GENSTUDIO_LLM_THREADS"] = str(args.threads)
 
-    from engines.llm.backends import PROMPT_CHUNK, cpu_threads, llama_cpp_available
+    from engines.llm.backends import PROMPT_CHUNK, cpu_threads, decode_threads, llama_cpp_available
     from engines.llm.catalog import EMBEDDED_ID, embedded_gguf
     from engines.llm.engine import ChatMessage, LLMEngine, LLMParams
 
@@ -192,25 +194,31 @@ def main(argv: list[str] | None = None) -> dict:
     engine.load()
     results["engine_backend"] = engine.backend_name
     prompt_ids = engine.prepare(params).prompt_ids
-    raw = RawProcess(path, prompt_ids, engine.context_length, PROMPT_CHUNK, cpu_threads(),
-                     args.tokens) if llama_cpp_available() else None
+    # Two references, both clean: the engine's own thread settings, and every thread for both
+    # (what llama-cpp-python does by default).
+    decode = decode_threads(path.stat().st_size)
+    results.update(decode_threads=decode, prompt_threads=cpu_threads())
+    refs = {}
+    if llama_cpp_available():
+        refs["raw_clean_same_threads"] = RawProcess(path, prompt_ids, engine.context_length, PROMPT_CHUNK,
+                                                    decode, cpu_threads(), args.tokens)
+        if decode != cpu_threads():
+            refs["raw_clean_all_threads"] = RawProcess(path, prompt_ids, engine.context_length, PROMPT_CHUNK,
+                                                       cpu_threads(), cpu_threads(), args.tokens)
     bench_engine(engine, params)
-    if raw is not None:
-        raw.run()
-    engine_runs, raw_runs = [], []
-    for run in range(args.runs):
-        if raw is not None and run % 2:  # alternate who goes first: load drifts over time
-            raw_runs.append(raw.run())
-        engine_runs.append(bench_engine(engine, params))
-        if raw is not None and not run % 2:
-            raw_runs.append(raw.run())
-    if raw is not None:
-        raw.close()
-    results["engine"] = summary(engine_runs)
-    if raw_runs:
-        results["raw_llama_cpp_clean_env"] = summary(raw_runs)
-        results["engine_vs_raw"] = round(results["engine"]["decode_tok_s"] /
-                                         results["raw_llama_cpp_clean_env"]["decode_tok_s"], 3)
+    for ref in refs.values():
+        ref.run()
+    runs: dict[str, list] = {"engine": [], **{name: [] for name in refs}}
+    for run in range(args.runs):  # interleaved, in a rotating order: load drifts over time
+        order = ["engine", *refs]
+        for name in order[run % len(order):] + order[:run % len(order)]:
+            runs[name].append(bench_engine(engine, params) if name == "engine" else refs[name].run())
+    for ref in refs.values():
+        ref.close()
+    for name, values in runs.items():
+        results[name] = summary(values)
+    for name in refs:
+        results[f"engine_vs_{name}"] = round(results["engine"]["decode_tok_s"] / results[name]["decode_tok_s"], 3)
     print(json.dumps(results), flush=True)
 
     # 2. A conversation: the prompt cache keeps the time to first token flat.

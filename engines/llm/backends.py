@@ -22,6 +22,7 @@ from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
 DEFAULT_CONTEXT = 4096  # tokens; capped by what the model was trained on
 PROMPT_CHUNK = 256  # prompt tokens evaluated between two cancel checks
 REPEAT_LAST_N = 64  # the repetition penalty looks this far back (llama.cpp's default)
+SMALL_MODEL_BYTES = 300 << 20  # GGUF files under this decode on one thread (see decode_threads)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,18 @@ def cpu_threads() -> int:
     if os.environ.get("GENSTUDIO_LLM_THREADS"):
         return max(1, int(os.environ["GENSTUDIO_LLM_THREADS"]))
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def decode_threads(model_bytes: int) -> int:
+    """Threads for llama.cpp's token-by-token decoding: GENSTUDIO_LLM_DECODE_THREADS, else one
+    for small models (under SMALL_MODEL_BYTES), else cpu_threads(). A small model's step is too
+    little work to share: each of its ~300 operations ends in a barrier where threads wait for
+    each other, which costs more than the second core gives, and on a shared machine it is
+    ruinous (measured on 2 busy cores, SmolLM2-135M: 1 thread 32-35 tok/s, 2 threads 18 under
+    OMP_WAIT_POLICY=PASSIVE, 2.4 spinning; docs/llm.md). Prompts still use every thread."""
+    if os.environ.get("GENSTUDIO_LLM_DECODE_THREADS"):
+        return max(1, int(os.environ["GENSTUDIO_LLM_DECODE_THREADS"]))
+    return 1 if model_bytes < SMALL_MODEL_BYTES else cpu_threads()
 
 
 def llama_cpp_available() -> bool:
@@ -130,7 +143,8 @@ class LlamaCppBackend(Backend):
 
         try:
             return Llama(model_path=str(path), n_ctx=self.context_length, n_batch=PROMPT_CHUNK,
-                         n_threads=cpu_threads(), n_threads_batch=cpu_threads(), verbose=False)
+                         n_threads=decode_threads(path.stat().st_size), n_threads_batch=cpu_threads(),
+                         verbose=False)
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"llama.cpp could not load {path.name}: {error}") from error
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 REPEAT_LAST_N = 64  # as engines/llm/backends.py
 UNBOUNDED_TOP_K = 100  # top_k=0 ("off") considers this many allowed tokens (the rest is noise)
 FIRST_CHUNK = 96  # candidates ranked per pass before ranking the whole pool
+SCAN_LIMIT = 512  # once one allowed token is found, check at most this many (the rest is noise)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _ranked(logits: np.ndarray, pool: np.ndarray | None) -> Iterator[int]:
 def allowed(logits: np.ndarray, vocab: Vocab, matcher: "Matcher", k: int, budget: int,
             ends: list[int], backend: "Backend") -> list[int]:
     """The k likeliest tokens the grammar allows next whose completion still fits in `budget`
-    tokens after them."""
+    tokens after them (or fewer, when the SCAN_LIMIT likeliest candidates hold fewer)."""
     first = matcher.first_chars()
     pool = None
     if first is not None:
@@ -139,7 +140,9 @@ def allowed(logits: np.ndarray, vocab: Vocab, matcher: "Matcher", k: int, budget
         pool = np.concatenate(groups) if groups else np.array([], dtype=int)
     found = [e for e in ends] if matcher.complete else []
     room = matcher.plain_room()
-    for token in _ranked(logits, pool):
+    for checked, token in enumerate(_ranked(logits, pool)):
+        if checked >= SCAN_LIMIT and len(found) > (len(ends) if matcher.complete else 0):
+            break
         text = vocab.texts[token]
         if not text:
             continue
