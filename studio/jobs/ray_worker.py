@@ -30,7 +30,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from studio.jobs.heartbeat import worker_id
+from studio.jobs.heartbeat import DEAD_AFTER_S, worker_id
 from studio.jobs.live import LiveBoard, LiveProgress
 from studio.jobs.models import RUNNING
 
@@ -67,13 +67,14 @@ def start_queue_worker(ctx: "StudioContext"):
 def _wake_on_notify(queue) -> None:
     """Wake the workers when another studio queues work; between times, take back the jobs of
     studios that died elsewhere (their heartbeats stopped), as a restart would."""
-    listener = queue.store.listen()
+    listener, last_recovery = queue.store.listen(), time.monotonic()
     while queue.worker is not None:
-        if listener.wait(REAP_EVERY_S * 6):
+        if listener.wait(REAP_EVERY_S):
             for worker in [queue.worker, *queue.lanes]:
                 if worker is not None:
                     worker.wake()
-        else:
+        if time.monotonic() - last_recovery >= DEAD_AFTER_S:
+            last_recovery = time.monotonic()
             try:
                 queue.store.recover(queue.max_attempts)
             except Exception:
