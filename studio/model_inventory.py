@@ -1,5 +1,5 @@
 """Every model the studio can use, by kind, for the Models tab (and any listing that wants it):
-checkpoints, LoRA, embeddings, VAE, upscalers, language models, styles. Each with its family
+checkpoints, LoRA, embeddings, VAE, ControlNet, upscalers, language models, styles. Each with its family
 (headers only), size, format, SHA-256 and A1111's short hash, source, and where it lives.
 
 Hashes are lazy: a file's SHA-256 is computed once per (path, size, mtime) and kept in
@@ -23,9 +23,11 @@ from engines.base import ParamError
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
-KINDS = ("checkpoint", "lora", "embedding", "vae", "upscaler", "llm", "style")
+KINDS = ("checkpoint", "lora", "embedding", "vae", "controlnet", "upscaler", "llm", "style")
 A1111_FOLDERS = {"checkpoint": "Stable-diffusion", "lora": "Lora", "embedding": "embeddings",
-                 "vae": "VAE", "upscaler": "ESRGAN", "llm": ""}
+                 "vae": "VAE", "controlnet": "ControlNet", "upscaler": "ESRGAN", "llm": ""}
+# ControlNet models are listed (and imported) for their owners; no task of this studio uses one.
+_CONTROLNET_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 HASH_EAGER_BYTES = 64 << 20  # smaller files are hashed while listing; bigger ones on request
 HASHES_FILE = "model-hashes.json"
 _lock = threading.Lock()
@@ -164,7 +166,21 @@ def _extra_networks(ctx, compute: bool) -> list[ModelEntry]:
     for name, path in sorted(find_vaes([models / "VAE"]).items()):
         out.append(_entry(ctx, "vae", name, name, path, path.suffix[1:] or "folder", "",
                           "models folder", compute))
+    folder = models / "ControlNet"
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if path.suffix.lower() == ".safetensors" or (path / "config.json").is_file():
+            out.append(_entry(ctx, "controlnet", path.stem, str(path), path,
+                              "diffusers folder" if path.is_dir() else "safetensors",
+                              _controlnet_family(path), "models folder", compute))
     return out
+
+
+def _controlnet_family(path: Path) -> str:
+    try:
+        config = json.loads((path / "config.json").read_text()) if path.is_dir() else {}
+    except (OSError, ValueError):
+        return ""
+    return _CONTROLNET_FAMILIES.get(config.get("cross_attention_dim"), "")
 
 
 def _others(ctx, compute: bool) -> list[ModelEntry]:
@@ -205,7 +221,10 @@ def detect_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "model_index.json").is_file():
             return "checkpoint"
-        if (path / "config.json").is_file():
+        config = path / "config.json"
+        if config.is_file():
+            if "ControlNetModel" in config.read_text(errors="replace")[:4096]:
+                return "controlnet"
             return "llm" if any(path.glob("*.safetensors")) else "vae"
         raise ParamError("path", f"{path.name} is a folder but not a model (no model_index.json "
                                  f"or config.json)")

@@ -287,3 +287,40 @@ def test_sdxl_refiner_finishes_the_base_latents(ctx, models, tmp_path):
     with pytest.raises(ParamError) as error:
         run_task(ctx, "txt2img_refiner", dict(params, model=models["pixart-alpha"]))
     assert error.value.field == "model"
+
+
+def test_tabs_learn_which_controls_a_family_lacks(models):
+    from studio.ui.family_controls import control_updates, family_refuses
+
+    label, refused = family_refuses(models["lcm"])
+    assert label.startswith("Latent Consistency") and "negative_prompt" in refused
+    assert family_refuses(None)[1] == set()
+    negative, steps = control_updates(models["lcm"], ("negative_prompt", "steps"))
+    assert negative["interactive"] is False and "Latent Consistency" in negative["info"]
+    assert steps["interactive"] is True
+
+
+def test_every_kind_is_listed_and_a_controlnet_folder_imports(ctx, tmp_path):
+    import torch
+    from diffusers import ControlNetModel
+
+    from studio.models import list_offered
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-controlnet"
+    ControlNetModel(block_out_channels=(32, 64), layers_per_block=1, in_channels=4,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    cross_attention_dim=768, conditioning_embedding_out_channels=(16, 32),
+                    norm_num_groups=8, attention_head_dim=4).save_pretrained(folder)
+    result = run_task(ctx, "import_model", {"path": str(folder)})
+    assert result.info["kind"] == "controlnet" and result.info["family"] == "SD 1.x"
+    assert (Path(ctx.config.models_dir) / "ControlNet" / "tiny-controlnet").is_dir()
+    kinds = {e.kind for e in list_offered(ctx)}
+    assert {"checkpoint", "controlnet", "upscaler", "llm", "style"} <= kinds
+    with pytest.raises(ParamError) as error:
+        list_offered(ctx, "hypernetwork")
+    assert error.value.field == "kind"
+    pickled = tmp_path / "old.ckpt"
+    pickled.write_bytes(b"not really")
+    with pytest.raises(ParamError, match="pickled") as error:
+        validate_task(ctx, "import_model", {"path": str(pickled)})

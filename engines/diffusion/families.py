@@ -231,6 +231,7 @@ def family_info(model_id: str) -> dict:
     try:
         family = detect_family(model_id)
     except (EngineError, ValueError, OSError) as error:
-        return {"id": None, "label": "unsupported", "modes": [], "hint": str(error)}
+        return {"id": None, "label": "unsupported", "modes": [], "hint": str(error),
+                "refuses": []}
     return {"id": family.id, "label": family.label, "modes": list(family.modes),
-            "hint": family.hint}
+            "hint": family.hint, "refuses": list(family.refused_fields())}

@@ -3,7 +3,8 @@ A1111-named folder of its kind under <data>/models, as a job (a big checkpoint t
 and shows in the Queue tab); studio/model_inventory.py lists, hashes and deletes.
 
   path     a .safetensors or .gguf file, or a diffusers / transformers folder, on this machine
-  kind     checkpoint, lora, embedding, vae, upscaler, llm; default: read from the header
+  kind     checkpoint, lora, embedding, vae, controlnet, upscaler, llm; default: read from
+           the header or config
   source   a hub id or URL instead of a path: needs the studio online with downloads allowed
 """
 from __future__ import annotations

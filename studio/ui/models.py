@@ -16,7 +16,8 @@ from studio.ui.widgets import follow_job
 TAB_ID = "models"
 TITLE = "Models"
 KIND_LABELS = {"all": None, "checkpoints": "checkpoint", "LoRA": "lora",
-               "embeddings": "embedding", "VAE": "vae", "upscalers": "upscaler",
+               "embeddings": "embedding", "VAE": "vae", "ControlNet": "controlnet",
+               "upscalers": "upscaler",
                "language models": "llm", "styles": "style"}
 COLUMNS = ["kind", "name", "family", "format", "size", "short hash", "sha256", "source",
            "location"]
@@ -98,7 +99,8 @@ def build(ctx) -> dict[str, gr.components.Component]:
             path = gr.Textbox(label="File or folder on this machine", elem_id="models-import-path",
                               placeholder="/path/to/model-folder or file.safetensors")
             import_kind = gr.Dropdown(["auto", "checkpoint", "lora", "embedding", "vae",
-                                       "upscaler", "llm"], value="auto", label="Kind",
+                                       "controlnet", "upscaler", "llm"], value="auto",
+                                      label="Kind",
                                       elem_id="models-import-kind")
         import_button = gr.Button("Import", variant="primary", elem_id="models-import")
     with gr.Accordion("Delete a model", open=False):
