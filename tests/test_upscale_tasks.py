@@ -42,7 +42,7 @@ def test_upscale_gallery_item_is_a_child_with_postprocess_infotext(ctx, source_i
 def test_batch_of_uploads_saves_each_upload_as_the_parent(ctx):
     uploads = [encode_image(photo(32)), encode_image(photo(40).convert("RGBA"))]
     result = run_task(ctx, "upscale", {"images": uploads, "upscaler": "Lanczos",
-                                       "upscaling_resize": 3, "upscaler_2": "Nearest",
+                                       "scale": 3, "upscaler_2": "Nearest",
                                        "upscaler_2_visibility": 0.25})
     items = [ctx.gallery.get(i) for i in result.item_ids]
     assert [(i.width, i.height) for i in items] == [(96, 96), (120, 120)]

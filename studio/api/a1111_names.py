@@ -15,6 +15,10 @@ from engines.base import ParamError
 # A1111 name -> the task's name
 PARAM_NAMES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
                "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
+# A1111's Extras (upscale) names -> the upscale task's
+EXTRAS_PARAM_NAMES = {"upscaler_1": "upscaler", "upscaling_resize": "scale",
+                      "upscaling_resize_w": "width", "upscaling_resize_h": "height",
+                      "upscaling_crop": "crop", "extras_upscaler_2_visibility": "upscaler_2_visibility"}
 # A1111's "masked content" codes
 FILL_CODES = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
@@ -25,9 +29,9 @@ FIELD_NAMES = {**{task: a1111 for a1111, task in PARAM_NAMES.items()},
 
 
 def to_task_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A1111 names and codes -> the image tasks' (names a task already uses are kept)."""
+    """A1111 names and codes -> the image and upscale tasks' (names a task already uses are kept)."""
     out = dict(params)
-    for a1111, name in PARAM_NAMES.items():
+    for a1111, name in (*PARAM_NAMES.items(), *EXTRAS_PARAM_NAMES.items()):
         if a1111 in out and name not in out:
             out[name] = out.pop(a1111)
     if "init_images" in out and "init_image" not in out and "init_image_id" not in out:

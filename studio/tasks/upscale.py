@@ -33,9 +33,6 @@ from studio.tasks import TaskResult, TaskSpec, register
 from studio.tasks.image import decode_image
 
 ENGINE = "upscale"
-ALIASES = {"upscaler_1": "upscaler", "upscaling_resize": "scale",
-           "upscaling_resize_w": "width", "upscaling_resize_h": "height",
-           "upscaling_crop": "crop", "extras_upscaler_2_visibility": "upscaler_2_visibility"}
 FIELDS = ("image", "image_id", "images", "image_ids", "upscaler", "scale", "width", "height",
           "crop", "upscaler_2", "upscaler_2_visibility", "tile", "tile_overlap", "save_input")
 MAX_IMAGES = 64
@@ -67,11 +64,7 @@ def _normalise(params: dict) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"parameters must be an object, got {type(params).__name__}")
     out = dict(params)
-    for alias, name in ALIASES.items():
-        if alias in out:
-            value = out.pop(alias)
-            out.setdefault(name, value)
-    for name in ("width", "height"):  # A1111 sends 0 for "not set"
+    for name in ("width", "height"):  # 0 means "not set" (as A1111's extras send it)
         if out.get(name) == 0:
             out.pop(name)
     unknown = sorted(set(out) - set(FIELDS))
