@@ -139,8 +139,8 @@ def main() -> None:
             return
         import ray
 
-        ray.init(num_gpus=max(args.actors), namespace="genstudio", include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_gpus=max(args.actors), namespace="genstudio",
+                 include_dashboard=False, log_to_driver=False)
         kinds = [("trivial", *TRIVIAL, args.jobs)]
         if not args.skip_txt2img:
             kinds.append(("txt2img 64 px", *TXT2IMG, args.txt2img_jobs))

@@ -29,8 +29,9 @@ SETUP = "studio.jobs.ray_worker:add_test_engine"
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, namespace="genstudio", include_dashboard=False,
-             log_to_driver=False)
+    # "local": always a new private cluster, even if one runs on this machine
+    ray.init(address="local", num_cpus=2, num_gpus=2, namespace="genstudio",
+             include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
