@@ -98,12 +98,14 @@ def test_one_actor_per_gpu_and_40_jobs_in_priority_order(studio):
     assert studio.gallery.query().total >= 40
 
 
-def test_cancel_of_a_job_on_an_actor_stops_it_within_one_step(studio):
+def test_progress_and_previews_show_and_cancel_stops_the_actor_within_one_step(studio):
     queue = studio.queue
-    job = queue.enqueue("queue_test", {"prompt": "long", "steps": 100, "step_s": 0.2})
+    job = queue.enqueue("queue_test", {"prompt": "long", "steps": 100, "step_s": 0.2,
+                                       "previews": True})
     wait_for(lambda: job in queue.live() and queue.live()[job].step >= 3, what="job on an actor")
-    live = queue.live()[job]  # progress mirrored from the actor, as the UI sees it
+    live = queue.live()[job]  # progress and preview mirrored from the actor, as the UI sees it
     assert live.total == 100 and live.message.startswith("step ")
+    assert live.preview.size == (4, 4) and live.preview.getpixel((0, 0))[0] in range(1, live.step + 2)
     step_at_cancel = live.step
     queue.cancel(job)
     wait_for(lambda: queue.get(job).finished, timeout=10, what="cancel")

@@ -60,7 +60,9 @@ class NullEngine:
             if params.get("die_at_step") == step:  # a crash: the whole process dies now
                 os.kill(os.getpid(), signal.SIGKILL)
             if on_progress is not None:
-                on_progress(Progress(step, total, f"step {step}/{total}"))
+                preview = (Image.new("RGB", (4, 4), (step % 256, 0, 0))  # red = the step
+                           if params.get("previews") else None)
+                on_progress(Progress(step, total, f"step {step}/{total}", preview=preview))
             if step % params["steps"] == 0:
                 index = len(images)
                 colour = ((params["seed"] * 37 + index * 91) % 256, (params["seed"] * 11) % 256, 128)
