@@ -131,7 +131,7 @@ def _checkpoints(ctx, compute: bool) -> list[ModelEntry]:
         if not root.is_dir():
             continue
         for path in sorted(root.iterdir()):
-            if str(path.resolve()) in seen:
+            if str(path.resolve()) in seen or path.name.startswith("."):  # .partial copies
                 continue
             if path.is_dir() and (path / "model_index.json").is_file():
                 fmt = "diffusers folder"

@@ -324,3 +324,76 @@ def test_every_kind_is_listed_and_a_controlnet_folder_imports(ctx, tmp_path):
     pickled.write_bytes(b"not really")
     with pytest.raises(ParamError, match="pickled") as error:
         validate_task(ctx, "import_model", {"path": str(pickled)})
+
+
+# ------------------------------------------------------------------ import by URL (resumable)
+@pytest.fixture
+def file_server(tmp_path):
+    """A local HTTP server for tmp_path/served that honours Range (as model hosts do)."""
+    import http.server
+    import threading
+
+    served, ranges = tmp_path / "served", []
+    served.mkdir()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = (served / self.path.lstrip("/")).read_bytes()
+            start = 0
+            if self.headers.get("Range"):
+                ranges.append(self.headers["Range"])
+                start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_port}", ranges
+    server.shutdown()
+
+
+def test_import_by_url_resumes_and_needs_downloads_allowed(ctx, file_server, monkeypatch):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    served, base, ranges = file_server
+    save_file({f"lora_unet_block_{i}.lora_down.weight": torch.randn(4, 64) for i in range(8)},
+              str(served / "my-lora.safetensors"))
+    url = f"{base}/my-lora.safetensors"
+    with pytest.raises(ParamError, match="offline"):  # the test studio is offline
+        validate_task(ctx, "import_model", {"source": url})
+    ctx.config = dataclasses.replace(ctx.config, offline=False)
+    with pytest.raises(ParamError, match="GENSTUDIO_ALLOW_DOWNLOADS"):
+        validate_task(ctx, "import_model", {"source": url})
+    monkeypatch.setenv("GENSTUDIO_ALLOW_DOWNLOADS", "1")
+    with pytest.raises(ParamError, match="pickled"):
+        validate_task(ctx, "import_model", {"source": f"{base}/model.ckpt"})
+    # A download that broke off halfway: its partial is resumed with a Range request.
+    whole = (served / "my-lora.safetensors").read_bytes()
+    staging = Path(ctx.config.models_dir) / ".downloads"
+    staging.mkdir(parents=True)
+    (staging / ".my-lora.safetensors.partial").write_bytes(whole[:1000])
+    progress = []
+    result = run_task(ctx, "import_model", {"source": url}, on_progress=progress.append)
+    assert ranges == ["bytes=1000-"]
+    target = Path(ctx.config.models_dir) / "Lora" / "my-lora.safetensors"
+    assert target.read_bytes() == whole and result.info["kind"] == "lora"
+    assert any("downloading my-lora.safetensors" in (p.message or "") for p in progress)
+    assert progress[0].total == len(whole)
+
+
+def test_the_models_tab_tells_paths_from_downloads(tmp_path):
+    from studio.ui.models import import_params
+
+    assert import_params(str(tmp_path), "auto") == {"path": str(tmp_path)}
+    assert import_params("https://example.org/a.safetensors", "lora") == {
+        "source": "https://example.org/a.safetensors", "kind": "lora"}
+    assert import_params("kandinsky-community/kandinsky-2-2-decoder", None) == {
+        "source": "kandinsky-community/kandinsky-2-2-decoder"}

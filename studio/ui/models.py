@@ -8,10 +8,12 @@ never reads gigabytes.
 from __future__ import annotations
 
 from functools import partial
+from html import escape
+from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.widgets import follow_job
+from studio.ui.widgets import follow_job, progress_html
 
 TAB_ID = "models"
 TITLE = "Models"
@@ -52,22 +54,35 @@ def compute_hashes(ctx, kind_label):
     return rows, choices, "Hashes computed and cached."
 
 
-def import_model(ctx, path, kind, kind_label):
-    """Yields (status, rows, deletable) while the import job runs."""
-    params = {"path": (path or "").strip()}
+def import_params(value: str, kind: str | None) -> dict:
+    """A path on this machine, or (a URL, an owner/name that is no path here) a download."""
+    value = (value or "").strip()
+    remote = value.startswith(("http://", "https://")) or (
+        value.count("/") == 1 and not value.startswith(("/", ".", "~"))
+        and not Path(value).exists())
+    params = {"source" if remote else "path": value}
     if kind and kind != "auto":
         params["kind"] = kind
+    return params
+
+
+def import_model(ctx, path, kind, kind_label):
+    """Yields (status, rows, deletable) while the import job runs (a progress bar while it
+    copies or downloads)."""
     update = None
-    for update in follow_job(ctx, "import_model", params):
-        yield f"Job #{update.job_id}: {update.message or update.status}", gr.skip(), gr.skip()
+    for update in follow_job(ctx, "import_model", import_params(path, kind)):
+        if not update.finished:
+            yield (progress_html(update.step, update.total,
+                                 f"Job #{update.job_id}: {update.message or update.status}"),
+                   gr.skip(), gr.skip())
     rows, choices = table(ctx, kind_label)
     if update is not None and update.status == "completed":
         info = (update.result or {}).get("info") or {}
-        yield (f"Imported **{info.get('name', '')}** ({info.get('kind', '')}, "
-               f"{info.get('family') or 'no family'}, hash {info.get('short_hash') or '—'})",
-               rows, choices)
+        yield (f"Imported <b>{escape(info.get('name', ''))}</b> ({info.get('kind', '')}, "
+               f"{escape(info.get('family') or 'no family')}, hash "
+               f"{info.get('short_hash') or '—'})", rows, choices)
     else:
-        yield f"⚠️ {update.error if update else 'not started'}", rows, choices
+        yield f"⚠️ {escape(update.error if update else 'not started')}", rows, choices
 
 
 def delete(ctx, path, confirmed, kind_label):
@@ -82,9 +97,9 @@ def delete(ctx, path, confirmed, kind_label):
     try:
         name = delete_model(ctx, path)
     except ValueError as error:
-        return gr.skip(), gr.skip(), f"⚠️ {error}", gr.skip()
+        return gr.skip(), gr.skip(), f"⚠️ {escape(str(error))}", gr.skip()
     rows, choices = table(ctx, kind_label)
-    return rows, choices, f"Deleted {name}.", False
+    return rows, choices, f"Deleted {escape(name)}.", False
 
 
 def build(ctx) -> dict[str, gr.components.Component]:
@@ -92,12 +107,14 @@ def build(ctx) -> dict[str, gr.components.Component]:
         kind = gr.Dropdown(list(KIND_LABELS), value="all", label="Kind", elem_id="models-kind")
         rescan_button = gr.Button("Rescan", elem_id="models-rescan")
         hash_button = gr.Button("Compute hashes", elem_id="models-hash")
-    status = gr.Markdown(elem_id="models-status")
+    status = gr.HTML(elem_id="models-status")
     grid = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="models-table")
     with gr.Accordion("Import a model", open=True):
         with gr.Row():
-            path = gr.Textbox(label="File or folder on this machine", elem_id="models-import-path",
-                              placeholder="/path/to/model-folder or file.safetensors")
+            path = gr.Textbox(label="File or folder on this machine, or a URL / hub id",
+                              elem_id="models-import-path",
+                              placeholder="/path/to/model-folder, file.safetensors, "
+                                          "https://…/file.safetensors or owner/name")
             import_kind = gr.Dropdown(["auto", "checkpoint", "lora", "embedding", "vae",
                                        "controlnet", "upscaler", "llm"], value="auto",
                                       label="Kind",
