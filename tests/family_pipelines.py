@@ -103,8 +103,8 @@ def build_kandinsky22(folder: Path) -> Path:
 def build_unclip_img2img(folder: Path) -> Path:
     """StableUnCLIPImg2ImgPipeline: a CLIP image embedding, noised, conditions an SD 2 UNet."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler,
-                           StableUnCLIPImg2ImgPipeline, UNet2DConditionModel)
+    from diffusers import (DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline,
+                           UNet2DConditionModel)
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import \
         StableUnCLIPImageNormalizer
     from transformers import CLIPImageProcessor

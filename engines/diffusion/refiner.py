@@ -24,7 +24,6 @@ def check_switch(value) -> None:
 
 def load_refiner(engine, path: str):
     """The refiner pipeline for `path`, sharing the base's VAE; cached on the engine."""
-    import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     from engines.diffusion.families import is_sdxl_refiner
