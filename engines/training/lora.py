@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -109,7 +109,7 @@ def _prepare(pipe, images: list[Image.Image], captions: list[str], side: int):
     import torch
 
     vae, device = pipe.vae, pipe.unet.device
-    pixels = torch.stack([torch.from_numpy(np.asarray(_square(im, side))).permute(2, 0, 1)
+    pixels = torch.stack([torch.from_numpy(np.array(_square(im, side))).permute(2, 0, 1)
                           for im in images]).float().div(127.5).sub(1).to(device, vae.dtype)
     with torch.no_grad():
         dist = vae.encode(pixels).latent_dist
@@ -163,16 +163,28 @@ def _trigger_table(pipe, trigger: str, count: int):
     return vectors, {ids[0]: [(tuple(ids), vectors)]}
 
 
+@dataclass
+class _Session:
+    """Everything one training run holds between steps."""
+    params: list
+    optimizer: Any
+    scheduler: Any
+    g: Any  # the CPU generator every random draw comes from (saved in checkpoints)
+    mean: Any  # instance latents' distributions and caption states
+    std: Any
+    texts: dict
+    vectors: Any = None  # pivotal tuning's trigger vectors
+    table: dict | None = None
+    prior: tuple | None = None  # (mean, std, captions) of the prior images
+
+
 def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTrainConfig,
                run_dir: Path, on_progress: ProgressCallback = no_progress,
                cancel: CancelToken | None = None,
                on_loss: Callable[[int, float], None] | None = None) -> TrainResult:
-    import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
 
+    # 1. Check, then set up (prior images, adapter, cached latents) and resume if possible.
     cfg.check()
     cancel = cancel or CancelToken()
     if getattr(pipe, "text_encoder_2", None) is not None:
@@ -182,93 +194,122 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    unet, device = pipe.unet, pipe.unet.device
-    # 1. Frozen model, its own prior images, LoRA adapter, cached latents and caption states.
+    session = _setup(pipe, images, captions, cfg, side)
+    checkpoint = run_dir / CHECKPOINT
+    step, losses = _resume(pipe, session, checkpoint, cfg)
+    resumed_from, started, preview = step, time.perf_counter(), None
+    prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
+    while step < cfg.steps:
+        cancel.raise_if_cancelled()
+        # 2. One step on a random batch.
+        losses.append(round(_step(pipe, session, cfg, captions), 5))
+        step += 1
+        if on_loss:
+            on_loss(step, losses[-1])
+        # 3. Checkpoint, samples, progress.
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(checkpoint, get_peft_model_state_dict(pipe.unet), session.optimizer,
+                             session.g, step, losses, cfg, session.vectors)
+        new_preview = None
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+            pipe.unet.eval()
+            preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
+                                            side, session.table)
+        recent = float(np.mean(losses[-20:]))
+        on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
+                             new_preview))
+    pipe.unet.eval()
+    state = to_kohya(get_peft_model_state_dict(pipe.unet), cfg.rank)
+    vectors = None if session.vectors is None else session.vectors.detach().cpu().clone()
+    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
+                       vectors)
+
+
+def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
+    """Frozen model, its own prior images, the LoRA adapter, cached latents and caption states,
+    optional trigger vectors, the optimiser."""
+    import torch
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
-    prior = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                target_modules=TARGET_MODULES[cfg.target]))
-    params = [p for p in unet.parameters() if p.requires_grad]
+    prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
+    pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
+                                     target_modules=TARGET_MODULES[cfg.target]))
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     mean, std, texts = _prepare(pipe, images, captions, side)
-    if prior:
-        prior_mean, prior_std, prior_texts = _prepare(pipe, prior, prior_captions, side)
+    prior = None
+    if prior_images:
+        prior_mean, prior_std, prior_texts = _prepare(pipe, prior_images, prior_captions, side)
         texts.update(prior_texts)
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction = scheduler.config.prediction_type
+        prior = (prior_mean, prior_std, prior_captions)
     vectors, table = (_trigger_table(pipe, cfg.trigger, cfg.trigger_vectors)
                       if cfg.trigger_vectors else (None, None))
     groups = [{"params": params, "lr": cfg.lr}]
     if vectors is not None:
         groups.append({"params": [vectors], "lr": cfg.trigger_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
-    g = torch.Generator("cpu").manual_seed(cfg.seed)
-    step, losses = 0, []
-    # 2. Resume from the last checkpoint of this run, if its settings match.
-    checkpoint = run_dir / CHECKPOINT
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if json.loads(state["config"]) == _config_record(cfg):
-            set_peft_model_state_dict(unet, state["lora"])
-            if vectors is not None:
-                vectors.data.copy_(state["vectors"])
-            optimizer.load_state_dict(state["optimizer"])
-            g.set_state(state["rng"])
-            step, losses = int(state["step"]), state["losses"].tolist()
-    resumed_from = step
-    prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
-    started = time.perf_counter()
-    preview = None
-    while step < cfg.steps:
-        cancel.raise_if_cancelled()
-        # 3. One step on a random batch.
-        unet.train()
-        idx = torch.randint(len(images), (cfg.batch,), generator=g)
-        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g).to(device))
-        x0 = x0 * pipe.vae.config.scaling_factor
-        drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
-        cond = torch.cat([texts[""] if d else _states(pipe, captions[i], table) if table
-                          else texts[captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
-        if prior:  # as many prior images beside them, same weight (DreamBooth)
-            pidx = torch.randint(len(prior), (cfg.batch,), generator=g)
-            px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
-                                                                   generator=g).to(device)
-            x0 = torch.cat([x0, px0 * pipe.vae.config.scaling_factor])
-            cond = torch.cat([cond] + [texts[prior_captions[i]] for i in pidx.tolist()])
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g).to(device)
-        noisy = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
-        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
-        loss = F.mse_loss(pred.float(), target.float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        step += 1
-        losses.append(round(float(loss), 5))
-        if on_loss:
-            on_loss(step, losses[-1])
-        # 4. Checkpoint, samples, progress.
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(checkpoint, get_peft_model_state_dict(unet), optimizer, g, step,
-                             losses, cfg, vectors)
-        new_preview = None
-        if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
-            unet.eval()
-            preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
-                                            side, table)
-        recent = float(np.mean(losses[-20:]))
-        on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
-                             new_preview))
-    unet.eval()
-    state = to_kohya(get_peft_model_state_dict(unet), cfg.rank)
-    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
-                       None if vectors is None else vectors.detach().cpu().clone())
+    return _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
+                    DDPMScheduler.from_config(pipe.scheduler.config),
+                    torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, vectors,
+                    table, prior)
+
+
+def _resume(pipe, session: _Session, checkpoint: Path, cfg: LoraTrainConfig) -> tuple[int, list]:
+    """(step, losses) from this run's checkpoint when its settings match; else (0, [])."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+
+    if not checkpoint.exists():
+        return 0, []
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if json.loads(state["config"]) != _config_record(cfg):
+        return 0, []
+    set_peft_model_state_dict(pipe.unet, state["lora"])
+    if session.vectors is not None:
+        session.vectors.data.copy_(state["vectors"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.g.set_state(state["rng"])
+    return int(state["step"]), state["losses"].tolist()
+
+
+def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) -> float:
+    """One optimiser step: instance latents (and as many prior ones, DreamBooth), noise at
+    random timesteps, the model's own objective; returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    s, g, unet, device = session, session.g, pipe.unet, pipe.unet.device
+    scale = pipe.vae.config.scaling_factor
+    unet.train()
+    idx = torch.randint(len(s.mean), (cfg.batch,), generator=g)
+    x0 = (s.mean[idx] + s.std[idx] * torch.randn(s.mean[idx].shape, generator=g).to(device)) * scale
+    drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
+    cond = torch.cat([s.texts[""] if d else _states(pipe, captions[i], s.table) if s.table
+                      else s.texts[captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
+    if s.prior:
+        prior_mean, prior_std, prior_captions = s.prior
+        pidx = torch.randint(len(prior_mean), (cfg.batch,), generator=g)
+        px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
+                                                               generator=g).to(device)
+        x0 = torch.cat([x0, px0 * scale])
+        cond = torch.cat([cond] + [s.texts[prior_captions[i]] for i in pidx.tolist()])
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    t = torch.randint(0, s.scheduler.config.num_train_timesteps, (len(x0),), generator=g).to(device)
+    noisy = s.scheduler.add_noise(x0, noise, t)
+    v_prediction = s.scheduler.config.prediction_type == "v_prediction"
+    target = s.scheduler.get_velocity(x0, noise, t) if v_prediction else noise
+    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+    loss = F.mse_loss(pred.float(), target.float())
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(s.params, 1.0)
+    s.optimizer.step()
+    return loss.item()
 
 
 def _config_record(cfg: LoraTrainConfig) -> dict:
