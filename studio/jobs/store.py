@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable
 
 from sqlalchemy import case, delete, func, insert, or_, select, text, update
@@ -27,74 +26,13 @@ from studio.db.database import Database
 from studio.jobs.heartbeat import DEAD_AFTER_S, Heartbeat, WorkerProcess, is_dead, worker_id
 from studio.jobs.models import (CANCELED, COMPLETED, FAILED, FINISHED, PAUSED, PENDING, RUNNING,
                                 Job, JobItem, QueueState)
+from studio.jobs.order import RUN_ORDER, new_place, runs_before
+from studio.jobs.views import JobView, NewJob, now
 
 PAUSED_KEY = "paused"
 DATABASE_ID_KEY = "database_id"
 CHANNEL = "genstudio_jobs"  # NOTIFY channel: jobs were queued, retried, released or resumed
 POSITION_LOCK = 7_460_002  # PostgreSQL advisory lock: one writer of queue positions at a time
-
-
-@dataclass(frozen=True)
-class NewJob:
-    task: str
-    engine: str
-    params: dict[str, Any]
-    priority: int = 0
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A detached, read-only copy of a row plus the ids of the gallery items it produced."""
-    id: int
-    task: str
-    engine: str
-    params: dict[str, Any]
-    label: str
-    status: str
-    priority: int
-    position: float
-    progress: float
-    message: str
-    error: str | None
-    attempts: int
-    cancel_requested: bool
-    worker: str | None
-    result: dict[str, Any] | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    item_ids: tuple[int, ...] = ()
-    heartbeat_at: datetime | None = None  # last progress report while running
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or now()
-        return max(0.0, (end - self.started_at).total_seconds())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form for the REST API."""
-        iso = lambda t: t.replace(tzinfo=timezone.utc).isoformat() if t else None  # noqa: E731
-        return {"id": self.id, "task": self.task, "engine": self.engine, "params": self.params,
-                "label": self.label, "status": self.status, "priority": self.priority,
-                "progress": self.progress, "message": self.message, "error": self.error,
-                "attempts": self.attempts, "cancel_requested": self.cancel_requested,
-                "worker": self.worker, "result": self.result, "item_ids": list(self.item_ids),
-                "created_at": iso(self.created_at), "started_at": iso(self.started_at),
-                "finished_at": iso(self.finished_at)}
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored naive, always UTC
-
-
-_ORDER = (Job.priority.desc(), Job.position, Job.id)
 
 
 class JobStore:
@@ -299,35 +237,7 @@ class JobStore:
             row = self._locked(session, job_id)
             if row.status not in (PENDING, PAUSED):
                 raise ValueError(f"only waiting jobs can be moved; job {job_id} is {row.status}")
-            waiting = select(Job).where(Job.status.in_((PENDING, PAUSED)), Job.id != job_id)
-            key = (row.priority, row.position, row.id)
-            ahead = lambda: waiting.where(  # noqa: E731 -- jobs that run before this one
-                (Job.priority > key[0]) | ((Job.priority == key[0]) & (
-                    (Job.position < key[1]) | ((Job.position == key[1]) & (Job.id < key[2])))))
-            behind = lambda: waiting.where(  # noqa: E731
-                (Job.priority < key[0]) | ((Job.priority == key[0]) & (
-                    (Job.position > key[1]) | ((Job.position == key[1]) & (Job.id > key[2])))))
-            reverse = (Job.priority.asc(), Job.position.desc(), Job.id.desc())
-            if where == "top":
-                first = session.scalars(waiting.order_by(*_ORDER).limit(1)).first()
-                if first is not None:
-                    row.priority, row.position = max(first.priority, row.priority), first.position - 1
-            elif where == "bottom":
-                last = session.scalars(waiting.order_by(*reverse).limit(1)).first()
-                if last is not None:
-                    row.priority, row.position = min(last.priority, row.priority), last.position + 1
-            elif where == "up":
-                two = session.scalars(ahead().order_by(*reverse).limit(2)).all()
-                if two:  # slot between the one ahead and the one before that
-                    n = two[0]
-                    before = two[1].position if len(two) > 1 and two[1].priority == n.priority else n.position - 2
-                    row.priority, row.position = n.priority, (before + n.position) / 2
-            else:
-                two = session.scalars(behind().order_by(*_ORDER).limit(2)).all()
-                if two:
-                    n = two[0]
-                    after = two[1].position if len(two) > 1 and two[1].priority == n.priority else n.position + 2
-                    row.priority, row.position = n.priority, (after + n.position) / 2
+            row.priority, row.position = new_place(session, row, where)
 
     def clear_finished(self) -> int:
         with self.db.transaction() as session:
@@ -359,7 +269,7 @@ class JobStore:
             def rows(query_statuses, order):
                 query = select(Job).where(Job.status.in_(query_statuses)).order_by(*order)
                 return session.scalars(query.limit(limit + offset)).all()
-            groups = [((RUNNING,), (Job.started_at, Job.id)), ((PENDING, PAUSED), _ORDER),
+            groups = [((RUNNING,), (Job.started_at, Job.id)), ((PENDING, PAUSED), RUN_ORDER),
                       (FINISHED, (Job.finished_at.desc(), Job.id.desc()))]
             found: list[Job] = []
             for group, order in groups:
@@ -377,9 +287,7 @@ class JobStore:
         """How many waiting jobs run before this one (claim order: priority, position, id)."""
         with self.db.session() as session:
             return session.scalar(select(func.count()).select_from(Job).where(
-                Job.status == PENDING,
-                (Job.priority > job.priority) | ((Job.priority == job.priority) & (
-                    (Job.position < job.position) | ((Job.position == job.position) & (Job.id < job.id))))))
+                Job.status == PENDING, runs_before(job.priority, job.position, job.id)))
 
     def waiting_count(self) -> int:
         """Jobs waiting to run (pending or held): the queue's size against its cap."""
