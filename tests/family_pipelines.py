@@ -292,3 +292,19 @@ def build_sdxl_refiner(folder: Path) -> Path:
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_sd_inpaint(folder: Path) -> Path:
+    """An SD inpainting checkpoint: the tiny SD with a 9-channel UNet (latents, mask, masked
+    image latents), saved as StableDiffusionInpaintPipeline."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from engines.diffusion.random_weights import ARCHITECTURES, build_random_sd
+
+    build_random_sd(folder, "tiny")
+    torch.manual_seed(0)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.unet = UNet2DConditionModel(**dict(ARCHITECTURES["tiny"]["unet"], in_channels=9))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

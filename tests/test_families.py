@@ -25,6 +25,7 @@ BUILDERS = {
     "lcm": "build_lcm",
     "sd-turbo": "build_sd_turbo",
     "sdxl": "build_sdxl_shaped",
+    "sd-inpaint": "build_sd_inpaint",
 }
 
 
@@ -132,21 +133,35 @@ def test_cancel_between_steps_writes_nothing(ctx, models, family):
     assert ctx.gallery.query(GalleryQuery()).total == 0
 
 
-@pytest.mark.parametrize("family", ["kandinsky22", "sd3", "lcm"])
+@pytest.mark.parametrize("family", ["kandinsky22", "sd3", "lcm", "sd-inpaint"])
 def test_img2img_and_inpaint_where_the_family_has_them(ctx, models, family):
-    """Kandinsky 2.2 inpaints with its own 9-channel decoder only, LCM not at: both refuse."""
+    """Kandinsky 2.2 inpaints with its own 9-channel decoder only, LCM not at all: both refuse;
+    an SD inpainting checkpoint only inpaints."""
     model = models[family]
-    root = run_task(ctx, "txt2img", {"prompt": "a tree", "steps": 2, "seed": 1, "width": 64,
-                                     "height": 64, "model": model})
-    parent = root.item_ids[0]
+    noise = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    parent = ctx.gallery.add_image(Image.fromarray(noise), task="upload", engine="", model="").id
     params = {"prompt": "a tree at night", "steps": 4, "seed": 2, "strength": 0.5,
               "init_image_id": parent, "model": model}
+    if family == "sd-inpaint":
+        for task in ("txt2img", "img2img"):
+            with pytest.raises(ParamError, match=f"does not do {task}"):
+                validate_task(ctx, task, params if task == "img2img" else {"prompt": "x",
+                                                                         "model": model})
+    else:
+        _img2img_is_reproducible(ctx, params, parent)
+    _inpaint_where_the_family_has_it(ctx, family, model, parent)
+
+
+def _img2img_is_reproducible(ctx, params: dict, parent: int) -> None:
     child = run_task(ctx, "img2img", params)
     twin = run_task(ctx, "img2img", params)
     assert np.array_equal(_pixels(ctx, child.item_ids[0]), _pixels(ctx, twin.item_ids[0]))
     item = ctx.gallery.get(child.item_ids[0])
     assert item.parent_id == parent
     assert "Denoising strength: 0.5" in read_png_metadata(str(item.file_path))["parameters"]
+
+
+def _inpaint_where_the_family_has_it(ctx, family: str, model: str, parent: int) -> None:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     import base64

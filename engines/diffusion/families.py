@@ -47,6 +47,8 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("sd1", "Stable Diffusion 1.x", _ALL, sd_like=True),
     Family("sd2", "Stable Diffusion 2.x", _ALL, sd_like=True),
     Family("sdxl", "Stable Diffusion XL", _ALL, sd_like=True),
+    Family("sd-inpaint", "Stable Diffusion inpainting (9-channel UNet)", ("inpaint", "outpaint"),
+           sd_like=True, hint="an inpainting-only checkpoint: the masked image rides along"),
     Family("sd-turbo", "SD-Turbo / SDXL-Turbo (few-step)", _ALL, sd_like=True, few_step=True,
            hint="1-4 steps, CFG scale 0 (trained without classifier-free guidance)"),
     Family("lcm", "Latent Consistency Model (few-step)", ("txt2img", "img2img"),
@@ -119,7 +121,9 @@ def family_of_folder(folder: Path) -> Family:
     family_id = _BY_CLASS.get(class_name)
     if family_id is None:
         raise EngineError(unsupported_sentence(folder.name, class_name))
-    if family_id == "sd1":
+    if family_id in ("sd1", "sdxl") and _component_config(folder, "unet").get("in_channels") == 9:
+        family_id = "sd-inpaint"  # SD 1.x/2.x/SDXL inpainting checkpoints: no txt2img
+    elif family_id == "sd1":
         family_id = _refine_sd(folder, index)
     elif family_id == "kandinsky22" and _component_config(folder, "unet").get("in_channels") == 9:
         family_id = "kandinsky22-inpaint"  # masked image + mask ride along the latents
