@@ -133,13 +133,13 @@ class JobQueue:
         self.recovered = self.store.recover(self.max_attempts)
         training = lane_tasks("training")
         self.worker = worker or InProcessWorker(self.ctx, self.store, lambda: self._paused,
-                                                on_finished=self._notify_finished,
+                                                on_finished=self.job_finished,
                                                 board=self.board, skip_tasks=training)
         self.worker.start()
         if worker is None and training:
             lane = InProcessWorker(self.ctx, self.store, lambda: self._paused,
                                    name=f"{self.worker.name}-training",
-                                   on_finished=self._notify_finished, board=self.board,
+                                   on_finished=self.job_finished, board=self.board,
                                    tasks=training)
             lane.start()
             self.lanes.append(lane)
@@ -181,7 +181,7 @@ class JobQueue:
             for worker in self._workers():
                 worker.cancel(job_id)
         else:  # canceled before it started: final now
-            self._notify_finished(job_id)
+            self.job_finished(job_id)
         return self.store.get(job_id)
 
     def retry(self, job_id: int) -> JobView:
@@ -279,7 +279,9 @@ class JobQueue:
                     if not events:
                         del self._waiters[job_id]
 
-    def _notify_finished(self, job_id: int) -> None:
+    def job_finished(self, job_id: int) -> None:
+        """Called by a worker (in-process or remote) once a job's final state is stored: wakes
+        whoever waits for it."""
         with self._waiters_lock:
             events = list(self._waiters.get(job_id, ()))
         for event in events:

@@ -51,7 +51,7 @@ def start_queue_worker(ctx: "StudioContext"):
     queue, config = ctx.queue, ctx.config
     if config.ray_address:
         worker = RayWorker(ctx, config.ray_address, workers=config.ray_workers,
-                           board=queue.board, on_finished=queue._notify_finished)
+                           board=queue.board, on_finished=queue.job_finished)
         try:
             return queue.start_worker(worker)
         except Exception as error:  # no cluster, no room for the actors: one line, no traceback
