@@ -278,3 +278,10 @@ def test_tabs_learn_which_controls_a_family_lacks(models):
     negative, steps = control_updates(models["lcm"], ("negative_prompt", "steps"))
     assert negative["interactive"] is False and "Latent Consistency" in negative["info"]
     assert steps["interactive"] is True
+
+
+def test_the_hires_fix_needs_a_family_with_img2img(ctx, models):
+    with pytest.raises(ParamError, match="PixArt-α does not do img2img") as error:
+        validate_task(ctx, "hires", {"prompt": "x", "model": models["pixart-alpha"]})
+    assert error.value.field == "model"
+    validate_task(ctx, "hires", {"prompt": "x", "model": models["sd3"]})

@@ -98,6 +98,10 @@ def plan(ctx, params: dict) -> Plan:
     p = dict(params)
     hires = {k: p.pop(k) for k in HIRES_FIELDS if k in p}
     prepared = image_task.prepare(ctx, "txt2img", p)  # every txt2img field checked there
+    if prepared.model is not None and hires.get("enable_hr", True) is True:
+        from studio.models import check_family
+
+        check_family(prepared.model, "img2img", {})  # the second pass is an img2img
     enabled = hires.get("enable_hr", True)
     if not isinstance(enabled, bool):
         raise ParamError("enable_hr", f"`enable_hr` must be true or false, got {enabled!r}")
