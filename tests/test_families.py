@@ -62,6 +62,11 @@ def test_families_are_read_from_configs_only(built, tmp_path):
 
     for family, folder in built.items():
         assert detect_family(str(folder)).id == family
+    from engines.diffusion.families import family_info
+
+    assert family_info(str(built["pixart-alpha"]))["side"] == 32  # 8 latent px x 4
+    assert family_info(str(built["kandinsky22"]))["side"] == 16  # movq: 2 levels
+    assert family_info("genstudio-tiny-sd")["side"] is None  # an alias, not a folder
     assert detect_family("genstudio-tiny-sd").id == "sd1"
     flux = tmp_path / "my-flux"
     flux.mkdir()

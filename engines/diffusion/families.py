@@ -230,12 +230,27 @@ def check_fields(family: Family, task: str, params: dict) -> None:
         raise ParamError("prompt", f"{family.label} takes no <lora:...> tags in this studio")
 
 
+def native_side(model_id: str) -> int | None:
+    """The side a diffusers folder was trained at, from its denoiser's sample size and its
+    autoencoder's depth (configs only), or None."""
+    folder = Path(model_id)
+    denoiser = _component_config(folder, "transformer") or _component_config(folder, "unet") \
+        if (folder / "model_index.json").is_file() else {}
+    autoencoder = _component_config(folder, "vae") or _component_config(folder, "movq") \
+        if denoiser else {}
+    sample, blocks = denoiser.get("sample_size"), autoencoder.get("block_out_channels")
+    if not isinstance(sample, int) or not blocks:
+        return None
+    return sample * 2 ** (len(blocks) - 1)
+
+
 def family_info(model_id: str) -> dict:
     """Family facts for listings (Models tab, API): id, label, modes, hint; never raises."""
     try:
         family = detect_family(model_id)
     except (EngineError, ValueError, OSError) as error:
         return {"id": None, "label": "unsupported", "modes": [], "hint": str(error),
-                "refuses": []}
+                "refuses": [], "side": None}
     return {"id": family.id, "label": family.label, "modes": list(family.modes),
-            "hint": family.hint, "refuses": list(family.refused_fields())}
+            "hint": family.hint, "refuses": list(family.refused_fields()),
+            "side": native_side(model_id)}
