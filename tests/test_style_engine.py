@@ -277,7 +277,7 @@ def test_bad_uploads_give_clear_errors(engine, tmp_path):
     with pytest.raises(ValueError, match="too small: 1x1"):
         engine.generate(StyleParams(image=tiny.getvalue()))
 
-    with pytest.raises(ValueError, match="too large: 10000x10000 is 100.0 megapixels"):
+    with pytest.raises(ValueError, match="too large"):
         engine.generate(StyleParams(image=_png_header(10_000, 10_000)))
     assert 10_000 * 10_000 > MAX_PIXELS
 
