@@ -79,6 +79,8 @@ async def _json_body(request: Request) -> dict:
         raise OpenAIError(400, "the request body is not valid JSON")
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
+    if body.get("stream") not in (None, True, False):  # "sometimes" is no answer
+        raise OpenAIError(400, f"`stream` must be true or false, got {body['stream']!r}", "stream")
     return body
 
 
