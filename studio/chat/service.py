@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from studio.chat.store import ChatStore, ConversationView, MessageView, title_from
+from studio.chat import transfer
+from studio.chat.store import MAX_TITLE, ChatStore, ConversationView, MessageView, title_from
 from studio.db.database import Database
 
 ROLES = ("system", "user", "assistant")
@@ -34,6 +35,42 @@ class ChatService:
     def choices(self) -> list[tuple[str, int]]:
         """(label, id) of every conversation, most recently updated first."""
         return [(f"{c.title}  ·  {c.message_count} msg", c.id) for c in self.store.list()]
+
+    def search(self, text: str) -> list[tuple[str, int]]:
+        """(label, id) of the conversations whose title or messages contain `text`; all of them
+        when `text` is blank."""
+        text = (text or "").strip()
+        if not text:
+            return self.choices()
+        return [(f"{c.title}  ·  {c.message_count} msg", c.id) for c in self.store.search(text)]
+
+    def documents_for_export(self, conversation_id: int) -> list[dict[str, str]]:
+        """[{"name", "text"}] of the attached documents (none until documents are stored)."""
+        lister = getattr(self, "documents", None)
+        return lister(conversation_id) if lister else []
+
+    def export_json(self, conversation_id: int) -> str:
+        """The conversation as lossless JSON that import_json reads back."""
+        conv = self.open(conversation_id)
+        return transfer.to_json(conv, self.documents_for_export(conv.id))
+
+    def export_markdown(self, conversation_id: int) -> str:
+        conv = self.open(conversation_id)
+        return transfer.to_markdown(conv, self.documents_for_export(conv.id))
+
+    def import_json(self, data: bytes | str) -> ConversationView:
+        """A new conversation from an exported one (ValueError naming what is wrong, before
+        anything is stored)."""
+        parsed = transfer.parse_json(data)
+        title = " ".join(parsed.title.split())[:MAX_TITLE]
+        conv = self.store.create(title, parsed.model, parsed.system_prompt, parsed.params)
+        saved = self.store.save(conv.id, [MessageView(m["role"], m["content"])
+                                          for m in parsed.messages])
+        self._import_documents(saved.id, parsed.documents)
+        return saved
+
+    def _import_documents(self, conversation_id: int, documents: list[dict[str, str]]) -> None:
+        """Documents come back as text; they are indexed again when the chat next uses them."""
 
     def open(self, conversation_id: int) -> ConversationView:
         """Raises LookupError when it no longer exists."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 
 from studio.chat.models import Conversation, Message
 from studio.db.database import Database
@@ -67,6 +67,23 @@ class ChatStore:
                 select(Message.conversation_id, func.count()).group_by(Message.conversation_id)).all())
             rows = session.scalars(select(Conversation).order_by(Conversation.updated_at.desc(),
                                                                  Conversation.id.desc())).all()
+            return [_view(r, with_messages=False, count=counts.get(r.id, 0)) for r in rows]
+
+    def search(self, text: str, limit: int = 200) -> list[ConversationView]:
+        """Conversations whose title or any message contains `text` (case-insensitive), most
+        recently updated first, without messages."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self.db.session() as session:
+            in_messages = select(Message.conversation_id).where(
+                Message.content.ilike(pattern, escape="\\"))
+            rows = session.scalars(
+                select(Conversation).where(or_(Conversation.title.ilike(pattern, escape="\\"),
+                                               Conversation.id.in_(in_messages)))
+                .order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)).all()
+            counts = dict(session.execute(
+                select(Message.conversation_id, func.count())
+                .where(Message.conversation_id.in_([r.id for r in rows]))
+                .group_by(Message.conversation_id)).all())
             return [_view(r, with_messages=False, count=counts.get(r.id, 0)) for r in rows]
 
     def get(self, conversation_id: int) -> ConversationView:

@@ -205,6 +205,46 @@ def delete(chats, conv_id):
     return [], [], None, gr.update(choices=chats.choices(), value=None), ""
 
 
+def search_conversations(chats, text):
+    return gr.update(choices=chats.search(text))
+
+
+def export_conversation(ctx, chats, conv_id, kind: str):
+    """The open conversation as a file to download: JSON (re-importable) or Markdown."""
+    if conv_id is None:
+        gr.Warning("Open a conversation to export (a new chat is saved after its first reply).")
+        return gr.skip()
+    try:
+        conv = chats.open(conv_id)
+        data = chats.export_json(conv.id) if kind == "json" else chats.export_markdown(conv.id)
+    except LookupError:
+        gr.Warning("That conversation no longer exists.")
+        return gr.skip()
+    folder = ctx.config.data_dir / "cache" / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "".join(ch if ch.isalnum() else "-" for ch in conv.title)[:40].strip("-") or "chat"
+    path = folder / f"conversation-{conv.id}-{stem}.{'json' if kind == 'json' else 'md'}"
+    path.write_text(data, encoding="utf-8")
+    return str(path)
+
+
+def import_conversation(chats, upload):
+    """An exported JSON file becomes a new conversation, opened at once."""
+    keep = (gr.skip(),) * 5
+    if upload is None:
+        return keep
+    from pathlib import Path
+
+    try:
+        conv = chats.import_json(Path(upload if isinstance(upload, str) else upload.name).read_bytes())
+    except ValueError as error:
+        gr.Warning(f"Import refused: {error}")
+        return keep
+    stored = as_dicts(conv)
+    return (for_display(stored), stored, conv.id,
+            gr.update(choices=chats.choices(), value=conv.id), conv.title)
+
+
 def list_conversations(chats):
     return gr.update(choices=chats.choices())
 
@@ -215,12 +255,21 @@ def _controls(ctx, chats: ChatService) -> dict:
     with gr.Row():
         with gr.Column(scale=1, min_width=240):
             c["new"] = gr.Button("New chat", elem_id="chat-new")
+            c["search"] = gr.Textbox(label="Search conversations", elem_id="chat-search",
+                                     placeholder="words in titles or messages")
             c["conversations"] = gr.Radio(label="Conversations", choices=chats.choices(),
                                           elem_id="chat-conversations")
             c["title"] = gr.Textbox(label="Title", elem_id="chat-title")
             with gr.Row():
                 c["rename"] = gr.Button("Rename", size="sm", elem_id="chat-rename")
                 c["delete"] = gr.Button("Delete", size="sm", variant="stop", elem_id="chat-delete")
+            with gr.Accordion("Export / import", open=False):
+                with gr.Row():
+                    c["export_json"] = gr.Button("Export JSON", size="sm", elem_id="chat-export-json")
+                    c["export_md"] = gr.Button("Export Markdown", size="sm", elem_id="chat-export-md")
+                c["export_file"] = gr.File(label="Download", interactive=False, elem_id="chat-export-file")
+                c["import"] = gr.UploadButton("Import JSON", file_types=[".json"], size="sm",
+                                              elem_id="chat-import")
         with gr.Column(scale=4):
             c["model"] = gr.Dropdown(label="Model", choices=model_choices(ctx), value=DEFAULT_MODEL,
                                      allow_custom_value=True, elem_id="chat-model",
@@ -271,6 +320,13 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     c["rename"].click(partial(rename, chats), [conv_id, c["title"]], [c["conversations"]], **PRIVATE)
     c["delete"].click(partial(delete, chats), [conv_id],
                       [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
+    c["search"].change(partial(search_conversations, chats), [c["search"]], [c["conversations"]],
+                       **PRIVATE)
+    for button, kind in ((c["export_json"], "json"), (c["export_md"], "md")):
+        button.click(partial(export_conversation, ctx, chats, kind=kind), [conv_id],
+                     [c["export_file"]], **PRIVATE)
+    c["import"].upload(partial(import_conversation, chats), [c["import"]],
+                       [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
     return {"message": c["message"], "chatbot": c["chatbot"],
             "conversations": c["conversations"], "model": c["model"], "_chats": chats}
 
