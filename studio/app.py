@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +18,7 @@ from engines.base import EngineManager, EngineSpec
 from studio.config import StudioConfig
 from studio.context import StudioContext
 from studio.db.database import Database
-from studio.gallery.shared_sweep import sweep_shared
+from studio.gallery.sweep import sweep_shared
 from studio.gallery.store import GalleryStore
 from studio.jobs.queue import JobQueue
 from studio.jobs.runner import Runner

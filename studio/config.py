@@ -38,22 +38,9 @@ class StudioConfig:
         """Where the gallery's files live (outputs/, thumbnails/)."""
         return self.storage_dir or self.data_dir
 
-    @property
-    def outputs_dir(self) -> Path:
-        return self.storage / "outputs"
-
-    @property
-    def thumbnails_dir(self) -> Path:
-        return self.storage / "thumbnails"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def styles_dir(self) -> Path:
-        return self.data_dir / "styles"
-
-    @property
-    def wildcards_dir(self) -> Path:
-        return self.data_dir / "wildcards"
+    # The folders, by purpose: gallery files under `storage`, the rest in the data dir.
+    outputs_dir = property(lambda self: self.storage / "outputs")
+    thumbnails_dir = property(lambda self: self.storage / "thumbnails")
+    models_dir = property(lambda self: self.data_dir / "models")  # A1111's sub-folder names
+    styles_dir = property(lambda self: self.data_dir / "styles")  # styles trained here
+    wildcards_dir = property(lambda self: self.data_dir / "wildcards")  # __name__ word lists

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from PIL import Image
-from sqlalchemy import and_, delete, func, select, text
+from sqlalchemy import and_, func, select, text
 
 from studio.db.database import Database
 from studio.gallery.models import Item, Tag
@@ -297,54 +296,10 @@ class GalleryStore:
 
     # ------------------------------------------------------------ repair
     def sweep(self, min_age_s: float = SWEEP_MIN_AGE_S) -> dict[str, int]:
-        """Remove what a crash left: tmp files, files without a row, rows without their file.
-        Never a file younger than `min_age_s` (a write in progress), and never rows because
-        their files are all or mostly gone: that is an unmounted or lost outputs folder, not a
-        crash (which loses at most one batch), so those rows are kept and reported."""
-        report = {"tmp_files": 0, "orphan_files": 0, "rows_without_file": 0, "rows_kept_files_missing": 0}
-        cutoff = time.time() - min_age_s
-        with self.db.session() as session:
-            known = {uid: (f, t) for uid, f, t in session.execute(
-                select(Item.uid, Item.file_path, Item.thumb_path).where(Item.kind == "image"))}
-        for folder in (self.outputs_dir, self.thumbnails_dir):
-            if not folder.exists():
-                continue
-            for path in folder.rglob("*"):
-                try:
-                    if not path.is_file() or path.stat().st_mtime > cutoff:
-                        continue
-                except FileNotFoundError:  # renamed or removed by its writer meanwhile
-                    continue
-                if path.name.endswith(".tmp"):
-                    path.unlink(missing_ok=True)
-                    report["tmp_files"] += 1
-                elif path.stem not in known:
-                    path.unlink(missing_ok=True)
-                    report["orphan_files"] += 1
-        missing = [uid for uid, (f, _) in known.items() if not f or not (self.data_dir / f).exists()]
-        if missing and (not self.outputs_dir.is_dir() or 2 * len(missing) > len(known)):
-            log.warning("%d of %d gallery files are missing from %s: kept their rows (is the folder "
-                        "mounted?)", len(missing), len(known), self.outputs_dir)
-            report["rows_kept_files_missing"] = len(missing)
-            missing = []
-        for uid in missing:  # its thumbnail goes with it
-            thumb = known[uid][1]
-            if thumb:
-                (self.data_dir / thumb).unlink(missing_ok=True)
-        if missing:
-            with self.db.transaction() as session:
-                for chunk in range(0, len(missing), 500):
-                    session.execute(delete(Item).where(Item.uid.in_(missing[chunk:chunk + 500])))
-            report["rows_without_file"] = len(missing)
-        for uid, (f, t) in known.items():  # a lost thumbnail is rebuilt, not a reason to delete
-            if uid not in missing and t and f and not (self.data_dir / t).exists() and (self.data_dir / f).exists():
-                try:
-                    with Image.open(self.data_dir / f) as image:
-                        (self.data_dir / t).parent.mkdir(parents=True, exist_ok=True)
-                        (self.data_dir / t).write_bytes(_thumbnail(image))
-                except (OSError, ValueError) as error:  # a damaged file must not stop the start
-                    log.warning("no thumbnail for %s: %s", f, error)
-        return report
+        """Remove what a crash left (studio/gallery/sweep.py: what it never touches)."""
+        from studio.gallery.sweep import sweep_alone
+
+        return sweep_alone(self, min_age_s)
 
     # ------------------------------------------------------------ helpers
     def _write_tmp(self, rel: str, data: bytes) -> Path:
