@@ -8,9 +8,10 @@ that answered it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from studio.chat import transfer
+from studio.chat.documents import DocumentStore, DocumentView
 from studio.chat.store import MAX_TITLE, ChatStore, ConversationView, MessageView, title_from
 from studio.db.database import Database
 
@@ -31,6 +32,7 @@ def for_display(messages: list[dict]) -> list[dict[str, str]]:
 class ChatService:
     def __init__(self, db: Database) -> None:
         self.store = ChatStore(db)
+        self.docs = DocumentStore(db)
 
     def choices(self) -> list[tuple[str, int]]:
         """(label, id) of every conversation, most recently updated first."""
@@ -45,9 +47,14 @@ class ChatService:
         return [(f"{c.title}  ·  {c.message_count} msg", c.id) for c in self.store.search(text)]
 
     def documents_for_export(self, conversation_id: int) -> list[dict[str, str]]:
-        """[{"name", "text"}] of the attached documents (none until documents are stored)."""
-        lister = getattr(self, "documents", None)
-        return lister(conversation_id) if lister else []
+        """[{"name", "text"}] of the attached documents."""
+        return self.docs.texts(int(conversation_id))
+
+    def documents(self, conversation_id: int | None) -> list[DocumentView]:
+        return [] if conversation_id is None else self.docs.list(int(conversation_id))
+
+    def remove_document(self, document_id: int) -> None:
+        self.docs.remove(int(document_id))
 
     def export_json(self, conversation_id: int) -> str:
         """The conversation as lossless JSON that import_json reads back."""
@@ -58,19 +65,19 @@ class ChatService:
         conv = self.open(conversation_id)
         return transfer.to_markdown(conv, self.documents_for_export(conv.id))
 
-    def import_json(self, data: bytes | str) -> ConversationView:
+    def import_json(self, data: bytes | str,
+                    attach: Callable[[int, str, str], Any] | None = None) -> ConversationView:
         """A new conversation from an exported one (ValueError naming what is wrong, before
-        anything is stored)."""
+        anything is stored). Its documents are indexed again through `attach(conversation id,
+        name, text)` (the tab submits an embed_document job); without it they are left out."""
         parsed = transfer.parse_json(data)
         title = " ".join(parsed.title.split())[:MAX_TITLE]
         conv = self.store.create(title, parsed.model, parsed.system_prompt, parsed.params)
         saved = self.store.save(conv.id, [MessageView(m["role"], m["content"])
                                           for m in parsed.messages])
-        self._import_documents(saved.id, parsed.documents)
+        for doc in parsed.documents if attach is not None else ():
+            attach(saved.id, doc["name"], doc["text"])
         return saved
-
-    def _import_documents(self, conversation_id: int, documents: list[dict[str, str]]) -> None:
-        """Documents come back as text; they are indexed again when the chat next uses them."""
 
     def open(self, conversation_id: int) -> ConversationView:
         """Raises LookupError when it no longer exists."""

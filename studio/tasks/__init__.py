@@ -50,6 +50,7 @@ TASK_MODULES = (
     "studio.tasks.variations",
     "studio.tasks.models",
     "studio.tasks.refiner",
+    "studio.tasks.documents",
 )
 
 _registry: dict[str, TaskSpec] = {}
