@@ -48,6 +48,14 @@ def test_import_generate_refuse_and_delete_through_the_a1111_api(client, tmp_pat
                                                   "height": 64, "seed": 4})
     assert made.status_code == 200, made.text
     assert made.json()["images"] and "Model: tiny-kandinsky" in made.json()["info"]
+    # A DiT family's hash is its transformer's, as in the infotext and the Models tab.
+    from family_pipelines import build_pixart
+    from studio.models import list_offered
+
+    build_pixart(ctx.config.models_dir / "Stable-diffusion" / "tiny-pixart")
+    listed = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").json()}
+    entry = next(e for e in list_offered(ctx, "checkpoint") if e.name == "tiny-pixart")
+    assert listed["tiny-pixart"]["hash"] == entry.short_hash
     delete_model(ctx, str(ctx.config.models_dir / "Stable-diffusion" / "tiny-kandinsky"))
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
     names = {m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}

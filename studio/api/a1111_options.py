@@ -99,7 +99,8 @@ class Checkpoints:
 
     @staticmethod
     def _folder_weights(folder: Path) -> Path | None:
-        found = sorted((folder / "unet").glob("*.safetensors"))
+        found = (sorted((folder / "unet").glob("*.safetensors"))  # or a DiT (PixArt, SD3)
+                 or sorted((folder / "transformer").glob("*.safetensors")))
         return found[0] if found else None
 
     def list(self) -> list[Checkpoint]:
