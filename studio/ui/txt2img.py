@@ -12,6 +12,7 @@ import gradio as gr
 
 from studio.ui.add_to_queue import add_job
 from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
+from studio.ui.variations import variations_for_results
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
                                run_strip, sampling_panel, selected_item, stream_images)
@@ -149,6 +150,7 @@ def _controls(ctx) -> dict[str, Any]:
         with gr.Column(scale=2):
             c["panel"] = results_panel("txt2img", ("img2img", "inpaint", "style", "queue"),
                                        extra=("Reuse parameters",))
+            variations_for_results(ctx, c["panel"], "txt2img")  # DALL·E 2 variations of a result
             with gr.Row():
                 c["open_id"] = gr.Number(label="Open gallery item #", precision=0, scale=2)
                 c["open"] = gr.Button("Open from gallery", size="sm", scale=1)

@@ -1,9 +1,10 @@
 """A "Variations" row for any tab that shows a gallery item: N variations of it through a
 prior/decoder model's image embedding (DALL·E 2), as a `variations` job
-(studio/tasks/variations.py). The gallery's detail panel carries one:
+(studio/tasks/variations.py). The gallery's detail panel and the image tabs carry one:
 
     with detail_group:
         variations_row(ctx, selected_item_state)
+    variations_for_results(ctx, results_panel, "txt2img")   # under an image tab's results
 """
 from __future__ import annotations
 
@@ -34,14 +35,30 @@ def make_variations(ctx, item_id, count, prompt):
         yield f"⚠️ {update.error if update else 'not started'}"
 
 
-def variations_row(ctx, item_state: gr.State) -> dict:
+def make_variations_of_result(ctx, ids, chosen, count, prompt):
+    """The image tabs' button: the clicked result (or the first) of the results strip."""
+    from studio.ui.widgets import selected_item
+
+    yield from make_variations(ctx, selected_item(ids, chosen), count, prompt)
+
+
+def variations_for_results(ctx, panel, prefix: str) -> dict:
+    """The same row under an image tab's results strip (widgets.ResultsPanel)."""
+    return _row(prefix, partial(make_variations_of_result, ctx), [panel.ids, panel.chosen])
+
+
+def variations_row(ctx, item_state: gr.State, prefix: str = "gallery") -> dict:
+    return _row(prefix, partial(make_variations, ctx), [item_state])
+
+
+def _row(prefix: str, handler, sources: list) -> dict:
     with gr.Row():
         count = gr.Slider(1, 8, value=4, step=1, label="Variations", scale=1,
-                          elem_id="variations-count")
+                          elem_id=f"{prefix}-variations-count")
         prompt = gr.Textbox(label="Steer with a prompt (optional)", scale=2,
-                            elem_id="variations-prompt")
+                            elem_id=f"{prefix}-variations-prompt")
         button = gr.Button("Make variations (DALL·E 2)", size="sm", scale=1,
-                           elem_id="variations-run")
-    status = gr.HTML(elem_id="variations-status")
-    button.click(partial(make_variations, ctx), [item_state, count, prompt], [status], **PRIVATE)
+                           elem_id=f"{prefix}-variations-run")
+    status = gr.HTML(elem_id=f"{prefix}-variations-status")
+    button.click(handler, sources + [count, prompt], [status], **PRIVATE)
     return {"variations_status": status}
