@@ -220,16 +220,22 @@ async def _final_or_text(updates, pending):
     return update
 
 
-# ---------------------------------------------------------------- chat completions
-async def chat_completions(ctx: "StudioContext", request: Request):
-    from engines.llm.tools import calls_tools
+async def _start(ctx: "StudioContext", request: Request, make_values: Callable) -> tuple:
+    """(body, model, task values, job handles): the request checked and its jobs queued."""
     from studio.tasks.text import DEFAULT_MODEL
 
     body = await _json_body(request)
     model = body.get("model") or DEFAULT_MODEL
-    values, n = shapes.chat_params(body), shapes.choices_count(body)
+    values, n = make_values(body), shapes.choices_count(body)
     check_model(ctx, model)
-    handles = submit(ctx, model, values, n)
+    return body, model, values, submit(ctx, model, values, n)
+
+
+# ---------------------------------------------------------------- chat completions
+async def chat_completions(ctx: "StudioContext", request: Request):
+    from engines.llm.tools import calls_tools
+
+    body, model, values, handles = await _start(ctx, request, shapes.chat_params)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     tools_active = calls_tools(tuple(values.get("tools") or ()), values.get("tool_choice", "auto"))
 
@@ -273,13 +279,7 @@ async def chat_choice_events(chunk: Callable, tools_active: bool, index: int, up
 
 # ---------------------------------------------------------------- completions
 async def completions(ctx: "StudioContext", request: Request):
-    from studio.tasks.text import DEFAULT_MODEL
-
-    body = await _json_body(request)
-    model = body.get("model") or DEFAULT_MODEL
-    values, n = shapes.completion_params(body), shapes.choices_count(body)
-    check_model(ctx, model)
-    handles = submit(ctx, model, values, n)
+    body, model, values, handles = await _start(ctx, request, shapes.completion_params)
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(index: int = 0, text: str = "", finish: str | None = None, logprobs=None) -> dict:
