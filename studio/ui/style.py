@@ -17,7 +17,7 @@ import gradio as gr
 
 from studio.ui import style_train
 from studio.ui.add_to_queue import refuse, try_enqueue
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, action_row, before_after, cancel_job, follow_job
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -197,13 +197,9 @@ def _controls() -> dict:
                                       info="0 keeps the photo, 1 is the style's full output")
             c["output_size"] = gr.Dropdown(OUTPUT_SIZES, value=OUTPUT_SIZES[0],
                                            label="Output size (long side, px)")
-            with gr.Row():
-                c["apply"] = gr.Button("Apply style", variant="primary", elem_id="style-apply")
-                c["stop"] = gr.Button("Stop", variant="stop", elem_id="style-stop")
-                c["add_queue"] = gr.Button("Add to queue", elem_id="style-queue")
+            c["apply"], c["stop"], c["add_queue"] = action_row("style", "Apply style", "apply")
         with gr.Column(scale=1):
-            c["result"] = gr.ImageSlider(label="Before / after", type="filepath", image_mode=None,
-                                         elem_id="style-result", max_height=560)
+            c["result"] = before_after("style", 560)
             c["status"] = gr.Markdown(elem_id="style-status")
     return c
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio.ui.add_to_queue import refuse, try_enqueue
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job, update_status
+from studio.ui.widgets import (PRIVATE, action_row, before_after, cancel_job, follow_job,
+                               update_status)
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -167,13 +168,9 @@ def _controls(ctx) -> dict:
                 c["visibility"] = gr.Slider(0, 1, value=0, step=0.05, label="Upscaler 2 visibility")
                 c["tile"] = gr.Slider(0, 512, value=192, step=32, label="Tile size (0 = no tiling)",
                                       info="input pixels per tile; tiles overlap by 16 and blend")
-            with gr.Row():
-                c["run"] = gr.Button("Upscale", variant="primary", elem_id="upscale-run")
-                c["stop"] = gr.Button("Stop", variant="stop", elem_id="upscale-stop")
-                c["add_queue"] = gr.Button("Add to queue", elem_id="upscale-queue")
+            c["run"], c["stop"], c["add_queue"] = action_row("upscale", "Upscale", "run")
         with gr.Column(scale=1):
-            c["result"] = gr.ImageSlider(label="Before / after", type="filepath", image_mode=None,
-                                         elem_id="upscale-result", max_height=520)
+            c["result"] = before_after("upscale", 520)
             c["results"] = gr.Gallery(label="Results", columns=4, height=200,
                                       elem_id="upscale-results")
             c["status"] = gr.Markdown(elem_id="upscale-status")

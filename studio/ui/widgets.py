@@ -153,6 +153,22 @@ def run_strip(prefix: str, run_label: str = "Generate",
     return run, cancel, add_queue
 
 
+def action_row(prefix: str, run_label: str, run_key: str) -> tuple[gr.Button, gr.Button, gr.Button]:
+    """One row: the action (primary), Stop and Add to queue; elem ids `<prefix>-<run_key>`,
+    `<prefix>-stop`, `<prefix>-queue`."""
+    with gr.Row():
+        run = gr.Button(run_label, variant="primary", elem_id=f"{prefix}-{run_key}")
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
+        add_queue = gr.Button("Add to queue", elem_id=f"{prefix}-queue")
+    return run, stop, add_queue
+
+
+def before_after(prefix: str, max_height: int) -> gr.ImageSlider:
+    """The input and the result side by side under one slider."""
+    return gr.ImageSlider(label="Before / after", type="filepath", image_mode=None,
+                          elem_id=f"{prefix}-result", max_height=max_height)
+
+
 SEND_LABELS = {"img2img": "Send to img2img", "inpaint": "Send to inpaint",
                "style": "Send to style transfer", "queue": "Send prompt to queue"}
 # key -> (tab id, receiver name) the button fills
