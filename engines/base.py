@@ -116,6 +116,20 @@ def check_int(name: str, value: int, low: int, high: int) -> None:
     check_range(name, value, low, high)
 
 
+def check_image(name: str, value: Any, max_pixels: int, min_side: int = 8) -> None:
+    """A PIL image of at least `min_side` px a side and at most `max_pixels` pixels."""
+    from PIL import Image  # lazily: params are built in processes that never open an image
+
+    if not isinstance(value, Image.Image):
+        raise ParamError(name, f"`{name}` must be an image, got {type(value).__name__}")
+    if value.width < min_side or value.height < min_side:
+        raise ParamError(name, f"`{name}` is {value.width}x{value.height}; at least "
+                               f"{min_side}x{min_side} is needed")
+    if value.width * value.height > max_pixels:
+        raise ParamError(name, f"`{name}` is {value.width}x{value.height}, over the pixel budget "
+                               f"of {max_pixels} pixels")
+
+
 # ---------------------------------------------------------------- device choice
 def choose_device(preference: str = "auto") -> str:
     """'auto' picks CUDA, then Apple MPS, then CPU. An explicit choice that is absent is an error."""

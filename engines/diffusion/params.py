@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import engines.base
 from engines.base import ParamError, check_int, check_range
 
 # Scheduler names as A1111 shows them -> (diffusers class, extra config, A1111 sampler, schedule).
@@ -63,16 +64,7 @@ def check_text(name: str, value: Any) -> None:
 
 
 def check_image(name: str, value: Any) -> None:
-    # PIL is imported lazily: params are built in processes that never open an image.
-    from PIL import Image
-
-    if not isinstance(value, Image.Image):
-        raise ParamError(name, f"`{name}` must be an image, got {type(value).__name__}")
-    if value.width < 8 or value.height < 8:
-        raise ParamError(name, f"`{name}` is {value.width}x{value.height}; at least 8x8 is needed")
-    if value.width * value.height > MAX_PIXELS:
-        raise ParamError(name, f"`{name}` is {value.width}x{value.height}, over the pixel budget of "
-                         f"{MAX_PIXELS} pixels")
+    engines.base.check_image(name, value, MAX_PIXELS)
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import engines.base
 from engines.base import ParamError, check_int, check_range
 
 MAX_INPUT_PIXELS = 4096 * 4096  # what we accept in
@@ -18,15 +19,7 @@ MAX_SCALE = 8.0  # A1111's slider goes to 8
 
 
 def check_image(name: str, value: Any) -> None:
-    from PIL import Image  # lazily: params are built where no image is ever opened
-
-    if not isinstance(value, Image.Image):
-        raise ParamError(name, f"`{name}` must be an image, got {type(value).__name__}")
-    if value.width < 8 or value.height < 8:
-        raise ParamError(name, f"`{name}` is {value.width}x{value.height}; at least 8x8 is needed")
-    if value.width * value.height > MAX_INPUT_PIXELS:
-        raise ParamError(name, f"`{name}` is {value.width}x{value.height}, over the input budget "
-                               f"of {MAX_INPUT_PIXELS} pixels")
+    engines.base.check_image(name, value, MAX_INPUT_PIXELS)
 
 
 def output_size(width: int, height: int, scale: float, target_w: int | None,
