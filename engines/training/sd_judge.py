@@ -16,6 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from engines.training.optim import update
 from .sd_data import ATTRIBUTES, CHOICES, make_dataset
 
 # The judge trained by `train_judge` (seed 0, 1,500 steps) ships here, so the benchmark and the
@@ -91,10 +92,7 @@ def train_judge(path: Path, steps: int = 1500, batch: int = 64, seed: int = 0, l
         idx = torch.randint(len(x_all), (batch,), generator=g)
         logits = model(augment(x_all[idx], g))
         loss = sum(F.cross_entropy(logits[a], y_all[a][idx]) for a in ATTRIBUTES)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        update(opt, sched, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"judge step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s")
     save_judge(model, path)

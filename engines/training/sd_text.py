@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.diffusion.clip_score import ImageEncoder, ImageEncoderConfig, TextProjection, save_scorer
+from engines.training.optim import update
 from .sd_data import all_captions
 
 MAX_LENGTH = 32  # tokens; the longest caption is ~15, and short sequences keep cross-attention cheap
@@ -112,10 +113,7 @@ def train_clip(out_dir: Path, images: np.ndarray, scenes: list, steps: int = 150
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
                       + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        update(opt, sched, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"clip step {step} loss {loss.item():.4f} scale {logit_scale.exp().item():.1f} {time.time() - t0:.0f}s")
     text_encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.training.optim import update
+
 
 def build_vae():
     from diffusers import AutoencoderKL
@@ -53,12 +55,7 @@ def train_vae(work: Path, images: np.ndarray, steps: int = 3000, batch: int = 16
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(generator=g)).sample
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        loss = rec + 1e-6 * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        update(opt, sched, rec + 1e-6 * dist.kl().mean(), vae.parameters())
         if step % 50 == 0 or step == steps - 1:
             log(f"vae step {step} rec {rec.item():.4f} {time.time() - t0:.0f}s")
         if (step + 1) % 200 == 0 or step == steps - 1:
@@ -112,12 +109,7 @@ def finetune_vae(work: Path, vae, images: np.ndarray, steps: int = 600, batch: i
         dist = vae.encode(x).latent_dist
         recon = vae.decode(dist.sample(generator=g)).sample
         rec = (w * ((recon - x).abs() + (recon - x) ** 2)).mean() / w.mean()
-        loss = rec + 1e-6 * dist.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        update(opt, sched, rec + 1e-6 * dist.kl().mean(), vae.parameters())
         if step % 50 == 0 or step == steps - 1:
             log(f"vae finetune step {step} weighted rec {rec.item():.4f} {time.time() - t0:.0f}s")
     vae.eval().requires_grad_(False)
