@@ -112,7 +112,7 @@ def test_bad_input_is_refused_with_a_message_and_nothing_saved(page):
     page.locator("#chat-model input").press("Enter")
     page.locator("#chat-message textarea").fill("hello")
     page.locator("#chat-send").click()
-    page.get_by_text("unknown model 'no-such-model'").first.wait_for()
+    page.get_by_text("'no-such-model' is not one of this studio's models").first.wait_for()
     assert page.locator(BOT).count() == 0
     assert page.locator("#chat-conversations label").count() == 0
     assert page.locator("#chat-message textarea").input_value() == "hello"  # kept for a retry

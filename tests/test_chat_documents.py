@@ -62,7 +62,7 @@ def test_attached_document_is_embedded_stored_and_searched(ctx):
 def test_reply_from_documents_names_its_sources(ctx):
     conv_id = _conversation(ctx)
     run_task(ctx, "embed_document", {"conversation_id": conv_id, "name": "harbour.md", "text": NOTES})
-    params = {"conversation_id": conv_id, "top_k": 2, "max_new_tokens": 24, "seed": 3,
+    params = {"conversation_id": conv_id, "passages": 2, "top_k": 40, "max_new_tokens": 24, "seed": 3,
               "temperature": 0.0,
               "messages": [{"role": "user", "content": "What is the lighthouse keeper's name?"}]}
     validate_task(ctx, "chat_documents", params)
@@ -95,6 +95,6 @@ def test_asking_documents_of_a_conversation_without_any_is_refused(ctx):
     with pytest.raises(ValueError, match="no documents attached"):
         validate_task(ctx, "chat_documents", {"conversation_id": conv_id, "messages": [
             {"role": "user", "content": "hi"}]})
-    with pytest.raises(ValueError, match="top_k"):
-        validate_task(ctx, "chat_documents", {"conversation_id": conv_id, "top_k": 50,
+    with pytest.raises(ValueError, match="passages"):
+        validate_task(ctx, "chat_documents", {"conversation_id": conv_id, "passages": 50,
                                               "messages": [{"role": "user", "content": "hi"}]})

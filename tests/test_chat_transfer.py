@@ -89,7 +89,7 @@ def test_tab_exports_a_file_and_imports_it_back(ctx):
     assert path.endswith(".json") and json.loads(open(path, encoding="utf-8").read())["title"] == "Export me"
     markdown = tab.export_conversation(ctx, chats, conv_id, kind="md")
     assert "## Assistant\n\nHi there." in open(markdown, encoding="utf-8").read()
-    shown, stored, new_id, radio, title = tab.import_conversation(chats, path)
+    shown, stored, new_id, radio, title = tab.import_conversation(ctx, chats, path)
     assert new_id != conv_id and title == "Export me"
     assert shown == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there."}]
     assert radio["value"] == new_id and len(radio["choices"]) == 2

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from studio.context import StudioContext
 
 MAX_TEXT_CHARS = 2_000_000  # the job row holds the text; the passage limit bounds it further
-TOP_K = 4
-DOC_FIELDS = ("conversation_id", "top_k")
+PASSAGES = 4  # nearest passages put in the prompt
+DOC_FIELDS = ("conversation_id", "passages")  # `top_k` is the sampling setting
 
 
 def _conversation_id(params: dict) -> int:
@@ -87,10 +87,10 @@ def run_embed_document(ctx: "StudioContext", params: dict, on_progress: Progress
 # ---------------------------------------------------------------- chat_documents
 def _chat_parts(params: dict) -> tuple[int, int, dict]:
     conv_id = _conversation_id(params)
-    top_k = params.get("top_k", TOP_K)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 8:
-        raise ParamError("top_k", f"`top_k` must be a whole number from 1 to 8, got {top_k!r}")
-    return conv_id, top_k, {k: v for k, v in params.items() if k not in DOC_FIELDS}
+    count = params.get("passages", PASSAGES)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 8:
+        raise ParamError("passages", f"`passages` must be a whole number from 1 to 8, got {count!r}")
+    return conv_id, count, {k: v for k, v in params.items() if k not in DOC_FIELDS}
 
 
 def validate_chat_documents(ctx: "StudioContext", params: dict) -> None:
@@ -110,7 +110,7 @@ def run_chat_documents(ctx: "StudioContext", params: dict, on_progress: Progress
     from studio.chat.documents import DocumentStore
     from studio.tasks.text import llm_params, record_reply
 
-    conv_id, top_k, chat = _chat_parts(params)
+    conv_id, count, chat = _chat_parts(params)
     # 1. The question: the last user message (the reply being continued keeps its own).
     question = next((m["content"] for m in reversed(chat.get("messages") or [])
                      if m.get("role") == "user"), "")
@@ -120,7 +120,7 @@ def run_chat_documents(ctx: "StudioContext", params: dict, on_progress: Progress
     # 2. The nearest passages by cosine similarity (the vectors are unit length).
     with ctx.engines.use("embed", EMBEDDED_EMBEDDING_ID) as embedder:
         query = embedder.embed([question])[0][0]
-    hits = [passages[int(i)] for i in (vectors @ query).argsort()[::-1][:top_k]]
+    hits = [passages[int(i)] for i in (vectors @ query).argsort()[::-1][:count]]
     # 3. The prompt carries the passages in place of the bare question; the history stays as is.
     messages = [dict(m) for m in chat.get("messages") or []]
     last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")

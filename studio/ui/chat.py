@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio.chat.service import ChatService, as_dicts, for_display
+from studio.ui.chat_documents import controls as doc_controls
+from studio.ui.chat_documents import sources_markdown
 from studio.ui.widgets import PRIVATE, cancel_job, follow_job, llm_sampling_panel
 
 if TYPE_CHECKING:
@@ -59,12 +61,42 @@ def trim_notice(info: dict | None) -> str:
             f"context window ({info.get('context_length')} tokens) and were left out of this reply.")
 
 
-def sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value) -> dict:
-    """The model, system prompt and sampling controls as chat task params (seed -1 = random)."""
-    return {"model": (model_id or DEFAULT_MODEL).strip(), "system_prompt": system_prompt or "",
-            "temperature": float(temp), "top_p": float(p), "top_k": int(k),
-            "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
-            "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
+def sampling_dict(model_id, system_prompt, temp, p, k, rep, max_tokens, seed_value,
+                  reply_format="plain", schema="") -> dict:
+    """The model, system prompt, sampling and reply format controls as chat task params (seed
+    -1 = random)."""
+    settings = {"model": (model_id or DEFAULT_MODEL).strip(), "system_prompt": system_prompt or "",
+                "temperature": float(temp), "top_p": float(p), "top_k": int(k),
+                "repetition_penalty": float(rep), "max_new_tokens": int(max_tokens),
+                "seed": None if seed_value is None or int(seed_value) < 0 else int(seed_value)}
+    response_format = response_format_of(reply_format, schema)
+    if response_format is not None:
+        settings["response_format"] = response_format
+    return settings
+
+
+REPLY_FORMATS = ("plain", "JSON", "JSON schema")
+
+
+def response_format_of(reply_format: str | None, schema: str | None) -> dict | None:
+    """The OpenAI-style `response_format` the reply format controls ask for (None: plain text);
+    gr.Error when the schema box does not hold a JSON object."""
+    import json
+
+    if reply_format in (None, "", "plain"):
+        return None
+    if reply_format == "JSON":
+        return {"type": "json_object"}
+    if reply_format != "JSON schema":
+        raise gr.Error(f"Reply format must be one of {', '.join(REPLY_FORMATS)}, got {reply_format!r}.")
+    try:
+        parsed = json.loads(schema or "")
+    except json.JSONDecodeError as error:
+        raise gr.Error(f"The JSON schema is not valid JSON: {error.msg} (line {error.lineno}, "
+                       f"column {error.colno}).") from None
+    if not isinstance(parsed, dict):
+        raise gr.Error("The JSON schema must be a JSON object, e.g. {\"type\": \"object\", ...}.")
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": parsed}}
 
 
 def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sampling) -> str:
@@ -82,28 +114,33 @@ def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sa
 
 # ------------------------------------------------------------------ one reply
 def stream_reply(ctx, chats: ChatService, messages: list[dict], conv_id, settings: dict,
-                 continue_last: bool = False, typed: str | None = None):
+                 continue_last: bool = False, typed: str | None = None, use_docs: bool = False):
     """Run one reply to `messages` as a job; yields (job, chatbot, history, conv id, list,
-    notice, stats, title, message box). `typed`: the message just sent, cleared from the box
-    at once and given back if the reply fails. Saves the conversation once the reply ended."""
+    notice, stats, title, message box, sources). `typed`: the message just sent, cleared from
+    the box at once and given back if the reply fails. With `use_docs` and documents attached,
+    the reply is a "chat_documents" job answering from them. Saves the conversation once the
+    reply ended."""
     keep = gr.skip()
     params = {**settings, "messages": for_display(messages), "continue_last": continue_last}
+    task = "chat"
+    if use_docs and conv_id is not None and chats.documents(conv_id):
+        task, params["conversation_id"] = "chat_documents", int(conv_id)
     shown = [dict(m) for m in messages] + ([] if continue_last else
                                            [{"role": "assistant", "content": ""}])
     base, text, update = shown[-1]["content"], "", None
-    for update in follow_job(ctx, "chat", params):  # a refused request raises gr.Error here
+    for update in follow_job(ctx, task, params):  # a refused request raises gr.Error here
         text = update.text if update.text is not None else text
         shown[-1]["content"] = base + text
         if not update.finished:
             waiting = "*generating…*" if update.status == "running" else \
                 f"*waiting for job #{update.job_id}…*"
             yield (update.job_id, for_display(shown), keep, keep, keep, "", waiting, keep,
-                   "" if typed is not None else keep)
+                   "" if typed is not None else keep, "")
     if update.status == "failed":  # bad input found late, a load failure: say it, keep nothing
         gr.Warning(update.error or "The reply failed.")
         before = messages[:-1] if typed is not None else messages
         yield (None, for_display(before), keep, keep, keep, f"⚠️ {update.error}", "", keep,
-               typed if typed is not None else keep)
+               typed if typed is not None else keep, "")
         return
     result = update.result or {}
     if update.status == "completed":
@@ -121,37 +158,38 @@ def stream_reply(ctx, chats: ChatService, messages: list[dict], conv_id, setting
     info = result.get("info")
     yield (None, for_display(stored), stored, saved.id,
            gr.update(choices=chats.choices(), value=saved.id), trim_notice(info),
-           stats_line(info, stopped), saved.title, keep)
+           stats_line(info, stopped), saved.title, keep, sources_markdown(info))
 
 
 # ------------------------------------------------------------------ handlers
-def send(ctx, chats, text, messages, conv_id, *sampling):
+def send(ctx, chats, text, messages, conv_id, use_docs, *sampling):
     if not (text or "").strip():
         gr.Warning("The message is empty: type something to send.")
-        yield (gr.skip(),) * 9
+        yield (gr.skip(),) * 10
         return
     new = [*messages, {"role": "user", "content": text}]
-    yield from stream_reply(ctx, chats, new, conv_id, sampling_dict(*sampling), typed=text)
+    yield from stream_reply(ctx, chats, new, conv_id, sampling_dict(*sampling), typed=text,
+                            use_docs=use_docs)
 
 
-def regenerate(ctx, chats, text, messages, conv_id, *sampling):
+def regenerate(ctx, chats, text, messages, conv_id, use_docs, *sampling):
     trimmed = list(messages)
     while trimmed and trimmed[-1]["role"] == "assistant":
         trimmed.pop()
     if not trimmed:
         gr.Warning("Nothing to regenerate yet.")
-        yield (gr.skip(),) * 9
+        yield (gr.skip(),) * 10
         return
-    yield from stream_reply(ctx, chats, trimmed, conv_id, sampling_dict(*sampling))
+    yield from stream_reply(ctx, chats, trimmed, conv_id, sampling_dict(*sampling), use_docs=use_docs)
 
 
-def continue_reply(ctx, chats, text, messages, conv_id, *sampling):
+def continue_reply(ctx, chats, text, messages, conv_id, use_docs, *sampling):
     if not messages or messages[-1]["role"] != "assistant":
         gr.Warning("Continue extends the last reply; there is none yet.")
-        yield (gr.skip(),) * 9
+        yield (gr.skip(),) * 10
         return
     yield from stream_reply(ctx, chats, list(messages), conv_id, sampling_dict(*sampling),
-                            continue_last=True)
+                            continue_last=True, use_docs=use_docs)
 
 
 def edit_last(messages):
@@ -228,21 +266,33 @@ def export_conversation(ctx, chats, conv_id, kind: str):
     return str(path)
 
 
-def import_conversation(chats, upload):
-    """An exported JSON file becomes a new conversation, opened at once."""
+def import_conversation(ctx, chats, upload):
+    """An exported JSON file becomes a new conversation, opened at once; its documents are
+    indexed again (an embed_document job each)."""
     keep = (gr.skip(),) * 5
     if upload is None:
         return keep
     from pathlib import Path
 
     try:
-        conv = chats.import_json(Path(upload if isinstance(upload, str) else upload.name).read_bytes())
+        conv = chats.import_json(Path(upload if isinstance(upload, str) else upload.name).read_bytes(),
+                                 attach=partial(_attach_imported, ctx))
     except ValueError as error:
         gr.Warning(f"Import refused: {error}")
         return keep
     stored = as_dicts(conv)
     return (for_display(stored), stored, conv.id,
             gr.update(choices=chats.choices(), value=conv.id), conv.title)
+
+
+def _attach_imported(ctx, conv_id: int, name: str, text: str) -> None:
+    from studio.ui.chat_documents import embed
+
+    update = None
+    for update in embed(ctx, conv_id, name, text):
+        pass
+    if update is None or update.status != "completed":
+        gr.Warning(f"{name} was not indexed again: {getattr(update, 'error', None) or 'stopped'}")
 
 
 def list_conversations(chats):
@@ -287,10 +337,18 @@ def _controls(ctx, chats: ChatService) -> dict:
                 c["continue"] = gr.Button("Continue", elem_id="chat-continue")
                 c["edit"] = gr.Button("Edit last", elem_id="chat-edit")
                 c["add"] = gr.Button("Add to queue", elem_id="chat-queue")
+            c["sources"] = gr.Markdown(elem_id="chat-sources")
             c["stats"] = gr.Markdown(elem_id="chat-stats", elem_classes=["gs-muted"])
+            c.update(doc_controls())
             with gr.Accordion("System prompt and sampling", open=False):
                 c["system"] = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
                 c.update(llm_sampling_panel(temperature=0.7, top_p=0.9, repetition_penalty=1.1))
+                c["format"] = gr.Radio(list(REPLY_FORMATS), value="plain", label="Reply format",
+                                       elem_id="chat-format",
+                                       info="JSON and JSON schema constrain decoding: the reply always parses")
+                c["schema"] = gr.Textbox(label="JSON schema (for the JSON schema format)", lines=4,
+                                         elem_id="chat-schema",
+                                         placeholder='{"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}')
     return c
 
 
@@ -298,10 +356,11 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     chats = ChatService(ctx.db)
     c = _controls(ctx, chats)
     history, conv_id, job = gr.State([]), gr.State(None), gr.State(None)  # per browser session
-    sampling = [c["model"], c["system"], *(c[name] for name in SLIDERS), c["seed"]]
-    reply_inputs = [c["message"], history, conv_id, *sampling]
+    sampling = [c["model"], c["system"], *(c[name] for name in SLIDERS), c["seed"], c["format"],
+                c["schema"]]
+    reply_inputs = [c["message"], history, conv_id, c["use_docs"], *sampling]
     reply_outputs = [job, c["chatbot"], history, conv_id, c["conversations"], c["notice"],
-                     c["stats"], c["title"], c["message"]]
+                     c["stats"], c["title"], c["message"], c["sources"]]
     for trigger, handler in ((c["send"].click, send), (c["message"].submit, send),
                              (c["regenerate"].click, regenerate),
                              (c["continue"].click, continue_reply)):
@@ -311,24 +370,42 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     c["edit"].click(edit_last, [history], [c["chatbot"], history, c["message"]], **PRIVATE)
     c["add"].click(partial(queue_chat, ctx), [c["message"], history, *sampling], [c["notice"]],
                    **PRIVATE)
-    c["conversations"].input(
+    opened = c["conversations"].input(
         partial(open_conversation, chats), [c["conversations"]],
         [c["chatbot"], history, conv_id, c["title"], c["system"], c["model"], c["notice"],
          *(c[name] for name in SLIDERS), c["seed"]], **PRIVATE)
-    c["new"].click(new_chat, None, [c["chatbot"], history, conv_id, c["conversations"],
+    cleared = c["new"].click(new_chat, None, [c["chatbot"], history, conv_id, c["conversations"],
                                     c["title"], c["notice"], c["stats"]], **PRIVATE)
     c["rename"].click(partial(rename, chats), [conv_id, c["title"]], [c["conversations"]], **PRIVATE)
-    c["delete"].click(partial(delete, chats), [conv_id],
+    deleted = c["delete"].click(partial(delete, chats), [conv_id],
                       [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
     c["search"].change(partial(search_conversations, chats), [c["search"]], [c["conversations"]],
                        **PRIVATE)
     for button, kind in ((c["export_json"], "json"), (c["export_md"], "md")):
         button.click(partial(export_conversation, ctx, chats, kind=kind), [conv_id],
                      [c["export_file"]], **PRIVATE)
-    c["import"].upload(partial(import_conversation, chats), [c["import"]],
-                       [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
+    imported = c["import"].upload(
+        partial(import_conversation, ctx, chats), [c["import"]],
+        [c["chatbot"], history, conv_id, c["conversations"], c["title"]], **PRIVATE)
+    _wire_documents(ctx, chats, c, conv_id, (opened, cleared, deleted, imported))
     return {"message": c["message"], "chatbot": c["chatbot"],
             "conversations": c["conversations"], "model": c["model"], "_chats": chats}
+
+
+def _wire_documents(ctx, chats, c: dict, conv_id, switches) -> None:
+    """Attach / remove documents; the attached list follows the open conversation."""
+    from studio.ui import chat_documents as docs
+
+    def refresh(conv):
+        return docs.documents_markdown(chats, conv), docs.document_choices(chats, conv), ""
+
+    for event in switches:  # another conversation is open: show its documents
+        event.then(refresh, [conv_id], [c["docs"], c["doc_pick"], c["sources"]], **PRIVATE)
+    c["attach"].upload(partial(docs.attach, ctx, chats), [c["attach"], conv_id],
+                       [conv_id, c["docs"], c["notice"], c["conversations"], c["doc_pick"]],
+                       concurrency_limit=None, **PRIVATE)
+    c["doc_remove"].click(partial(docs.remove, chats), [conv_id, c["doc_pick"]],
+                          [c["docs"], c["doc_pick"]], **PRIVATE)
 
 
 def on_load(ctx: "StudioContext", demo: gr.Blocks, handles: dict) -> None:
