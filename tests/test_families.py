@@ -282,7 +282,11 @@ def test_tabs_learn_which_controls_a_family_lacks(models):
     assert family_refuses(None)[1] == set()
     negative, steps = control_updates(models["lcm"], ("negative_prompt", "steps"))
     assert negative["interactive"] is False and "Latent Consistency" in negative["info"]
+    assert negative["value"] == ""  # back to what the family accepts
     assert steps["interactive"] is True
+    sampler, = control_updates(models["kandinsky22"], ("scheduler",))
+    assert sampler["interactive"] is False and sampler["value"] == "DPM++ 2M"
+    assert control_updates(models["sdxl"], ("scheduler",))[0]["interactive"] is True
 
 
 def test_the_hires_fix_needs_a_family_with_img2img(ctx, models):

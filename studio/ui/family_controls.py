@@ -1,14 +1,19 @@
-"""Which image-tab controls a model's family takes, for tabs to disable the others when a model
-is picked (engines/diffusion/families.py says what each family refuses; headers only, no torch).
+"""Which image-tab controls a model's family takes: a tab disables the others when a model is
+picked, and puts them back to their neutral value so that nothing it cannot change is sent
+(engines/diffusion/families.py says what each family refuses; headers only, no torch).
 
-    model.change(partial(control_updates, names=("negative_prompt", "scheduler")), [model],
-                 [negative_box, sampler_dropdown])
+    wire_family_controls(c["model"], c)     # c: the tab's controls by key
 """
 from __future__ import annotations
 
+from functools import partial
+
 import gradio as gr
 
-# A tab control's task field -> the words shown when the family lacks it.
+# The tabs' control keys -> (task field, neutral value sent while disabled).
+TAB_FIELDS = {"negative": ("negative_prompt", ""), "scheduler": ("scheduler", "DPM++ 2M"),
+              "token_merging": ("token_merging", 0), "step_cache": ("step_cache", 0),
+              "candidates": ("candidates", 0), "keep": ("keep", 1)}
 REASON = "not taken by {label}"
 
 
@@ -21,8 +26,22 @@ def family_refuses(model: str | None) -> tuple[str, set[str]]:
 
 
 def control_updates(model: str | None, names: tuple[str, ...]) -> list:
-    """One gr.update per control name: interactive unless the family refuses that field."""
+    """One gr.update per task field name: interactive unless the family refuses the field, in
+    which case it also goes back to its neutral value."""
     label, refused = family_refuses(model)
-    return [gr.update(interactive=name not in refused,
-                      info=REASON.format(label=label) if name in refused else None)
-            for name in names]
+    neutral = dict(TAB_FIELDS.values())
+    updates = []
+    for name in names:
+        if name in refused:
+            updates.append(gr.update(interactive=False, value=neutral.get(name),
+                                     info=REASON.format(label=label)))
+        else:
+            updates.append(gr.update(interactive=True, info=None))
+    return updates
+
+
+def wire_family_controls(model: gr.Dropdown, controls: dict) -> None:
+    keys = [k for k in TAB_FIELDS if k in controls]
+    names = tuple(TAB_FIELDS[k][0] for k in keys)
+    model.change(partial(control_updates, names=names), model, [controls[k] for k in keys],
+                 api_visibility="private")

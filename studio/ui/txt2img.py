@@ -12,6 +12,7 @@ import gradio as gr
 
 from studio.ui.add_to_queue import add_job
 from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
+from studio.ui.family_controls import wire_family_controls
 from studio.ui.variations import variations_for_results
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
@@ -171,6 +172,7 @@ def build(ctx) -> dict[str, Any]:
     c["init_image"].change(partial(image_arrived, ctx), c["init_image"],
                            [c["mode"], source_id, c["img2img_box"]], **PRIVATE)
     c["model"].input(model_picked, c["model"], [c["cfg"], c["width"], c["height"]], **PRIVATE)
+    wire_family_controls(c["model"], c)  # controls the model's family lacks: disabled
     applied = [c[n] for n in ("prompt", "negative", "steps", "cfg", "scheduler", "width",
                               "height", "seed", "model", "strength")]
     panel.extra["Reuse parameters"].click(partial(reuse, ctx), [panel.ids, panel.chosen],
