@@ -81,7 +81,7 @@ def test_search_finds_titles_and_message_text(chats):
 
 
 def test_tab_exports_a_file_and_imports_it_back(ctx):
-    from studio.ui import chat as tab
+    from studio.ui import chat_transfer as tab
 
     chats = ChatService(ctx.db)
     conv_id = _conversation(chats, "Export me", ("user", "Hello"), ("assistant", "Hi there."))

@@ -12,7 +12,7 @@ row holds text, never a binary upload.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback
 from studio.tasks import TaskResult, TaskSpec, register
