@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.ui.widgets import follow_job, progress_html
+from studio.ui.widgets import PRIVATE, follow_job, progress_html
 
 TAB_ID = "models"
 TITLE = "Models"
@@ -124,15 +124,16 @@ def build(ctx) -> dict[str, gr.components.Component]:
         target = gr.Dropdown([], label="Model of the models folder", elem_id="models-delete-pick")
         sure = gr.Checkbox(label="I am sure", value=False, elem_id="models-delete-sure")
         delete_button = gr.Button("Delete", variant="stop", elem_id="models-delete")
-    rescan_button.click(partial(rescan, ctx), [kind], [grid, target, status])
-    kind.change(partial(rescan, ctx), [kind], [grid, target, status])
-    hash_button.click(partial(compute_hashes, ctx), [kind], [grid, target, status])
+    rescan_button.click(partial(rescan, ctx), [kind], [grid, target, status], **PRIVATE)
+    kind.change(partial(rescan, ctx), [kind], [grid, target, status], **PRIVATE)
+    hash_button.click(partial(compute_hashes, ctx), [kind], [grid, target, status], **PRIVATE)
     import_button.click(partial(import_model, ctx), [path, import_kind, kind],
-                        [status, grid, target])
-    delete_button.click(partial(delete, ctx), [target, sure, kind], [grid, target, status, sure])
+                        [status, grid, target], **PRIVATE)
+    delete_button.click(partial(delete, ctx), [target, sure, kind], [grid, target, status, sure],
+                        **PRIVATE)
     return {"table": grid, "kind": kind, "status": status, "delete_pick": target}
 
 
 def on_load(ctx, demo: gr.Blocks, own: dict) -> None:
     demo.load(partial(rescan, ctx), [own["kind"]], [own["table"], own["delete_pick"],
-                                                    own["status"]])
+                                                    own["status"]], **PRIVATE)
