@@ -6,6 +6,7 @@ stays cheap and the studio serves its page before any model library is loaded.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import threading
@@ -128,6 +129,34 @@ def check_image(name: str, value: Any, max_pixels: int, min_side: int = 8) -> No
     if value.width * value.height > max_pixels:
         raise ParamError(name, f"`{name}` is {value.width}x{value.height}, over the pixel budget "
                                f"of {max_pixels} pixels")
+
+
+# ---------------------------------------------------------------- model files
+_sha256_cache: dict[tuple[str, int, float, int], str] = {}
+
+
+def file_sha256(path: Path, skip: int = 0) -> str:
+    """Hex sha256 of a file from byte `skip` on, cached while its size and time are unchanged
+    (A1111's model, VAE and embedding hashes are prefixes of it)."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_size, stat.st_mtime, skip)
+    if key not in _sha256_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            handle.seek(skip)
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _sha256_cache[key] = digest.hexdigest()
+    return _sha256_cache[key]
+
+
+def files_below(folders) -> Iterator[tuple[Path, Path]]:
+    """(folder, path) for everything below each existing folder, in order, sorted."""
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                yield folder, path
 
 
 # ---------------------------------------------------------------- device choice

@@ -23,7 +23,6 @@ The engine loads the requested LoRAs before a generation and unloads them after 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from engines.base import ParamError
+from engines.base import ParamError, file_sha256, files_below
 
 # A1111's extra-network syntax: <kind:arg1:arg2...>; kinds handled here are lora (and lyco,
 # its LyCORIS alias in older A1111 versions).
@@ -92,14 +91,10 @@ def find_files(folders: Iterable[str | Path], suffixes: tuple[str, ...] = (".saf
     """{name: path} for every file with these suffixes in the folders and their subfolders.
     The name is the file name without its extension; the first folder wins on a clash."""
     found: dict[str, Path] = {}
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in suffixes and path.is_file() and not any(
-                    part.startswith(".") for part in path.relative_to(folder).parts):
-                found.setdefault(path.stem, path)
+    for folder, path in files_below(folders):
+        if path.suffix.lower() in suffixes and path.is_file() and not any(
+                part.startswith(".") for part in path.relative_to(folder).parts):
+            found.setdefault(path.stem, path)
     return found
 
 
@@ -206,22 +201,12 @@ def resolve(tags: list[LoraTag], folders: Iterable[str | Path]) -> list[tuple[Lo
     return out
 
 
-_hash_cache: dict[tuple[str, int, float], str] = {}
-
-
 def addnet_hash(path: Path) -> str:
     """A1111's LoRA short hash: sha256 of the bytes after the safetensors header, 12 hex digits
     (kohya's "addnet" hash, so a LoRA's hash is the same in A1111, ComfyUI and here)."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            handle.seek(8 + int.from_bytes(handle.read(8), "little"))
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()[:12]
-    return _hash_cache[key]
+    with open(path, "rb") as handle:
+        header = int.from_bytes(handle.read(8), "little")
+    return file_sha256(path, skip=8 + header)[:12]
 
 
 def model_dims(model_id: str) -> dict | None:

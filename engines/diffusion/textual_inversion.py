@@ -13,13 +13,12 @@ not match the model's text encoder is skipped with a warning (A1111 lists it as 
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from engines.base import ParamError
+from engines.base import ParamError, file_sha256
 from engines.diffusion.lora import find_files
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -104,17 +103,6 @@ def token_table(tokenizer, embeddings: list[tuple[str, object]]) -> dict:
     return table
 
 
-_hash_cache: dict[tuple[str, int, float], str] = {}
-
-
 def short_hash(path: Path) -> str:
     """A1111's "TI hashes" value: sha256 of the file, first 12 hex digits."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()[:12]
-    return _hash_cache[key]
+    return file_sha256(path)[:12]

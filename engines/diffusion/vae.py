@@ -12,11 +12,10 @@ digits) and "VAE".
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterable
 
-from engines.base import ParamError
+from engines.base import ParamError, file_sha256, files_below
 
 AUTOMATIC = ("Automatic", "None", "")  # A1111 values meaning "the model's own VAE"
 
@@ -24,16 +23,12 @@ AUTOMATIC = ("Automatic", "None", "")  # A1111 values meaning "the model's own V
 def find_vaes(folders: Iterable[str | Path]) -> dict[str, Path]:
     """{file name: path} for .safetensors files and diffusers VAE folders."""
     found: dict[str, Path] = {}
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            in_folder_vae = (path.parent / "config.json").is_file()  # listed as its folder
-            if path.is_file() and path.suffix.lower() == ".safetensors" and not in_folder_vae:
-                found.setdefault(path.name, path)
-            elif path.is_dir() and (path / "config.json").is_file():
-                found.setdefault(path.name, path)
+    for _, path in files_below(folders):
+        in_folder_vae = (path.parent / "config.json").is_file()  # listed as its folder
+        if path.is_file() and path.suffix.lower() == ".safetensors" and not in_folder_vae:
+            found.setdefault(path.name, path)
+        elif path.is_dir() and (path / "config.json").is_file():
+            found.setdefault(path.name, path)
     return found
 
 
@@ -49,22 +44,11 @@ def resolve_vae(value: str, folders: Iterable[str | Path]) -> Path | None:
     return path
 
 
-_hash_cache: dict[tuple[str, int, float], str] = {}
-
-
 def vae_hash(path: Path) -> str:
     """A1111's "VAE hash": sha256 of the file (a folder: its weights file), 10 hex digits."""
     if path.is_dir():
         path = next(iter(sorted(path.glob("*.safetensors"))), path / "missing")
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()[:10]
-    return _hash_cache[key]
+    return file_sha256(path)[:10]
 
 
 def load_vae(path: Path, like):

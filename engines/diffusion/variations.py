@@ -42,17 +42,16 @@ class VariationParams:
 
     def __post_init__(self) -> None:
         check_image("image", self.image)
-        check_int("count", self.count, 1, MAX_VARIATIONS)
-        check_text("prompt", self.prompt)
-        check_text("negative_prompt", self.negative_prompt)
-        check_range("prompt_weight", self.prompt_weight, 0.0, 1.0)
-        check_int("steps", self.steps, 1, 150)
-        check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
-        check_int("noise_level", self.noise_level, 0, 1000)
-        check_int("seed", self.seed, -1, MAX_SEED)
-        check_size("width", self.width)
-        check_size("height", self.height)
-        check_int("preview_every", self.preview_every, 0, 1000)
+        for name in ("prompt", "negative_prompt"):
+            check_text(name, getattr(self, name))
+        for name in ("width", "height"):
+            check_size(name, getattr(self, name))
+        for check, name, low, high in (
+                (check_int, "count", 1, MAX_VARIATIONS), (check_range, "prompt_weight", 0.0, 1.0),
+                (check_int, "steps", 1, 150), (check_range, "guidance_scale", 0.0, 30.0),
+                (check_int, "noise_level", 0, 1000), (check_int, "seed", -1, MAX_SEED),
+                (check_int, "preview_every", 0, 1000)):
+            check(name, getattr(self, name), low, high)
         if self.prompt_weight == 1.0 and not self.prompt:
             raise ParamError("prompt_weight", "`prompt_weight` 1 leaves nothing of the image; "
                                               "give a prompt or lower it")
