@@ -1,7 +1,7 @@
 """Documents and export in the Chat tab, in Chromium against the real studio: attach a Markdown
 file holding a fact, ask about it, see the reply's sources name the file and the passage; export
-the conversation as JSON and find the messages (and the document) in the download; search finds
-the conversation by a word of its messages."""
+the conversation as JSON and find the messages (and the document) in the download; import it back
+(the document indexed again); search finds the conversations by a word of their messages."""
 from __future__ import annotations
 
 import json
@@ -58,9 +58,22 @@ def test_attach_ask_cite_and_export(page, tmp_path):
     assert data["messages"][1]["content"].strip()[:20] == reply[:20]
     assert data["documents"] == [{"name": "harbour.md", "text": FACT}]
 
-    # 4. Search finds it by a word of its messages, and not by a word it lacks.
+    # 4. Importing the download opens a copy, its document indexed again.
+    exported = tmp_path / "conversation.json"  # the upload button takes .json files only
+    download.value.save_as(exported)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#chat-import").click()
+    chooser.value.set_files(str(exported))
+    page.wait_for_function("document.querySelectorAll('#chat-conversations label').length === 2",
+                           timeout=120_000)
+    page.wait_for_function("document.querySelector('#chat-docs').innerText.includes('harbour.md')",
+                           timeout=60_000)
+    assert "What is the name of the lighthouse keeper?" in page.locator("#chat-history").inner_text()
+
+    # 5. Search finds them by a word of their messages, and not by a word they lack. by a word of its messages, and not by a word it lacks.
     page.locator("#chat-search textarea").fill("lighthouse keeper")
-    page.locator("#chat-conversations label", has_text="harbour.md").first.wait_for(timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#chat-conversations label').length === 2",
+                           timeout=30_000)
     page.locator("#chat-search textarea").fill("zeppelin")
     page.wait_for_function("document.querySelectorAll('#chat-conversations label').length === 0",
                            timeout=30_000)
