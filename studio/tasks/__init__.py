@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from engines.base import CancelToken, ProgressCallback, no_progress
+from engines.base import CancelToken, ParamError, ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -85,6 +85,16 @@ def get_task(name: str) -> TaskSpec:
     if name not in _registry:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(_registry)) or 'none'}")
     return _registry[name]
+
+
+def check_fields(task: str, params: Any, fields) -> None:
+    """ParamError unless `params` is an object whose keys are all among `fields`: a misspelt
+    parameter is refused, not ignored."""
+    if not isinstance(params, dict):
+        raise ParamError(None, f"parameters must be an object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ParamError(unknown[0], f"unknown parameter(s) for {task}: {', '.join(unknown)}")
 
 
 def lane_tasks(lane: str) -> tuple[str, ...]:

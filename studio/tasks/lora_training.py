@@ -42,7 +42,7 @@ from typing import Any
 from PIL import Image
 
 from engines.base import ParamError
-from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import _gallery_image, _default_model, decode_image
 
 ENGINE = "diffusion"
@@ -71,11 +71,7 @@ def prepare(ctx, params: dict) -> Prepared:
     """Check and convert a request; raises ParamError naming the field. Loads no weights."""
     from engines.training.lora import LoraTrainConfig
 
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) for train_lora: {', '.join(unknown)}")
+    check_fields("train_lora", params, FIELDS)
     name = params.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
         raise ParamError("name", f"`name` must be letters, digits, - or _ (a file name), got {name!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.base import ParamError, Progress
-from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks import TaskResult, TaskSpec, check_fields, register
 
 
 def prepare(ctx, params) -> tuple[Path | str, Path | None, str | None]:
@@ -23,11 +23,7 @@ def prepare(ctx, params) -> tuple[Path | str, Path | None, str | None]:
     from studio.model_download import check_allowed
     from studio.model_inventory import A1111_FOLDERS, detect_kind, import_target
 
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - {"path", "kind", "source"})
-    if unknown:
-        raise ValueError(f"unknown parameter(s) for import_model: {', '.join(unknown)}")
+    check_fields("import_model", params, {"path", "kind", "source"})
     kind = params.get("kind")
     if kind is not None and kind not in A1111_FOLDERS:
         raise ParamError("kind", f"`kind` must be one of {', '.join(A1111_FOLDERS)}, got {kind!r}")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
-from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import decode_image
 
 ENGINE = "style"
@@ -69,11 +69,7 @@ def prepare(ctx, params: dict) -> Prepared:
     """Check and convert a request; raises ValueError naming the field. Loads no weights."""
     from engines.style.engine import StyleParams, find_style
 
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) for style: {', '.join(unknown)}")
+    check_fields("style", params, FIELDS)
     style_id = params.get("style", "vintage")
     if not isinstance(style_id, str):
         raise ParamError("style", f"`style` must be a style id, got {style_id!r}")

@@ -17,7 +17,7 @@ from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
 from studio.models import check_diffusion_model, check_family, diffusion_roots
-from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import _resolve_image
 
 ENGINE = "diffusion"
@@ -44,11 +44,7 @@ def prepare(ctx, params: Any) -> tuple[Any, dict, int | None, str]:
     """(engine params, what the gallery keeps, parent id, model); ParamError naming a field."""
     from engines.diffusion.variations import VariationParams
 
-    if not isinstance(params, dict):
-        raise ValueError(f"parameters must be an object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(FIELDS) - {"model", "image", "image_id"})
-    if unknown:
-        raise ValueError(f"unknown parameter(s) for variations: {', '.join(unknown)}")
+    check_fields("variations", params, {*FIELDS, "model", "image", "image_id"})
     model = params.get("model")
     if model is None:
         offered = variation_models(ctx)
