@@ -239,7 +239,7 @@ class LLMEngine:
         """Text chunks as they are sampled. Ends quietly on Stop (stats.finish_reason =
         "cancelled"), on an end token, a stop string or a complete constrained value ("stop";
         "tool_calls" when the reply called tools), or at max_new_tokens ("length")."""
-        from engines.llm.backends import Sampling
+        from engines.llm.sampling import Sampling
 
         cancel = cancel or CancelToken()
         stats = stats if stats is not None else GenerationStats()

@@ -20,7 +20,8 @@ import numpy as np
 from engines.base import CancelToken
 
 if TYPE_CHECKING:
-    from engines.llm.backends import Backend, Sampling
+    from engines.llm.backends import Backend
+    from engines.llm.sampling import Sampling
     from engines.llm.matcher import Matcher
 
 REPEAT_LAST_N = 64  # as engines/llm/backends.py
