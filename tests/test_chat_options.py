@@ -101,3 +101,32 @@ def test_uploads_pdf_read_and_bad_files_refused(tmp_path):
     big.write_bytes(b"a" * (chat_documents.MAX_UPLOAD_BYTES + 1))
     with pytest.raises(ValueError, match="at most 10 MB"):
         chat_documents.read_upload(str(big))
+
+
+@pytest.fixture
+def queue(ctx):
+    from studio.jobs.queue import JobQueue
+    from studio.jobs.runner import Runner
+
+    ctx.queue = JobQueue(ctx)  # no worker: the job stays pending, which is all this test needs
+    ctx.runner = Runner(ctx.queue)
+    yield ctx.queue
+    ctx.queue = ctx.runner = None
+
+
+def test_add_to_queue_answers_from_documents_when_attached(ctx, queue):
+    import numpy as np
+
+    from engines.llm.documents import chunk_document
+    from studio.chat.documents import DocumentStore
+    from studio.chat.service import ChatService
+
+    chats = ChatService(ctx.db)
+    bare, with_docs = chats.store.create("Bare").id, chats.store.create("Docs").id
+    passages = chunk_document("a.md", "The vault code is 4411.")
+    DocumentStore(ctx.db).add(with_docs, "a.md", "The vault code is 4411.", 23, "all-minilm-l6-v2",
+                              passages, np.eye(1, 384, dtype="float32"))
+    for conv_id, use_docs in ((with_docs, True), (with_docs, False), (bare, True), (None, True)):
+        tab.queue_from_tab(ctx, chats, "What is the vault code?", [], conv_id, use_docs, *SLIDERS)
+    assert [(j.task, j.params.get("conversation_id")) for j in queue.list()] == \
+        [("chat_documents", with_docs), ("chat", None), ("chat", None), ("chat", None)]

@@ -100,17 +100,29 @@ def response_format_of(reply_format: str | None, schema: str | None) -> dict | N
     return {"type": "json_schema", "json_schema": {"name": "reply", "schema": parsed}}
 
 
-def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sampling) -> str:
+def queue_chat(ctx: "StudioContext", text: str | None, messages: list[dict], *sampling,
+               conversation_id: int | None = None) -> str:
     """"Add to queue": a one-off `chat` job answering the conversation so far plus `text`, with
-    the tab's model, system prompt and sampling; the reply lands in the gallery, not here."""
+    the tab's model, system prompt and sampling (with `conversation_id`: a `chat_documents` job
+    answering from its documents); the reply lands in the gallery, not here."""
     from studio.ui.add_to_queue import add_job, refuse
 
     if not (text or "").strip():
         return refuse("The message is empty: type something to queue.")
     params = {**sampling_dict(*sampling),
               "messages": [*for_display(messages), {"role": "user", "content": text}]}
-    return add_job(ctx, "chat", params,
+    task = "chat"
+    if conversation_id is not None:
+        task, params["conversation_id"] = "chat_documents", int(conversation_id)
+    return add_job(ctx, task, params,
                    "Its reply will be saved to the gallery as a chat text item.")
+
+
+def queue_from_tab(ctx, chats: ChatService, text, messages, conv_id, use_docs, *sampling) -> str:
+    """The Add to queue button: from the documents when they are attached and in use."""
+    grounded = bool(use_docs) and conv_id is not None and bool(chats.documents(conv_id))
+    return queue_chat(ctx, text, messages, *sampling,
+                      conversation_id=int(conv_id) if grounded else None)
 
 
 # ------------------------------------------------------------------ one reply
@@ -317,8 +329,8 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                 concurrency_limit=None, **PRIVATE)
     c["stop"].click(partial(cancel_job, ctx), job, c["notice"], queue=False, **PRIVATE)
     c["edit"].click(edit_last, [history], [c["chatbot"], history, c["message"]], **PRIVATE)
-    c["add"].click(partial(queue_chat, ctx), [c["message"], history, *sampling], [c["notice"]],
-                   **PRIVATE)
+    c["add"].click(partial(queue_from_tab, ctx, chats), [c["message"], history, conv_id, c["use_docs"],
+                                                     *sampling], [c["notice"]], **PRIVATE)
     opened = c["conversations"].input(
         partial(open_conversation, chats), [c["conversations"]],
         [c["chatbot"], history, conv_id, c["title"], c["system"], c["model"], c["notice"],
