@@ -9,3 +9,26 @@ def open_tab(page, title: str) -> None:
     page.wait_for_function(
         "t => [...document.querySelectorAll('[role=tab]')].some("
         "e => e.textContent.trim() === t && e.getAttribute('aria-selected') === 'true')", arg=title)
+
+
+def run_async(coroutine):
+    """asyncio.run on a thread of its own: the main thread may already run an event loop (the
+    Playwright sync API leaves one behind for the browser tests of the same session)."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        import asyncio
+
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as error:  # re-raised on the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -10,6 +10,7 @@ import time
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers import run_async
 
 from studio.jobs.runner import INTERACTIVE
 
@@ -89,8 +90,6 @@ def test_three_ways_to_cancel_stop_the_same_job(studio, client, how):
 def test_a1111_request_is_canceled_when_its_client_goes_away(studio):
     """The request's jobs stop when the HTTP client disconnects (a sync API call never
     keeps the device busy for nobody)."""
-    import asyncio
-
     from studio.api.a1111_runs import Run, Runs
 
     runs = Runs(studio)
@@ -105,7 +104,7 @@ def test_a1111_request_is_canceled_when_its_client_goes_away(studio):
         gone.set()
 
     threading.Thread(target=leave_soon).start()
-    outcomes = asyncio.run(runs.execute(run, disconnected))
+    outcomes = run_async(runs.execute(run, disconnected))
     assert outcomes == [] and run.interrupted
     assert all(studio.queue.get(j).status == "canceled" for j in run.job_ids)
 

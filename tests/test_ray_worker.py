@@ -43,7 +43,7 @@ def studio(ray_cluster, pg_server, tmp_path_factory):
     ctx = make_context(tmp_path_factory.mktemp("storage"), url)
     queue = JobQueue(ctx)
     ctx.queue = queue
-    worker = RayWorker(ctx, address=None, board=queue.board, on_finished=queue._notify_finished,
+    worker = RayWorker(ctx, address=None, board=queue.board, on_finished=queue.job_finished,
                        reap_every_s=0.5, setup=SETUP)
     queue.start_worker(worker)
     yield ctx
@@ -172,7 +172,7 @@ def test_two_front_ends_on_one_database_see_the_same_queue(studio):
     second = JobQueue(other_ctx)
     other_ctx.queue = second
     second.start_worker(RayWorker(other_ctx, address=None, board=second.board, setup=SETUP,
-                                  on_finished=second._notify_finished))
+                                  on_finished=second.job_finished))
     try:
         assert second.worker.actors.keys() == first.worker.actors.keys()  # attached, not new
         first.pause()

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from helpers import run_async
 
 from studio.jobs.queue import JobQueue
 from studio.jobs.runner import (BATCH, INTERACTIVE, JobCanceled, JobFailed, Runner)
@@ -124,8 +125,6 @@ def test_updates_time_out(runner):
 
 
 def test_async_updates_stream_and_cancel_when_left(runner):
-    import asyncio
-
     runner.queue.start_worker()
 
     async def read(handle, stop_at=None):
@@ -136,8 +135,8 @@ def test_async_updates_stream_and_cancel_when_left(runner):
                 break
         return seen
 
-    done = asyncio.run(read(runner.submit("queue_test", {"steps": 5, "step_s": 0.02})))
+    done = run_async(read(runner.submit("queue_test", {"steps": 5, "step_s": 0.02})))
     assert done[-1].status == "completed" and len(done) >= 2
     left = runner.submit("queue_test", {"steps": 400, "step_s": 0.02})
-    asyncio.run(read(left, stop_at=2))
+    run_async(read(left, stop_at=2))
     assert left.wait(20).status == "canceled"
