@@ -1,6 +1,6 @@
 """Full-text search over the gallery's prompts, negative prompts and text outputs, on both
 databases: SQLite's FTS5 table `items_fts` (migration 0001_gallery.sql) and, on PostgreSQL, a GIN
-index over `to_tsvector('simple', studio_search_text(...))` (0001_gallery.postgresql.sql).
+index over `to_tsvector('simple', studio_search_text(...))` (the PostgreSQL block of 0001_gallery.sql).
 
 Both find the same items for the same words (tests/test_postgres_search.py): every word of the
 search must begin a word of the item, case and common Latin accents ignored, and any run of
@@ -15,7 +15,7 @@ from studio.gallery.models import Item
 
 # The accents folded on PostgreSQL: lower-case letters of Latin-1 and Latin Extended-A whose
 # compatibility decomposition is an ASCII letter plus combining marks. Must equal the translate()
-# table of studio_search_text in 0001_gallery.postgresql.sql (a test checks).
+# table of studio_search_text in 0001_gallery.sql (a test checks).
 ACCENTED = "àáâãäåçèéêëìíîïñòóôõöùúûüýÿāăąćĉċčďēĕėęěĝğġģĥĩīĭįĵķĺļľńņňōŏőŕŗřśŝşšţťũūŭůűųŵŷźżž"
 PLAIN = "aaaaaaceeeeiiiinooooouuuuyyaaaccccdeeeeegggghiiiijklllnnnooorrrssssttuuuuuuwyzzz"
 _FOLD = str.maketrans(ACCENTED, PLAIN)

@@ -1,7 +1,9 @@
 -- Gallery items: every output of the studio, text or image. Files live on disk under the data
--- dir; the row holds the relative paths. created_at is UTC, ISO text (SQLAlchemy DateTime).
+-- dir; the row holds the relative paths. created_at is UTC (SQLite: ISO text; PostgreSQL: a naive
+-- TIMESTAMP). Flags are 0/1 INTEGERs so that queries read the same on both databases.
+-- {ID}, {TIMESTAMP}... are the type names that differ (studio/db/database.py DIALECT_TYPES).
 CREATE TABLE items (
-    id INTEGER PRIMARY KEY,
+    id {ID},
     uid TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL CHECK (kind IN ('image', 'text')),
     task TEXT NOT NULL,
@@ -11,15 +13,15 @@ CREATE TABLE items (
     negative_prompt TEXT NOT NULL DEFAULT '',
     text TEXT,
     params_json TEXT NOT NULL DEFAULT '{}',
-    seed INTEGER,
+    seed {BIGINT},
     width INTEGER,
     height INTEGER,
-    duration_s REAL,
+    duration_s {FLOAT},
     parent_id INTEGER REFERENCES items(id) ON DELETE SET NULL,
     favourite INTEGER NOT NULL DEFAULT 0,
     file_path TEXT,
     thumb_path TEXT,
-    created_at DATETIME NOT NULL
+    created_at {TIMESTAMP} NOT NULL
 );
 CREATE INDEX ix_items_kind ON items(kind, id);
 CREATE INDEX ix_items_task ON items(task, id);
@@ -30,7 +32,7 @@ CREATE INDEX ix_items_created ON items(created_at);
 CREATE INDEX ix_items_parent ON items(parent_id);
 
 CREATE TABLE tags (
-    id INTEGER PRIMARY KEY,
+    id {ID},
     name TEXT NOT NULL UNIQUE
 );
 CREATE TABLE item_tags (
@@ -40,8 +42,10 @@ CREATE TABLE item_tags (
 );
 CREATE INDEX ix_item_tags_tag ON item_tags(tag_id, item_id);
 
--- Full-text search over what people type and what text models wrote. External content: the
--- text is stored once, in items; triggers keep the index in step.
+-- Full-text search over what people type and what text models wrote, found alike on both
+-- databases (studio/gallery/search.py). SQLite: an FTS5 table with external content (the text
+-- is stored once, in items; triggers keep the index in step).
+-- if sqlite
 CREATE VIRTUAL TABLE items_fts USING fts5(
     prompt, negative_prompt, text, content='items', content_rowid='id',
     tokenize='unicode61 remove_diacritics 2'
@@ -60,3 +64,22 @@ CREATE TRIGGER items_fts_update AFTER UPDATE OF prompt, negative_prompt, text ON
     INSERT INTO items_fts(rowid, prompt, negative_prompt, text)
     VALUES (new.id, new.prompt, new.negative_prompt, new.text);
 END;
+-- end if
+
+-- PostgreSQL: one IMMUTABLE function turns the three texts into the words FTS5's unicode61
+-- tokenizer would see — lower case, common Latin accents removed, every run of non-letters/digits
+-- a separator — so both databases find the same items; a GIN index over its tsvector makes the
+-- search an index lookup. studio/gallery/search.py queries exactly this expression.
+-- if postgresql
+CREATE FUNCTION studio_search_text(prompt TEXT, negative_prompt TEXT, body TEXT) RETURNS TEXT
+LANGUAGE SQL IMMUTABLE PARALLEL SAFE AS $$
+    SELECT regexp_replace(
+        translate(lower(coalesce(prompt, '') || ' ' || coalesce(negative_prompt, '') || ' ' ||
+                        coalesce(body, '')),
+                  'àáâãäåçèéêëìíîïñòóôõöùúûüýÿāăąćĉċčďēĕėęěĝğġģĥĩīĭįĵķĺļľńņňōŏőŕŗřśŝşšţťũūŭůűųŵŷźżž',
+                  'aaaaaaceeeeiiiinooooouuuuyyaaaccccdeeeeegggghiiiijklllnnnooorrrssssttuuuuuuwyzzz'),
+        '[^[:alnum:]]+', ' ', 'g')
+$$;
+CREATE INDEX ix_items_search ON items USING GIN (
+    to_tsvector('simple'::regconfig, studio_search_text(prompt, negative_prompt, text)));
+-- end if

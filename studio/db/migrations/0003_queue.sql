@@ -2,7 +2,7 @@
 -- JSON so that it can be rerun after a restart exactly as it was asked for. Times are UTC,
 -- ISO text (SQLAlchemy DateTime), like the gallery's.
 CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY,
+    id {ID},
     task TEXT NOT NULL,                       -- task name in studio.tasks (txt2img, chat...)
     engine TEXT NOT NULL,                     -- engine kind the task runs on
     params_json TEXT NOT NULL,                -- the task's parameters, as enqueued
@@ -10,18 +10,18 @@ CREATE TABLE jobs (
     status TEXT NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'canceled', 'paused')),
     priority INTEGER NOT NULL DEFAULT 0,      -- higher runs first
-    position REAL NOT NULL,                   -- order within a priority; lower runs first
-    progress REAL NOT NULL DEFAULT 0,         -- 0..1 of the running job
+    position {FLOAT} NOT NULL,                -- order within a priority; lower runs first
+    progress {FLOAT} NOT NULL DEFAULT 0,      -- 0..1 of the running job
     message TEXT NOT NULL DEFAULT '',         -- the engine's last progress message
     error TEXT,                               -- why it failed or was canceled
     attempts INTEGER NOT NULL DEFAULT 0,      -- times a worker took it (crashes count)
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker TEXT,                              -- which worker runs / ran it
     result_json TEXT,                         -- TaskResult.info and text, when it completed
-    created_at DATETIME NOT NULL,
-    started_at DATETIME,
-    finished_at DATETIME,
-    heartbeat_at DATETIME                     -- last progress report of a running job
+    created_at {TIMESTAMP} NOT NULL,
+    started_at {TIMESTAMP},
+    finished_at {TIMESTAMP},
+    heartbeat_at {TIMESTAMP}                  -- last progress report of a running job
 );
 -- Dequeue: next pending job by priority, then position (then id).
 CREATE INDEX ix_jobs_dequeue ON jobs(status, priority DESC, position, id);

@@ -9,8 +9,8 @@ CREATE TABLE workers (
     name TEXT PRIMARY KEY,                    -- host:pid
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    process_start REAL NOT NULL,              -- the process's start (clock ticks since boot)
-    started_at DATETIME NOT NULL,
-    heartbeat_at DATETIME NOT NULL
+    process_start {FLOAT} NOT NULL,           -- the process's start (clock ticks since boot)
+    started_at {TIMESTAMP} NOT NULL,
+    heartbeat_at {TIMESTAMP} NOT NULL
 );
 ALTER TABLE jobs ADD COLUMN model TEXT NOT NULL DEFAULT '';  -- params' model, '' = the default
