@@ -1,6 +1,6 @@
 """Full-text search over the gallery's prompts, negative prompts and text outputs, on both
-databases: SQLite's FTS5 table `items_fts` (migration 0001_gallery.sql) and, on PostgreSQL, a GIN
-index over `to_tsvector('simple', studio_search_text(...))` (the PostgreSQL block of 0001_gallery.sql).
+databases (both made by migration 0001_gallery.sql): SQLite's FTS5 table `items_fts` and, on
+PostgreSQL, a GIN index over `to_tsvector('simple', studio_search_text(...))`.
 
 Both find the same items for the same words (tests/test_postgres_search.py): every word of the
 search must begin a word of the item, case and common Latin accents ignored, and any run of
