@@ -69,6 +69,7 @@ class DiffusionEngine:
         self._scheduler_config: dict = {}
         self._scorer = None
         self._vae: tuple[tuple, Any] | None = None  # (file key, AutoencoderKL): the last VAE chosen
+        self._controlnets: dict = {}  # loaded ControlNets, a few (engines/diffusion/controlnet.py)
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -93,6 +94,7 @@ class DiffusionEngine:
         self._pipes.clear()
         self._scorer = None
         self._vae = None
+        self._controlnets = {}
         self._refiner = None  # engines/diffusion/refiner.py: (path, pipeline)
         if self.device == "cuda":
             import torch
@@ -230,10 +232,11 @@ class DiffusionEngine:
         mask_image = Image.fromarray(region_painted.astype(np.uint8) * 255)
         mask_image = mask_image.resize(size, Image.NEAREST)
         # 4. Denoise.
-        images, info = self._denoise(
-            "inpaint", params, seeds, size[0], size[1],
-            {"image": work, "mask_image": mask_image, "strength": params.strength},
-            on_progress, cancel)
+        extra = {"image": work, "mask_image": mask_image, "strength": params.strength}
+        if params.controlnet:  # control maps are fitted to the whole image, then cut to the box
+            extra["control_region"] = (box, original.size)
+        images, info = self._denoise("inpaint", params, seeds, size[0], size[1], extra,
+                                     on_progress, cancel)
         # 5. Back into the original: only painted pixels change, feathered inside the mask.
         alpha = feathered_alpha(painted, params.mask_blur)
         results = []
@@ -291,6 +294,12 @@ class DiffusionEngine:
         with conditioning(self._pipes, mode, params, self.model_name, self._load_vae) as cond:
             info: dict[str, Any] = dict(cond.info, total_steps=total,
                                         prompt_tokens=cond.prompt_tokens)
+            if params.controlnet:  # diffusers' ControlNet pipeline on the same weights
+                from engines.diffusion.controlnet import control_run
+
+                pipe, extra, control_info = control_run(self, pipe, mode, params, width, height,
+                                                        extra)
+                info.update(control_info)
             for b, batch_seeds in enumerate(batches):
                 cancel.raise_if_cancelled()
                 on_step_end = self._step_callback(params, b, len(batches), steps_per_run, total,

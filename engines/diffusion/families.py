@@ -25,7 +25,7 @@ from engines.base import EngineError, ParamError
 
 IMAGE_MODES = ("txt2img", "img2img", "inpaint", "outpaint")
 # The Stable Diffusion path's own fields (engine.py, extras.py, speed.py); no other family has them.
-SD_ONLY = ("scheduler", "token_merging", "step_cache", "vae", "candidates", "keep")
+SD_ONLY = ("scheduler", "token_merging", "step_cache", "vae", "candidates", "keep", "controlnet")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,76 @@ def check_image(name: str, value: Any) -> None:
     engines.base.check_image(name, value, MAX_PIXELS)
 
 
+# ControlNet (engines/diffusion/controlnet.py): sd-webui-controlnet's names and meanings.
+CONTROL_MODES = ("Balanced", "ControlNet is more important")  # the latter = diffusers' guess mode
+MAX_CONTROL_UNITS = 4
+
+
+@dataclass(frozen=True, eq=False)
+class ControlUnit:
+    """One ControlNet: a model, the image it reads (through a preprocessor module), and how
+    strongly and when it steers. Checked when built; the model name is checked against the
+    folders by the params that carry the unit."""
+    model: str  # a ControlNet name from the folders (engines/diffusion/controlnet.py)
+    image: Any  # PIL image: the preprocessor's input, or a ready map with module "none"
+    module: str = "none"  # engines/diffusion/control_modules.py: none, canny, invert, ...
+    weight: float = 1.0  # scale of the ControlNet's residuals (0 = off)
+    guidance_start: float = 0.0  # fraction of the steps where it starts steering
+    guidance_end: float = 1.0  # ... and stops
+    resize_mode: str = "Crop and Resize"  # Just Resize, Crop and Resize, Resize and Fill
+    processor_res: int = -1  # the preprocessor's short side; -1 = its default (512)
+    threshold_a: float = -1  # the module's first/second slider (canny: low/high); -1 = default
+    threshold_b: float = -1
+    pixel_perfect: bool = False  # processor_res = the generation's short side
+    control_mode: str = "Balanced"
+
+    def __post_init__(self) -> None:
+        from engines.diffusion.control_modules import RESIZE_MODES, check_thresholds, get_module
+
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ParamError("model", f"`model` must name a ControlNet, got {self.model!r}")
+        engines.base.check_image("image", self.image, MAX_PIXELS, min_side=16)
+        check_thresholds(get_module(self.module), self.threshold_a, self.threshold_b)
+        check_range("weight", self.weight, 0.0, 2.0)
+        check_range("guidance_start", self.guidance_start, 0.0, 1.0)
+        check_range("guidance_end", self.guidance_end, 0.0, 1.0)
+        if self.guidance_start >= self.guidance_end:
+            raise ParamError("guidance_start", f"`guidance_start` ({self.guidance_start}) must be "
+                             f"below `guidance_end` ({self.guidance_end})")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ParamError("resize_mode", f"unknown `resize_mode` {self.resize_mode!r}; known: "
+                             f"{', '.join(RESIZE_MODES)}")
+        if self.processor_res != -1:
+            check_int("processor_res", self.processor_res, 64, 2048)
+        if not isinstance(self.pixel_perfect, bool):
+            raise ParamError("pixel_perfect", f"`pixel_perfect` must be true or false, got "
+                             f"{self.pixel_perfect!r}")
+        if self.control_mode not in CONTROL_MODES:
+            raise ParamError("control_mode", f"`control_mode` {self.control_mode!r} is not "
+                             f"supported; use one of: {', '.join(CONTROL_MODES)}")
+
+
+def check_control_units(units: Any, folders: tuple[str, ...], step_cache: int) -> None:
+    """The units of a request: ControlUnits naming ControlNets that exist, one control mode."""
+    if not isinstance(units, tuple) or not all(isinstance(u, ControlUnit) for u in units):
+        raise ParamError("controlnet", f"`controlnet` must be a tuple of ControlUnit, got {units!r}")
+    if len(units) > MAX_CONTROL_UNITS:
+        raise ParamError("controlnet", f"at most {MAX_CONTROL_UNITS} ControlNet units, got "
+                         f"{len(units)}")
+    if not units:
+        return
+    if len({u.control_mode for u in units}) > 1:
+        raise ParamError("controlnet", "every ControlNet unit of a request needs the same "
+                         "`control_mode` (diffusers applies one to all)")
+    if step_cache > 1:
+        raise ParamError("step_cache", "`step_cache` does not combine with ControlNet (the "
+                         "cached deep blocks would skip the ControlNet's residuals)")
+    from engines.diffusion.controlnet import resolve
+
+    for unit in units:
+        resolve(unit.model, folders)  # ParamError naming an unknown or unreadable ControlNet
+
+
 @dataclass(frozen=True, eq=False)
 class Txt2ImgParams:
     prompt: str
@@ -94,6 +164,10 @@ class Txt2ImgParams:
     lora_dirs: tuple[str, ...] = ()
     embedding_dirs: tuple[str, ...] = ()
     vae: str | None = None  # a VAE file or folder path; None = the model's own
+    # ControlNet units (MultiControlNet when several), their models looked up in these folders
+    # and in the embedded assets/controlnet (engines/diffusion/controlnet.py).
+    controlnet: tuple[ControlUnit, ...] = ()
+    controlnet_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.check_inputs()
@@ -125,7 +199,7 @@ class Txt2ImgParams:
         check_int("preview_every", self.preview_every, 0, 1000)
         check_range("token_merging", self.token_merging, 0.0, 0.75)
         check_int("step_cache", self.step_cache, 0, 5)
-        for name in ("lora_dirs", "embedding_dirs"):
+        for name in ("lora_dirs", "embedding_dirs", "controlnet_dirs"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise ParamError(name, f"`{name}` must be a tuple of folder paths, got {value!r}")
@@ -135,6 +209,7 @@ class Txt2ImgParams:
         from engines.diffusion.lora import parse_tags, resolve
 
         resolve(parse_tags(self.prompt)[1], self.lora_dirs)
+        check_control_units(self.controlnet, self.controlnet_dirs, self.step_cache)
 
     @property
     def image_count(self) -> int:
@@ -190,6 +265,9 @@ class OutpaintParams(Img2ImgParams):
 
     def check_inputs(self) -> None:
         super().check_inputs()
+        if self.controlnet:
+            raise ParamError("controlnet", "outpainting takes no ControlNet units (use inpaint "
+                             "on a larger canvas)")
         sides = tuple(self.sides) if isinstance(self.sides, (list, tuple)) else ()
         if not sides or any(s not in OUTPAINT_SIDES for s in sides):
             raise ParamError("sides", f"`sides` must be some of {', '.join(OUTPAINT_SIDES)}, got "
