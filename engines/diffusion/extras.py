@@ -1,8 +1,9 @@
 """Everything between a prompt and the UNet's conditioning, for one generation: LoRA tags,
-textual-inversion embeddings, A1111 prompt weighting and long prompts, and the VAE choice.
+textual-inversion embeddings, A1111 prompt weighting and long prompts, clip skip, prompt
+editing / alternation / AND (prompt_editing.py), and the VAE choice.
 
     with conditioning(pipes, mode, params, model_name, vae_loader) as cond:
-        pipe(**cond.embeds_for(batch), ...)
+        pipe(**cond.pipe_kwargs(batch, on_step_end), ...)
     cond.info -> {"loras": [...], "embeddings": [...], "vae": {...}, "warnings": [...]}
 
 Order matters: LoRAs are loaded first (a text-encoder LoRA changes the prompt's encoding), then
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engines.diffusion import lora, textual_inversion
+from engines.base import ParamError
+from engines.diffusion import lora, prompt_editing, textual_inversion
 from engines.diffusion.prompt_weights import encode_chunks, tokenize_prompt
 
 
@@ -28,6 +30,7 @@ class Conditioning:
     negative_pooled: Any = None
     prompt_tokens: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    steps: Any = None  # prompt_editing.StepPrompts when the prompt edits, alternates or uses AND
 
     def embeds_for(self, batch: int) -> dict[str, Any]:
         """The pipeline's keyword arguments for `batch` images of this prompt."""
@@ -40,6 +43,12 @@ class Conditioning:
             kwargs.update(pooled_prompt_embeds=rows(self.pooled),
                           negative_pooled_prompt_embeds=rows(self.negative_pooled))
         return kwargs
+
+    def pipe_kwargs(self, batch: int, on_step_end) -> dict[str, Any]:
+        """The embeddings and the step callback for one pipeline call of `batch` images."""
+        if self.steps is not None:
+            return prompt_editing.pipe_kwargs(self.steps, batch, on_step_end)
+        return dict(self.embeds_for(batch), callback_on_step_end=on_step_end)
 
 
 def _encoders(pipe) -> list[tuple[Any, Any]]:
@@ -65,7 +74,7 @@ def _embeddings(prompts: list[str], folders, pipe, warnings: list[str]) -> list:
     return usable
 
 
-def encode(pipe, text: str, embeddings: list) -> tuple[Any, Any, int]:
+def encode(pipe, text: str, embeddings: list, clip_skip: int = 1) -> tuple[Any, Any, int]:
     """(hidden states 1 x tokens x dim, pooled or None, prompt token count) with A1111's
     weighting and chunking; SDXL concatenates both encoders' penultimate states."""
     import torch
@@ -79,7 +88,8 @@ def encode(pipe, text: str, embeddings: list) -> tuple[Any, Any, int]:
             tokenizer, [(e.name, e.for_width(width)) for e in embeddings])
         chunks, count = tokenize_prompt(text, tokenizer, table)
         with torch.no_grad():
-            chunk_states, chunk_pooled = encode_chunks(chunks, tokenizer, encoder, penultimate)
+            chunk_states, chunk_pooled = encode_chunks(chunks, tokenizer, encoder, penultimate,
+                                                       clip_skip)
         states.append(chunk_states)
         pooled = chunk_pooled if chunk_pooled is not None else pooled
     return torch.cat(states, dim=-1), pooled, count
@@ -94,18 +104,19 @@ def _pad_to(states, length: int, empty):
     return states
 
 
-def encode_pair(pipe, prompt: str, negative: str, embeddings: list) -> Conditioning:
+def encode_pair(pipe, prompt: str, negative: str, embeddings: list,
+                clip_skip: int = 1) -> Conditioning:
     import torch
 
-    cond, pooled, count = encode(pipe, prompt, embeddings)
+    cond, pooled, count = encode(pipe, prompt, embeddings, clip_skip)
     if negative == "" and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
         # SDXL's own convention for an empty negative prompt (diffusers does the same)
         uncond, negative_pooled = torch.zeros_like(cond), (
             torch.zeros_like(pooled) if pooled is not None else None)
     else:
-        uncond, negative_pooled, _ = encode(pipe, negative, embeddings)
+        uncond, negative_pooled, _ = encode(pipe, negative, embeddings, clip_skip)
     if cond.shape[1] != uncond.shape[1]:
-        empty, _, _ = encode(pipe, "", [])
+        empty, _, _ = encode(pipe, "", [], clip_skip)
         length = max(cond.shape[1], uncond.shape[1])
         cond, uncond = _pad_to(cond, length, empty), _pad_to(uncond, length, empty)
     return Conditioning(cond, uncond, pooled, negative_pooled, count)
@@ -127,6 +138,23 @@ def vae_swapped(pipes: dict, vae) -> Iterator[None]:
             pipe.vae = originals[mode]
 
 
+def clip_skip_for(pipe, clip_skip: int, warnings: list[str]) -> int:
+    """A1111 applies "Clip skip" to SD 1.x's OpenAI CLIP only: SD 2.x's OpenCLIP and SDXL keep
+    their penultimate layer whatever the setting (A1111's default), and so do we."""
+    if clip_skip <= 1:
+        return 1
+    encoders = _encoders(pipe)
+    config = encoders[0][1].config if len(encoders) == 1 else None
+    if config is None or getattr(config, "hidden_act", "") != "quick_gelu":
+        warnings.append(f"clip skip {clip_skip} is ignored: A1111 applies it to SD 1.x models "
+                        "only, not to SD 2.x or SDXL")
+        return 1
+    if clip_skip > config.num_hidden_layers:
+        raise ParamError("clip_skip", f"`clip_skip` {clip_skip} is more than this model's text "
+                         f"encoder has layers ({config.num_hidden_layers})")
+    return clip_skip
+
+
 @contextmanager
 def conditioning(pipes: dict, mode: str, params, model_name: str,
                  vae_loader: Callable[[Path], Any]) -> Iterator[Conditioning]:
@@ -143,8 +171,16 @@ def conditioning(pipes: dict, mode: str, params, model_name: str,
     vae_path = Path(params.vae) if params.vae else None
     vae = vae_loader(vae_path) if vae_path else None
     # 3. LoRAs on, prompts encoded with them; everything undone when the block ends.
+    clip_skip = clip_skip_for(pipe, getattr(params, "clip_skip", 1), warnings)
     with lora.applied(pipe, loras, model_name) as lora_records, vae_swapped(pipes, vae):
-        cond = encode_pair(pipe, prompt, negative, embeddings)
+        # Prompt editing, alternation and AND: one encoding per distinct text (prompt_editing.py).
+        steps, prompt, negative = prompt_editing.step_prompts(
+            pipe, prompt, negative, params.steps,
+            lambda text: encode(pipe, text, embeddings, clip_skip))
+        if steps is None:
+            cond = encode_pair(pipe, prompt, negative, embeddings, clip_skip)
+        else:
+            cond = Conditioning(None, None, prompt_tokens=steps.prompt_tokens, steps=steps)
         cond.info = {
             "loras": lora_records,
             "embeddings": [{"name": e.name, "hash": textual_inversion.short_hash(e.path),
@@ -152,7 +188,10 @@ def conditioning(pipes: dict, mode: str, params, model_name: str,
             "vae": ({"name": vae_path.name, "hash": _vae_hash(vae_path)} if vae_path else None),
             "warnings": warnings,
         }
-        yield cond
+        if clip_skip > 1:
+            cond.info["clip_skip"] = clip_skip
+        with prompt_editing.composable_guidance(pipe, steps):
+            yield cond
 
 
 def _vae_hash(path: Path) -> str:

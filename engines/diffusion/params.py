@@ -158,6 +158,9 @@ class Txt2ImgParams:
     # DeepCache-style: run the whole UNet every `step_cache` steps and only its shallowest level
     # in between, reusing the deep blocks' features; faster, slightly different. 0 = exact.
     step_cache: int = 0
+    # A1111 "Clip skip" (its CLIP_stop_at_last_layers option): the prompt is read from the text
+    # encoder's layer this many from the end; 1 = the last. SD 1.x only, as in A1111.
+    clip_skip: int = 1
     # Extra networks, A1111-style (engines/diffusion/lora.py, textual_inversion.py, vae.py):
     # `<lora:name:weight>` tags in the prompt are looked up in these folders (and subfolders);
     # embeddings are triggered by their file name in the prompt.
@@ -199,6 +202,7 @@ class Txt2ImgParams:
         check_int("preview_every", self.preview_every, 0, 1000)
         check_range("token_merging", self.token_merging, 0.0, 0.75)
         check_int("step_cache", self.step_cache, 0, 5)
+        check_int("clip_skip", self.clip_skip, 1, 12)
         for name in ("lora_dirs", "embedding_dirs", "controlnet_dirs"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):

@@ -192,9 +192,11 @@ def _chunk_ids(chunk: Chunk, tokenizer):
     return torch.tensor([ids])
 
 
-def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool):
+def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool, clip_skip: int = 1):
     """Hidden states of one chunk, with textual-inversion vectors put in through a hook on the
-    token embedding (the way A1111 does it: no tokenizer or vocabulary is changed)."""
+    token embedding (the way A1111 does it: no tokenizer or vocabulary is changed).
+    clip_skip > 1 (SD 1.x only, A1111's "Clip skip"): the output of the layer that many from
+    the end, through the final layer norm, as A1111 does it."""
     import torch
 
     embedding = text_encoder.get_input_embeddings()
@@ -207,11 +209,18 @@ def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool):
 
     hook = embedding.register_forward_hook(put_vectors) if chunk.fixes else None
     try:
-        out = text_encoder(ids.to(text_encoder.device), output_hidden_states=penultimate)
+        out = text_encoder(ids.to(text_encoder.device),
+                           output_hidden_states=penultimate or clip_skip > 1)
     finally:
         if hook is not None:
             hook.remove()
-    states = out.hidden_states[-2] if penultimate else out[0]
+    if penultimate:
+        states = out.hidden_states[-2]
+    elif clip_skip > 1:
+        model = getattr(text_encoder, "text_model", text_encoder)  # transformers < 5 nests it
+        states = model.final_layer_norm(out.hidden_states[-clip_skip])
+    else:
+        states = out[0]
     pooled = out[0] if penultimate and out[0].ndim == 2 else None  # CLIPTextModelWithProjection
     weights = torch.tensor(chunk.weights, dtype=states.dtype, device=states.device)
     weights = torch.cat([weights.new_ones(1), weights, weights.new_ones(1)])
@@ -222,14 +231,15 @@ def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool):
     return states, pooled
 
 
-def encode_chunks(chunks: list[Chunk], tokenizer, text_encoder, penultimate: bool = False):
+def encode_chunks(chunks: list[Chunk], tokenizer, text_encoder, penultimate: bool = False,
+                  clip_skip: int = 1):
     """(1 x 77k x dim hidden states, pooled output of the first chunk or None)."""
     import torch
 
     states, pooled = [], None
     for i, chunk in enumerate(chunks):
         chunk_states, chunk_pooled = _encode_chunk(text_encoder, _chunk_ids(chunk, tokenizer),
-                                                   chunk, penultimate)
+                                                   chunk, penultimate, clip_skip)
         states.append(chunk_states)
         if i == 0:
             pooled = chunk_pooled

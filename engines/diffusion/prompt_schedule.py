@@ -1,0 +1,236 @@
+"""AUTOMATIC1111's prompt editing, alternating words and composable `AND`, as text: which prompt
+each denoising step reads. No torch here (engines/diffusion/prompt_editing.py encodes and swaps).
+
+    [from:to:when]   `from` until step `when`, then `to`      a [fantasy:cyberpunk:16] landscape
+    [to:when]        nothing, then `to` (added after `when`)   a [wooden:0.5] house
+    [from::when]     `from`, removed after `when`             a [red::4] ball
+    [a|b|c]          a different word each step (alternating)  a [cat|dog] in a field
+    p1 AND p2 :0.7   composable diffusion: both prompts guide, the second at weight 0.7
+
+`when` as A1111 (>= 1.6) reads it: written with a decimal point it is a fraction of the steps
+(`0.5`, `.25`), otherwise a step number (`16`); beyond the last step it never switches. Nested
+and combined with weights: `[(red:1.3):[blue:green:0.8]:5]`.
+
+A schedule is [(end step, text), ...]: denoising step s (0-based, as A1111's CFG denoiser counts)
+uses the first entry with s <= end step. This follows A1111's `get_learned_conditioning_prompt_
+schedules` and `get_multicond_prompt_list` (modules/prompt_parser.py), including what it does
+with stray brackets (kept as text) and its parse failures (the whole prompt, unscheduled); the
+parser is our own recursive descent instead of A1111's lark grammar.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RE_AND = re.compile(r"\bAND\b")
+RE_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+RE_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")
+RE_PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.S)
+SPECIAL = "()[]:|"
+MAX_DEPTH = 100  # brackets nested deeper than this: the prompt is read unscheduled
+
+
+# ------------------------------------------------------------------ AND
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """[(sub-prompt, weight), ...] as A1111 splits a positive prompt on `AND`; a trailing
+    `:number` on each part is its weight (1 when absent).
+
+    >>> split_and("a cat AND a dog :0.7")
+    [('a cat', 1.0), (' a dog', 0.7)]
+    """
+    parts = []
+    for sub in RE_AND.split(prompt):
+        match = RE_WEIGHT.search(sub)
+        text, weight = match.groups() if match else (sub, None)
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts
+
+
+# ------------------------------------------------------------------ the parse tree
+@dataclass
+class Group:  # (...), (...:...) or [...]: kept as written, its insides may be scheduled
+    opening: str
+    parts: list[list]
+
+
+@dataclass
+class Scheduled:  # [from:to:when] / [to:when] / [from::when]
+    before: list | None
+    after: list
+    when: str
+
+
+@dataclass
+class Alternate:  # [a|b|c]
+    options: list[list]
+
+
+class ParseError(ValueError):
+    pass
+
+
+class _Parser:
+    """Recursive descent over A1111's schedule grammar. Outside any bracket, a bracket that does
+    not open a valid construct is plain text (A1111's `start` rule); inside one, it is an error
+    that undoes the enclosing construct. Results per position are memoised: linear time."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.memo: dict[int, tuple | None] = {}
+        self.depth = 0
+
+    def top(self) -> list:
+        nodes, i, text = [], 0, self.text
+        while i < len(text):
+            c = text[i]
+            if c in "([":
+                got = self.bracket(i)
+                if got is not None:
+                    nodes.append(got[0])
+                    i = got[1]
+                    continue
+            if c in "()[]:":
+                nodes.append(c)
+                i += 1
+                continue
+            plain = RE_PLAIN.match(text, i)
+            if plain is None:  # "|" or a lone trailing "\": A1111's grammar rejects the prompt
+                raise ParseError(f"unexpected {c!r} at {i}")
+            nodes.append(plain.group(0))
+            i = plain.end()
+        return nodes
+
+    def sequence(self, i: int, stops: str) -> tuple[list, int] | None:
+        """Nodes up to a character in `stops` (not consumed); None if none comes."""
+        nodes, text = [], self.text
+        while i < len(text):
+            c = text[i]
+            if c in stops:
+                return nodes, i
+            if c in "([":
+                got = self.bracket(i)
+                if got is None:
+                    return None
+                nodes.append(got[0])
+                i = got[1]
+            elif c in SPECIAL:
+                return None
+            else:
+                plain = RE_PLAIN.match(text, i)
+                if plain is None:
+                    return None
+                nodes.append(plain.group(0))
+                i = plain.end()
+        return None
+
+    def bracket(self, i: int) -> tuple | None:
+        if i not in self.memo:
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ParseError(f"brackets nested deeper than {MAX_DEPTH}")
+            self.memo[i] = self._bracket(i)
+            self.depth -= 1
+        return self.memo[i]
+
+    def _bracket(self, i: int) -> tuple | None:
+        opening = self.text[i]
+        close, stops = (")", ":)") if opening == "(" else ("]", ":|]")
+        parts, separators, j = [], [], i + 1
+        while True:
+            got = self.sequence(j, stops)
+            if got is None:
+                return None
+            nodes, j = got
+            parts.append(nodes)
+            if self.text[j] == close:
+                j += 1
+                break
+            separators.append(self.text[j])
+            j += 1
+        if opening == "(":
+            return (Group("(", parts), j) if len(separators) <= 1 else None
+        if not separators:
+            return Group("[", parts), j
+        if all(s == "|" for s in separators):
+            return Alternate(parts), j
+        if all(s == ":" for s in separators) and len(separators) <= 2:
+            last = parts[-1]
+            if len(last) == 1 and isinstance(last[0], str) and RE_NUMBER.fullmatch(last[0]):
+                before = parts[0] if len(parts) == 3 else None
+                return Scheduled(before, parts[-2], RE_NUMBER.fullmatch(last[0]).group(1)), j
+        return None
+
+
+def parse(text: str) -> list:
+    return _Parser(text).top()
+
+
+# ------------------------------------------------------------------ schedules
+def _when(number: str, steps: int) -> int:
+    """A1111's switch step: "0.5" a fraction of the steps, "16" a step; at most `steps`."""
+    value = float(number)
+    if "." in number:
+        value *= steps
+    return min(steps, int(value))
+
+
+def _switch_steps(nodes: list, steps: int, found: set[int]) -> None:
+    for node in nodes:
+        if isinstance(node, Group):
+            for part in node.parts:
+                _switch_steps(part, steps, found)
+        elif isinstance(node, Scheduled):
+            when = _when(node.when, steps)
+            if when >= 1:
+                found.add(when)
+            _switch_steps(node.before or [], steps, found)
+            _switch_steps(node.after, steps, found)
+        elif isinstance(node, Alternate):
+            found.update(range(1, steps + 1))
+            for option in node.options:
+                _switch_steps(option, steps, found)
+
+
+def _render(nodes: list, step: int, steps: int) -> str:
+    out = []
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, Group):
+            inner = ":".join(_render(part, step, steps) for part in node.parts)
+            out.append(node.opening + inner + (")" if node.opening == "(" else "]"))
+        elif isinstance(node, Scheduled):
+            chosen = (node.before or []) if step <= _when(node.when, steps) else node.after
+            out.append(_render(chosen, step, steps))
+        else:  # Alternate
+            out.append(_render(node.options[(step - 1) % len(node.options)], step, steps))
+    return "".join(out)
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """[(end step, text), ...] for `steps` steps.
+
+    >>> prompt_schedule("a [fantasy:cyberpunk:16] landscape", 20)
+    [(16, 'a fantasy landscape'), (20, 'a cyberpunk landscape')]
+    """
+    try:
+        tree = parse(prompt)
+    except ParseError:
+        return [(steps, prompt)]
+    found = {steps}
+    _switch_steps(tree, steps, found)
+    return [(end, _render(tree, end, steps)) for end in sorted(found)]
+
+
+def text_at(schedule: list[tuple[int, str]], step: int) -> int:
+    """Index of the entry that 0-based denoising step `step` uses (A1111's
+    reconstruct_cond_batch: the first whose end step is >= step)."""
+    for index, (end, _) in enumerate(schedule):
+        if step <= end:
+            return index
+    return 0  # past the end (A1111 falls back to the first entry too)
+
+
+def has_editing(prompt: str) -> bool:
+    """Whether the prompt may hold prompt editing, alternation or AND (cheap pre-check)."""
+    return "[" in prompt or "AND" in prompt or ":" in prompt
