@@ -257,7 +257,7 @@ class DiffusionEngine:
             guidance_scale=params.guidance_scale, seed=params.seed, batch_size=params.batch_size,
             batch_count=params.batch_count, scheduler=params.scheduler,
             preview_every=params.preview_every, token_merging=params.token_merging,
-            step_cache=params.step_cache, lora_dirs=params.lora_dirs,
+            step_cache=params.step_cache, clip_skip=params.clip_skip, lora_dirs=params.lora_dirs,
             embedding_dirs=params.embedding_dirs, vae=params.vae, init_image=canvas,
             strength=params.strength,
             mask=Image.fromarray(painted.astype(np.uint8) * 255), mask_blur=params.mask_blur,
@@ -310,10 +310,11 @@ class DiffusionEngine:
                 except ValueError as error:
                     raise EngineError(str(error)) from None
                 with torch.inference_mode():
-                    output = pipe(**cond.embeds_for(len(batch_seeds)),
+                    # embeddings, and prompt editing's step callback (prompt_editing.py)
+                    output = pipe(**cond.pipe_kwargs(len(batch_seeds), on_step_end),
                                   num_inference_steps=params.steps,
                                   guidance_scale=params.guidance_scale, width=width, height=height,
-                                  generator=generators, callback_on_step_end=on_step_end,
+                                  generator=generators,
                                   **{"output_type": "pil", **extra})  # refiner.py: latents
                 images.extend(output.images)
         if step_times:
