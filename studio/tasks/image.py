@@ -20,6 +20,8 @@ Common to all four:
                                faster at large sizes, slightly different images
   step_cache                   0..5, default 0 (exact): DeepCache-style, the whole UNet every N
                                steps, its shallowest level in between; faster, approximate
+  clip_skip                    A1111 "Clip skip" 1..12, default 1 (the last CLIP layer); SD 1.x
+                               only, as in A1111 (SD 2.x and SDXL ignore it, with a warning)
   vae                          a VAE from <data>/models/VAE by file name (A1111's `sd_vae`),
                                or "Automatic" / "None" / absent: the model's own
   <lora:name:weight> in the prompt   a LoRA from <data>/models/Lora (subfolders too); an unknown
@@ -68,7 +70,7 @@ from studio.tasks import TaskResult, TaskSpec, register
 ENGINE = "diffusion"
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
           "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
-          "step_cache", "vae")
+          "step_cache", "vae", "clip_skip")
 FIELDS = {
     "txt2img": COMMON + ("candidates", "keep"),
     "img2img": COMMON + ("strength",),
@@ -256,6 +258,8 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
     }
     if task != "txt2img":
         settings["Denoising strength"] = params.strength
+    if params.clip_skip > 1:
+        settings["Clip skip"] = params.clip_skip  # A1111 writes the setting, whatever the model
     if params.token_merging:
         settings["Token merging ratio"] = params.token_merging
     if params.step_cache > 1:
