@@ -39,8 +39,8 @@ from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfo
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
 from studio.api.a1111_extras import hires_params
-from studio.api.a1111_names import (FILL_CODES, SCHEDULE_TYPES, a1111_field, scheduler_name,
-                                     schedulers_table)
+from studio.api.a1111_names import (CLIP_SKIP_OPTION, FILL_CODES, SCHEDULE_TYPES, a1111_field,
+                                     scheduler_name, schedulers_table)
 from studio.api.a1111_options import Checkpoints, Options
 from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
 from studio.api.auth import require_auth
@@ -70,7 +70,7 @@ def _encode_png(image) -> str:
 
 
 def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
-              vae: str | None = None) -> Run:
+              vae: str | None = None, clip_skip: Any = None) -> Run:
     """The task and per-iteration params of a request; raises 422s naming A1111 fields."""
     if request.n_iter < 1:
         raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
@@ -104,6 +104,8 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         params["model"] = model_id
     if vae not in (None, "Automatic", "None"):  # A1111's sd_vae: a file in models/VAE
         params["vae"] = vae
+    if clip_skip not in (None, 1):  # A1111's CLIP_stop_at_last_layers option
+        params["clip_skip"] = clip_skip
     task = "txt2img"
     hires = None if isinstance(request, Img2ImgRequest) else hires_params(request)
     if hires is not None:  # A1111's hires fix: a second, img2img pass at the larger size
@@ -192,8 +194,9 @@ def _generation_routes(api: APIRouter, ctx, checkpoints: Checkpoints, options: O
 
     async def generate(request: Txt2ImgRequest, kind: str, http: Request) -> GenerationResponse:
         model_id = model_for(request)
-        vae = (request.override_settings or {}).get("sd_vae", options.get().get("sd_vae"))
-        run = await asyncio.to_thread(build_run, ctx, request, kind, model_id, vae)
+        settings = {**options.get(), **(request.override_settings or {})}
+        run = await asyncio.to_thread(build_run, ctx, request, kind, model_id,
+                                      settings.get("sd_vae"), settings.get(CLIP_SKIP_OPTION))
         try:
             outcomes = await runs.execute(run, http.is_disconnected)
         except ValueError as error:  # refused at enqueue (the queue is full...)
@@ -373,7 +376,7 @@ def _info(ctx, request: Txt2ImgRequest, run: Run, outcomes, item_ids: list[int])
         "denoising_strength": request.denoising_strength if run.task != "txt2img" else None,
         "extra_generation_params": {"Schedule type": schedule} if schedule else {},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": request.styles or [],
-        "job_timestamp": run.timestamp, "clip_skip": 1,
+        "job_timestamp": run.timestamp, "clip_skip": run.iterations[0].get("clip_skip", 1),
         "is_using_inpainting_conditioning": False, "version": "GenStudio",
         # GenStudio's own: where the images went, and what happened to the runs.
         "task": run.task, "gallery_ids": item_ids, "interrupted": run.interrupted,

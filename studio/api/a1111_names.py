@@ -14,7 +14,9 @@ from engines.base import ParamError
 
 # A1111 name -> the task's name
 PARAM_NAMES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
-               "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae"}
+               "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae",
+               "CLIP_stop_at_last_layers": "clip_skip"}  # an A1111 option: override_settings
+CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's "Clip skip" setting
 # A1111's Extras (upscale) names -> the upscale task's
 EXTRAS_PARAM_NAMES = {"upscaler_1": "upscaler", "upscaling_resize": "scale",
                       "upscaling_resize_w": "width", "upscaling_resize_h": "height",

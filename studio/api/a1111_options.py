@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engines.base import ParamError
+from engines.base import ParamError, check_int
 if TYPE_CHECKING:
     from studio.context import StudioContext
 
@@ -185,6 +185,8 @@ class Options:
             checkpoint = self.resolve(changes["sd_model_checkpoint"])
             changes["sd_model_checkpoint"] = checkpoint.title
         changes.pop("sd_checkpoint_hash", None)
+        if "CLIP_stop_at_last_layers" in changes:  # A1111's "Clip skip" slider: 1..12
+            check_int("CLIP_stop_at_last_layers", changes["CLIP_stop_at_last_layers"], 1, 12)
         if changes.get("sd_vae") is not None:  # a listed VAE only, never a path to anywhere
             from engines.diffusion.vae import resolve_vae
 
