@@ -235,6 +235,20 @@ class GalleryStore:
     def query(self, q: GalleryQuery = GalleryQuery()) -> Page:
         if q.page < 1 or not 1 <= q.page_size <= 500:
             raise ValueError(f"page must be >= 1 and page_size 1..500, got {q.page}, {q.page_size}")
+        conditions = self.conditions(q)
+        where = and_(*conditions) if conditions else None
+        with self.db.session() as session:
+            count = select(func.count()).select_from(Item)
+            page = select(Item).order_by(Item.id.desc())
+            if where is not None:
+                count, page = count.where(where), page.where(where)
+            total = session.scalar(count) or 0
+            rows = session.scalars(page.limit(q.page_size).offset((q.page - 1) * q.page_size)).all()
+            return Page([self._view(r) for r in rows], total, q.page, q.page_size)
+
+    def conditions(self, q: GalleryQuery) -> list:
+        """The WHERE conditions on `items` of a query's search words and filters (also used by
+        the semantic search, studio/gallery/semantic.py, with the words left out)."""
         conditions = []
         match = match_condition(getattr(self.db, "dialect", "sqlite"), q.search)
         if match is not None:  # FTS5 on SQLite, a tsvector index on PostgreSQL
@@ -251,15 +265,7 @@ class GalleryStore:
             conditions.append(Item.created_at >= _naive_utc(q.date_from))
         if q.date_to:
             conditions.append(Item.created_at < _naive_utc(q.date_to))
-        where = and_(*conditions) if conditions else None
-        with self.db.session() as session:
-            count = select(func.count()).select_from(Item)
-            page = select(Item).order_by(Item.id.desc())
-            if where is not None:
-                count, page = count.where(where), page.where(where)
-            total = session.scalar(count) or 0
-            rows = session.scalars(page.limit(q.page_size).offset((q.page - 1) * q.page_size)).all()
-            return Page([self._view(r) for r in rows], total, q.page, q.page_size)
+        return conditions
 
     def lineage(self, item_id: int) -> list[ItemView]:
         """Ancestors then the item itself: [root, ..., parent, item]."""
