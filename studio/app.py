@@ -22,6 +22,7 @@ from studio.gallery.sweep import sweep_shared
 from studio.gallery.store import GalleryStore
 from studio.jobs.queue import JobQueue
 from studio.jobs.runner import Runner
+from studio.uploads import sweep_uploads
 
 log = logging.getLogger("genstudio")
 
@@ -82,6 +83,7 @@ def build_context(config: StudioConfig) -> StudioContext:
     for spec in ENGINES:
         engines.register(spec)
     ctx = StudioContext(config=config, db=db, gallery=gallery, engines=engines)
+    sweep_uploads(ctx)  # stored masks that no job needs any more (studio/uploads.py)
     # 3. The persistent queue and the one runner every generation goes through.
     ctx.queue = JobQueue(ctx)
     ctx.runner = Runner(ctx.queue)

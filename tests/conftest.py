@@ -1,5 +1,6 @@
-"""Shared fixtures: temp data dir, in-memory database, a StudioContext, the real studio as a
-subprocess, and Playwright pages in Debian's Chromium."""
+"""Shared fixtures: temp data dir, in-memory database, a StudioContext, a running studio on the
+app's own wiring (`studio`, tests/wiring.py), the real studio as a subprocess, and Playwright
+pages in Debian's Chromium."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pg_server import pg_server, pg_url  # noqa: F401 -- a throwaway PostgreSQL for the tests
+from wiring import studio  # noqa: F401 -- the app's own wiring plus a worker (tests/wiring.py)
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GENSTUDIO_CHROMIUM", "/usr/bin/chromium")

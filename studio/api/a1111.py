@@ -153,17 +153,19 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
 
 
 def _store_uploads(ctx, params: dict) -> list[int]:
-    """Input images become gallery uploads, referred to by id: the job row stays small and no
-    layer decodes base64 again. Returns the new items' ids (deleted if the request fails)."""
-    stored = []
-    for name, label in (("init_image", "init image"), ("mask", "mask")):
-        image = params.pop(name, None)
-        if image is not None:
-            item = ctx.gallery.add_image(image, task="upload", engine="",
-                                         prompt=f"{label} (A1111 API)", params={"source": "sdapi"})
-            params[f"{name}_id"] = item.id
-            stored.append(item.id)
-    return stored
+    """Input images are stored once and referred to by id: the job row stays small and no layer
+    decodes base64 again. The init image becomes a gallery upload (the results' parent; its id
+    is returned, deleted if the request fails), the mask an upload outside the gallery."""
+    from studio.uploads import store_inline_images
+
+    params.update(store_inline_images(ctx, params))
+    image = params.pop("init_image", None)
+    if image is None:
+        return []
+    item = ctx.gallery.add_image(image, task="upload", engine="", prompt="init image (A1111 API)",
+                                 params={"source": "sdapi"})
+    params["init_image_id"] = item.id
+    return [item.id]
 
 
 # ------------------------------------------------------------------ router

@@ -93,6 +93,7 @@ class JobQueue:
     def check(self, request: JobRequest) -> NewJob:
         """The enqueue-time validation of one job; returns the row to insert."""
         from studio.tasks import get_task, validate_task
+        from studio.uploads import store_inline_images
 
         if not isinstance(request.task, str) or not request.task:
             raise ParamError("task", f"`task` must be a task name, got {request.task!r}")
@@ -120,7 +121,9 @@ class JobQueue:
         except (TypeError, KeyError) as error:  # a task whose validate let a wrong shape through
             raise ValueError(f"parameters for {request.task!r} are incomplete or of the wrong "
                              f"shape: {error}") from None
-        return NewJob(task=request.task, engine=spec.engine, params=request.params,
+        # A mask sent inline (base64) is stored once; the row keeps its short upload id.
+        params = store_inline_images(self.ctx, request.params)
+        return NewJob(task=request.task, engine=spec.engine, params=params,
                       priority=priority, label=_label(request.params))
 
     # ------------------------------------------------------------ worker

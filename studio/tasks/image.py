@@ -35,7 +35,9 @@ img2img, inpaint, outpaint:
                                data URL string
   strength                     A1111 "Denoising strength" 0..1
 inpaint:
-  mask_id | mask               white = repaint; the same size as the image
+  mask_id | mask               white = repaint; the same size as the image; `mask` is an upload
+                               id ("upload:<sha256>", studio/uploads.py) or, from a client, a
+                               base64 image that the queue stores as one
   mask_blur                    feathering in pixels, inside the mask only (default 4)
   inpaint_full_res             A1111 "Inpaint area: Only masked" (default false)
   inpaint_full_res_padding     context pixels around the mask's box (default 32)
@@ -66,6 +68,7 @@ from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
 from studio.models import check_diffusion_model, check_family
 from studio.tasks import TaskResult, TaskSpec, register
+from studio.uploads import is_upload_ref, open_upload
 
 ENGINE = "diffusion"
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
@@ -131,10 +134,13 @@ def _gallery_image(ctx, item_id: Any, name: str) -> Image.Image:
 
 
 def _resolve_image(ctx, params: dict, name: str) -> tuple[Image.Image | None, int | None]:
-    """(image, gallery id) from `<name>_id` or `<name>`; (None, None) when neither is given."""
+    """(image, gallery id) from `<name>_id` or `<name>` (an upload id, a base64 image or a PIL
+    image); (None, None) when neither is given."""
     if params.get(f"{name}_id") is not None:
         item_id = params[f"{name}_id"]
         return _gallery_image(ctx, item_id, f"{name}_id"), item_id
+    if is_upload_ref(params.get(name)):  # stored once at the boundary (studio/uploads.py)
+        return open_upload(ctx, params[name], name), None
     if params.get(name) is not None:
         return decode_image(params[name], name), None
     return None, None

@@ -16,7 +16,6 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from studio.tasks.image import encode_image
 from studio.ui.add_to_queue import add_job
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
@@ -78,7 +77,7 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
     if source and source.get("digest") == pixel_digest(image):
         params["init_image_id"] = int(source["id"])
     else:  # stored once, as a gallery upload the job refers to (widgets.store_uploads)
-        params["init_image"] = image
+        params["init_image"] = image  # (the mask too, outside the gallery: studio/uploads.py)
     if action == "outpaint":
         if not sides:
             raise gr.Error("Choose at least one side to extend.")
@@ -89,7 +88,7 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
         return "outpaint", params
     if not np.asarray(mask).any():
         raise gr.Error("Paint the area to repaint first (the mask is empty).")
-    params.update(mask=encode_image(mask), inpaint_full_res=bool(only_masked),
+    params.update(mask=mask, inpaint_full_res=bool(only_masked),
                   inpaint_full_res_padding=int(padding))
     return "inpaint", params
 

@@ -42,27 +42,29 @@ def submit(ctx, task: str, params: dict):
         raise gr.Error(str(error)) from None
 
 
-UPLOAD_FIELDS = ("init_image",)  # image params a tab may hand over as an in-memory upload
+UPLOAD_FIELDS = ("init_image",)  # in-memory uploads that become gallery items (the parent)
 
 
 def store_uploads(ctx, task: str, params: dict) -> dict:
     """An uploaded picture (a PIL image in `params`) enters once: checked with the rest of the
-    params, then saved to the gallery as an upload (the result's parent) and referred to by id,
-    so the job row holds no image and nothing decodes it again. ValueError before any saving."""
+    params, then saved and referred to by id, so the job row holds no image and nothing decodes
+    it again: an init image as a gallery upload (the result's parent), a mask in the uploads
+    store (studio/uploads.py, not shown in the gallery). ValueError before any saving."""
     from PIL import Image
 
     from studio.tasks import validate_task
+    from studio.uploads import UPLOAD_FIELDS as STORE_FIELDS, store_inline_images
 
-    uploads = {f: params[f] for f in UPLOAD_FIELDS if isinstance(params.get(f), Image.Image)}
-    if not uploads:
+    if not any(isinstance(params.get(f), Image.Image) for f in UPLOAD_FIELDS + STORE_FIELDS):
         return params
     validate_task(ctx, task, params)  # a bad request keeps no upload
-    stored = dict(params)
-    for field, image in uploads.items():
-        item = ctx.gallery.add_image(image, task="upload", engine="", prompt=f"uploaded {field}",
-                                     params={"source": f"{task} tab"})
-        del stored[field]
-        stored[f"{field}_id"] = item.id
+    stored = store_inline_images(ctx, params)
+    for field in UPLOAD_FIELDS:
+        if isinstance(params.get(field), Image.Image):
+            item = ctx.gallery.add_image(params[field], task="upload", engine="",
+                                         prompt=f"uploaded {field}", params={"source": f"{task} tab"})
+            del stored[field]
+            stored[f"{field}_id"] = item.id
     return stored
 
 
