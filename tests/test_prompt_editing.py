@@ -244,3 +244,43 @@ def test_clip_skip_in_the_infotext(ctx):
     plain = run_task(ctx, "txt2img", dict(params, clip_skip=1))
     assert "Clip skip" not in parse_infotext(plain.info["infotexts"][0])
     assert not np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
+
+
+@pytest.fixture
+def a1111(tmp_path):
+    """The A1111 router over the app's own wiring (queue, runner, worker)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from studio.api.a1111 import router
+    from studio.app import build_context
+    from studio.config import StudioConfig
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
+    ctx.queue.start_worker()
+    app = FastAPI()
+    app.include_router(router(ctx))
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        ctx.queue.stop(10)
+        ctx.engines.unload()
+
+
+def test_a1111_clip_skip_option_and_override(a1111):
+    import json
+
+    body = {"prompt": "a [red|green] circle AND a star :0.5", "seed": 4, "steps": 3}
+    info = json.loads(a1111.post("/sdapi/v1/txt2img", json=dict(
+        body, override_settings={"CLIP_stop_at_last_layers": 2})).json()["info"])
+    assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
+    # the option, as A1111's settings page sets it; checked like A1111's slider
+    assert a1111.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3}).status_code == 200
+    info = json.loads(a1111.post("/sdapi/v1/txt2img", json=body).json()["info"])
+    assert info["clip_skip"] == 3 and "Clip skip: 3" in info["infotexts"][0]
+    refused = a1111.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 40})
+    assert refused.status_code == 422 and "CLIP_stop_at_last_layers" in refused.text
+    refused = a1111.post("/sdapi/v1/txt2img", json=dict(
+        body, override_settings={"CLIP_stop_at_last_layers": 0}))
+    assert refused.status_code == 422 and "CLIP_stop_at_last_layers" in refused.text
