@@ -2,8 +2,10 @@
 
   1. decode speed and time to first token through the studio's engine, against a *raw
      llama-cpp-python process in a clean environment* (no OMP_WAIT_POLICY, no studio code: what
-     a user gets from the library alone), same file, context, batch and threads, runs
-     interleaved so both see the same machine load;                     target engine >= 0.9x raw
+     a user gets from the library alone), same file, context and batch, with every thread (the
+     most the engine uses; it picks its decode threads from the machine's load, see
+     engines/llm/threads.py) and with the engine's busy-machine count; runs interleaved so all
+     see the same machine load;                         target engine >= 0.9x raw, every thread
   2. a 10-turn conversation through the engine: time to first token of turn 10 against turn 1
      (the prompt cache keeps the earlier turns);                       target turn 10 <= 1.5x turn 1
   3. with --structured: decode speed under a JSON Schema and in JSON mode (constrained
@@ -95,12 +97,14 @@ class RawProcess:
         self.proc.wait(timeout=30)
 
 
-def bench_engine(engine, params) -> tuple[float, float, int]:
+def bench_engine(engine, params, threads_seen: list | None = None) -> tuple[float, float, int]:
     from engines.llm.engine import GenerationStats
 
     stats = GenerationStats()
+    backend_threads = getattr(engine._backend, "threads", None)  # llama.cpp: AdaptiveThreads
     for _ in engine.stream(params, stats=stats):
-        pass
+        if backend_threads is not None and threads_seen is not None:
+            threads_seen.append(backend_threads.current[0])
     return stats.ttft_s, stats.tokens_per_s, stats.completion_tokens
 
 
@@ -209,10 +213,16 @@ def main(argv: list[str] | None = None) -> dict:
     for ref in refs.values():
         ref.run()
     runs: dict[str, list] = {"engine": [], **{name: [] for name in refs}}
+    threads_seen: list[int] = []  # the engine's decode threads at each token
     for run in range(args.runs):  # interleaved, in a rotating order: load drifts over time
         order = ["engine", *refs]
         for name in order[run % len(order):] + order[:run % len(order)]:
-            runs[name].append(bench_engine(engine, params) if name == "engine" else refs[name].run())
+            runs[name].append(bench_engine(engine, params, threads_seen) if name == "engine"
+                              else refs[name].run())
+    backend_threads = getattr(engine._backend, "threads", None)
+    results["adaptive_threads"] = bool(backend_threads and backend_threads.enabled)
+    results["engine_decode_threads_share"] = {
+        str(n): round(threads_seen.count(n) / max(1, len(threads_seen)), 3) for n in sorted(set(threads_seen))}
     for ref in refs.values():
         ref.close()
     for name, values in runs.items():

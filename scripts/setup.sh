@@ -20,7 +20,7 @@ fi
 
 extras=""; [ "$mode" = test ] && extras="[test,scale]"
 stamp_file=.venv/.genstudio-setup-$mode
-stamp=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
+stamp=$(cat pyproject.toml requirements/*.txt scripts/private_openmp.py | sha256sum | cut -c1-16)
 installed=$(cat "$stamp_file" 2>/dev/null || true)
 # A test install is a superset of a run install: after ./test.sh, ./run.sh installs nothing.
 [ "$mode" = run ] && [ "$(cat .venv/.genstudio-setup-test 2>/dev/null)" = "$stamp" ] && installed=$stamp
@@ -34,6 +34,8 @@ if [ "$installed" != "$stamp" ]; then
     # CMAKE_BUILD_PARALLEL_LEVEL keeps source builds (llama-cpp-python) within a small machine.
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -r "$req"
   done
+  # llama.cpp gets an OpenMP runtime apart from torch's (engines/llm/threads.py says why).
+  .venv/bin/python scripts/private_openmp.py
   echo "$stamp" > "$stamp_file"
 fi
 

@@ -18,29 +18,11 @@ from typing import Iterator
 from engines.base import CancelToken, EngineError
 from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
 from engines.llm.sampling import Sampling, sample_token
+from engines.llm.threads import (  # noqa: F401  (cpu_threads: imported from here elsewhere)
+    SMALL_MODEL_BYTES, AdaptiveThreads, cpu_threads, decode_threads, import_llama_cpp)
 
 DEFAULT_CONTEXT = 4096  # tokens; capped by what the model was trained on
 PROMPT_CHUNK = 256  # prompt tokens evaluated between two cancel checks
-SMALL_MODEL_BYTES = 300 << 20  # GGUF files under this decode on one thread (see decode_threads)
-
-
-def cpu_threads() -> int:
-    """Threads for llama.cpp and torch: GENSTUDIO_LLM_THREADS, else the CPUs we may use."""
-    if os.environ.get("GENSTUDIO_LLM_THREADS"):
-        return max(1, int(os.environ["GENSTUDIO_LLM_THREADS"]))
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def decode_threads(model_bytes: int) -> int:
-    """Threads for llama.cpp's token-by-token decoding: GENSTUDIO_LLM_DECODE_THREADS, else one
-    for small models (under SMALL_MODEL_BYTES), else cpu_threads(). A small model's step is too
-    little work to share: each of its ~300 operations ends in a barrier where threads wait for
-    each other, which costs more than the second core gives, and on a shared machine it is
-    ruinous (measured on 2 busy cores, SmolLM2-135M: 1 thread 32-35 tok/s, 2 threads 18 under
-    OMP_WAIT_POLICY=PASSIVE, 2.4 spinning; docs/llm.md). Prompts still use every thread."""
-    if os.environ.get("GENSTUDIO_LLM_DECODE_THREADS"):
-        return max(1, int(os.environ["GENSTUDIO_LLM_DECODE_THREADS"]))
-    return 1 if model_bytes < SMALL_MODEL_BYTES else cpu_threads()
 
 
 def llama_cpp_available() -> bool:
@@ -116,24 +98,27 @@ class LlamaCppBackend(Backend):
         self.reused_tokens = 0  # how many the last generation did not evaluate again
         self._texts: list[str | None] | None = None  # each token's text, for constrained decoding
         self.llm = self._open(source.path)
+        self.threads = AdaptiveThreads(self._lib, self.llm.ctx, source.path.stat().st_size)
         meta = self.llm.metadata  # GGUF key-values, as strings
         trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0) or 0)
         if 0 < trained < self.context_length:  # never more context than the model was trained on
             self.llm.close()
             self.context_length = trained
             self.llm = self._open(source.path)
+            self.threads = AdaptiveThreads(self._lib, self.llm.ctx, source.path.stat().st_size)
         self.chat_template = meta.get("tokenizer.chat_template")
         self.bos_token = self._piece(self.llm.token_bos())
         self.eos_token = self._piece(self.llm.token_eos())
         self._size = source.path.stat().st_size
 
     def _open(self, path: Path):
-        from llama_cpp import Llama
-
+        llama_cpp = import_llama_cpp()
+        self._lib = llama_cpp.llama_cpp  # the C functions (llama_set_n_threads)
         try:
-            return Llama(model_path=str(path), n_ctx=self.context_length, n_batch=PROMPT_CHUNK,
-                         n_threads=decode_threads(path.stat().st_size), n_threads_batch=cpu_threads(),
-                         verbose=False)
+            return llama_cpp.Llama(
+                model_path=str(path), n_ctx=self.context_length, n_batch=PROMPT_CHUNK,
+                n_threads=decode_threads(path.stat().st_size), n_threads_batch=cpu_threads(),
+                verbose=False)
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"llama.cpp could not load {path.name}: {error}") from error
 
@@ -193,10 +178,11 @@ class LlamaCppBackend(Backend):
 
     def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
         """For decoding loops of our own (constrained output, logprobs): logits in, tokens out."""
+        self.threads.before_prompt()
         self._prime(prompt[:-1], cancel)
         from engines.llm.steppers import LlamaStepper
 
-        return LlamaStepper(self.llm, prompt[-1:])
+        return LlamaStepper(self.llm, prompt[-1:], on_step=self.threads.tick)
 
     def token_texts(self) -> list[str | None]:
         if self._texts is None:
@@ -208,6 +194,7 @@ class LlamaCppBackend(Backend):
     def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
         llm = self.llm
         llm.set_seed(sampling.seed)
+        self.threads.before_prompt()  # every core when the machine is idle (threads.py)
         self._prime(prompt[:-1], cancel)  # the last token goes through generate(), which samples after it
         # 3. One token per step; the caller stops iterating to stop computing.
         generator = llm.generate(
@@ -219,6 +206,7 @@ class LlamaCppBackend(Backend):
                 if count + 1 >= sampling.max_new_tokens or self.is_end(token):
                     return
                 cancel.raise_if_cancelled()
+                self.threads.tick()
         finally:
             generator.close()
 

@@ -91,13 +91,11 @@ class EmbeddingEngine:
     def load(self) -> None:
         if self.loaded:
             return
-        from engines.llm.backends import cpu_threads
+        from engines.llm.threads import cpu_threads, import_llama_cpp
 
         if self.format == "gguf":
-            from llama_cpp import Llama
-
             try:
-                self._llama = Llama(model_path=str(self.path), embedding=True, n_ctx=512, n_batch=512,
+                self._llama = import_llama_cpp().Llama(model_path=str(self.path), embedding=True, n_ctx=512, n_batch=512,
                                     n_threads=cpu_threads(), verbose=False)
             except (ValueError, RuntimeError) as error:
                 raise EngineError(f"llama.cpp could not load {Path(self.path).name} for embeddings: {error}")

@@ -24,13 +24,14 @@ class Stepper:
 
 
 class LlamaStepper(Stepper):
-    def __init__(self, llm, first: list[int]) -> None:
-        self.llm = llm
+    def __init__(self, llm, first: list[int], on_step=lambda: None) -> None:
+        self.llm, self.on_step = llm, on_step  # on_step: AdaptiveThreads.tick (threads.py)
         self.feed(first)
 
     def feed(self, tokens: list[int]) -> None:
         import numpy as np
 
+        self.on_step()
         self.llm.eval(tokens)  # logits are kept for the last token only
         self.logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
 
