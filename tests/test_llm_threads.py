@@ -29,7 +29,7 @@ def adaptive(monkeypatch, others_running: int, others_busy: float) -> tuple[thre
     monkeypatch.setattr(threads, "cpu_threads", lambda: 2)
     monkeypatch.setattr(threads, "others_running_now", lambda: others_running)
     monkeypatch.delenv("GENSTUDIO_LLM_DECODE_THREADS", raising=False)
-    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self: (0.3, others_busy))
+    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self, own_threads=1: (0.3, others_busy))
     lib = FakeLib()
     return threads.AdaptiveThreads(lib, "ctx", model_bytes=100 << 20), lib
 
@@ -40,7 +40,8 @@ def test_idle_machine_gets_every_thread_and_busy_machine_one(monkeypatch) -> Non
     chooser.before_prompt()
     assert chooser.current == (2, 2) and lib.calls == [("ctx", 2, 2)]
     # Another process starts using a core: the next check goes back to one decode thread.
-    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self: (0.3, 0.9))
+    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self, own_threads=1: (0.3, 0.9))
+    chooser.tick()  # the first token opens the window
     chooser._checked = 0.0
     chooser.tick()
     assert chooser.current == (1, 2) and lib.calls[-1] == ("ctx", 1, 2)
@@ -49,10 +50,11 @@ def test_idle_machine_gets_every_thread_and_busy_machine_one(monkeypatch) -> Non
 def test_busy_at_the_start_stays_on_one_thread_until_the_cores_are_free(monkeypatch) -> None:
     chooser, lib = adaptive(monkeypatch, others_running=3, others_busy=1.5)
     chooser.before_prompt()
+    chooser.tick()
     chooser._checked = 0.0
     chooser.tick()
     assert chooser.current == (1, 2) and lib.calls == []
-    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self: (0.3, 0.0))
+    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self, own_threads=1: (0.3, 0.0))
     chooser._checked = 0.0
     chooser.tick()
     assert chooser.current == (2, 2)

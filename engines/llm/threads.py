@@ -78,7 +78,10 @@ def import_llama_cpp():
 
 
 class OtherLoad:
-    """CPU used by other processes on our CPUs, from /proc/stat (Linux; None elsewhere)."""
+    """CPU used by everything but llama.cpp's decoding on our CPUs, from /proc/stat (Linux;
+    None elsewhere). llama.cpp's share is the decoding thread's own CPU time times its thread
+    count (OpenMP workers run, or spin, as long as it does), so work elsewhere in this process
+    (a training job on its own lane) counts as someone else's."""
 
     def __init__(self) -> None:
         self._cpus = {f"cpu{i}" for i in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
@@ -95,10 +98,11 @@ class OtherLoad:
                         busy += sum(values) - values[3] - values[4]  # all but idle and iowait
         except (OSError, ValueError):
             return None
-        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.thread_time()
 
-    def since_last(self) -> tuple[float, float] | None:
-        """(seconds, cores busy with other processes) since the last call."""
+    def since_last(self, own_threads: int = 1) -> tuple[float, float] | None:
+        """(seconds, cores busy with other work) since the last call, made from the decoding
+        thread while llama.cpp ran `own_threads` threads."""
         now, last = self._sample(), self._last
         if now is None or last is None:
             return None
@@ -106,8 +110,8 @@ class OtherLoad:
         seconds = now[0] - last[0]
         if seconds <= 0:
             return None
-        others = (now[1] - last[1]) - (now[2] - last[2])  # everyone's CPU time minus ours
-        return seconds, max(0.0, others / seconds)
+        ours = max(0.0, now[2] - last[2]) * own_threads
+        return seconds, max(0.0, (now[1] - last[1]) - ours) / seconds
 
 
 def others_running_now() -> int | None:
@@ -132,7 +136,7 @@ class AdaptiveThreads:
         self.enabled = (private_runtime() and fixed_decode_threads() is None and self._all > 1
                         and others_running_now() is not None)
         self._load = OtherLoad() if self.enabled else None
-        self._checked = 0.0
+        self._checked, self._window_open = 0.0, False
         self.current: tuple[int, int] = self._busy
 
     def _set(self, threads: tuple[int, int]) -> None:
@@ -144,17 +148,25 @@ class AdaptiveThreads:
         """Every core when no other process is runnable now, else the busy-machine counts."""
         if not self.enabled:
             return
-        self._load.since_last()  # start the window that decoding will look at
-        self._checked = time.monotonic()
+        self._window_open = False  # the first decoded token opens it (tick)
         idle = others_running_now() == 0
         self._set((self._all, self._all) if idle else self._busy)
 
     def tick(self) -> None:
-        """Called per token: every RECHECK_SECONDS, the cores others used in the meantime."""
-        if not self.enabled or time.monotonic() - self._checked < RECHECK_SECONDS:
+        """Called per decoded token: every RECHECK_SECONDS, the cores others used meanwhile.
+        The window opens at the first token, so prompt evaluation (on every thread) is not in
+        it."""
+        if not self.enabled:
             return
-        self._checked = time.monotonic()
-        window = self._load.since_last()
+        now = time.monotonic()
+        if not self._window_open:
+            self._load.since_last(self.current[0])
+            self._window_open, self._checked = True, now
+            return
+        if now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        window = self._load.since_last(self.current[0])
         if window is None:
             return
         _, others = window
