@@ -53,6 +53,7 @@ API_MODULES = (
     "studio.api.queue",
     "studio.api.a1111_extras",
     "studio.api.a1111_lora",
+    "studio.api.a1111_controlnet",
     "studio.api.a1111",
 )
 
@@ -119,7 +120,8 @@ def mount_apis(app, ctx: StudioContext) -> list[str]:
             app.include_router(importlib.import_module(name).router(ctx))
             mounted.append(name)
     # Gradio registered its routes first; ours go in front so no catch-all can shadow them.
-    ours = [r for r in app.router.routes if getattr(r, "path", "").startswith(("/v1", "/sdapi", "/api/"))]
+    ours = [r for r in app.router.routes
+            if getattr(r, "path", "").startswith(("/v1", "/sdapi", "/api/", "/controlnet/"))]
     others = [r for r in app.router.routes if r not in ours]
     app.router.routes[:] = ours + others
     return mounted

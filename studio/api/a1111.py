@@ -38,6 +38,7 @@ from engines.base import ParamError
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
+from studio.api.a1111_controlnet import controlnet_units, store_unit_images
 from studio.api.a1111_extras import hires_params
 from studio.api.a1111_names import (CLIP_SKIP_OPTION, FILL_CODES, SCHEDULE_TYPES, a1111_field,
                                      scheduler_name, schedulers_table)
@@ -106,6 +107,12 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         params["vae"] = vae
     if clip_skip not in (None, 1):  # A1111's CLIP_stop_at_last_layers option
         params["clip_skip"] = clip_skip
+    try:  # sd-webui-controlnet units (studio/api/a1111_controlnet.py)
+        units = controlnet_units(ctx, request.alwayson_scripts)
+    except ParamError as error:
+        raise unprocessable("alwayson_scripts", str(error)) from None
+    if units:
+        params["controlnet"] = units
     task = "txt2img"
     hires = None if isinstance(request, Img2ImgRequest) else hires_params(request)
     if hires is not None:  # A1111's hires fix: a second, img2img pass at the larger size
@@ -147,7 +154,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         get_task(task).validate(ctx, whole)
     except ValueError as error:
         raise unprocessable(a1111_field(getattr(error, "field", None)), str(error)) from None
-    uploads = _store_uploads(ctx, params)
+    uploads = _store_uploads(ctx, params) + store_unit_images(ctx, params)
     iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
     return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
 

@@ -51,6 +51,9 @@ class Txt2ImgRequest(_Lenient, HiresFields):
     override_settings: dict[str, Any] | None = Field(
         None, description="per-request options, e.g. {\"sd_model_checkpoint\": \"...\"}")
     override_settings_restore_afterwards: bool = True
+    alwayson_scripts: dict[str, Any] | None = Field(
+        None, description="{\"controlnet\": {\"args\": [unit, ...]}}: sd-webui-controlnet units "
+                          "(studio/api/a1111_controlnet.py); other scripts are ignored")
     send_images: bool = True
     save_images: bool = Field(False, description="accepted; every image is saved to the gallery")
 

@@ -27,7 +27,7 @@ SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
 # the task's name -> the A1111 field a client sent (for 422s)
 FIELD_NAMES = {**{task: a1111 for a1111, task in PARAM_NAMES.items()},
                "init_image": "init_images", "init_image_id": "init_images", "mask_id": "mask",
-               "model": "sd_model_checkpoint"}
+               "model": "sd_model_checkpoint", "controlnet": "alwayson_scripts"}
 
 
 def to_task_params(params: dict[str, Any]) -> dict[str, Any]:

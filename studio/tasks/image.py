@@ -43,6 +43,10 @@ inpaint:
   inpaint_full_res_padding     context pixels around the mask's box (default 32)
   inpainting_fill              masked content: "fill", "original", "latent noise",
                                "latent nothing" (default "original")
+txt2img, img2img, inpaint:
+  controlnet                   ControlNet units, a list of {model, image_id | image, module,
+                               weight, guidance_start, guidance_end, resize_mode, ...}
+                               (studio/tasks/controlnet.py)
 outpaint:
   sides                        some of left, right, up, down (default all four)
   pixels                       added per side, a multiple of 8 (default 64)
@@ -68,6 +72,8 @@ from studio.gallery.pnginfo import format_infotext
 from studio.gallery.store import NewImage
 from studio.models import check_diffusion_model, check_family
 from studio.tasks import TaskResult, TaskSpec, register
+from studio.tasks.controlnet import (check_units_fit, control_units, controlnet_dirs,
+                                     infotext_settings)
 from studio.uploads import is_upload_ref, open_upload
 
 ENGINE = "diffusion"
@@ -75,10 +81,10 @@ COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "heig
           "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
           "step_cache", "vae", "clip_skip")
 FIELDS = {
-    "txt2img": COMMON + ("candidates", "keep"),
-    "img2img": COMMON + ("strength",),
+    "txt2img": COMMON + ("candidates", "keep", "controlnet"),
+    "img2img": COMMON + ("strength", "controlnet"),
     "inpaint": COMMON + ("strength", "mask_blur", "inpaint_full_res", "inpaint_full_res_padding",
-                         "inpainting_fill"),
+                         "inpainting_fill", "controlnet"),
     "outpaint": COMMON + ("strength", "sides", "pixels", "mask_blur", "inpainting_fill"),
 }
 PARAMS_CLASS = {"txt2img": "Txt2ImgParams", "img2img": "Img2ImgParams",
@@ -151,6 +157,8 @@ def _normalise(params: dict) -> dict:
     out = dict(params)
     if isinstance(out.get("sides"), list):
         out["sides"] = tuple(out["sides"])
+    if out.get("controlnet") in ([], ()):  # no units: the same as none (any family takes it)
+        del out["controlnet"]
     return out
 
 
@@ -172,6 +180,9 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
     kwargs = {k: p[k] for k in FIELDS[task] if k in p and p[k] is not None}
     stored = {k: v for k, v in kwargs.items()}
     kwargs.update(extra_networks(ctx, kwargs.pop("vae", None)))
+    if "controlnet" in kwargs:  # ControlNet units: images by gallery id (studio/tasks/controlnet.py)
+        kwargs["controlnet"], stored["controlnet"] = control_units(ctx, kwargs["controlnet"])
+        kwargs["controlnet_dirs"] = controlnet_dirs(ctx)
     parent_id = None
     if task != "txt2img":
         image, parent_id = _resolve_image(ctx, p, "init_image")
@@ -196,6 +207,12 @@ def prepare(ctx, task: str, params: dict) -> Prepared:
     engine_class = _engine_class(ctx)
     engine_params = getattr(engine_class, PARAMS_CLASS[task])(**kwargs)  # checks every value
     check_loras_fit(ctx, engine_params, model)
+    if engine_params.controlnet:
+        from engines.diffusion.lora import model_dims
+
+        model_id = model or _default_model(ctx)
+        check_units_fit(engine_params.controlnet, engine_params.controlnet_dirs,
+                        model_dims(model_id), Path(model_id).name)
     if model:
         stored["model"] = model
     return Prepared(engine_params, stored, parent_id, model)
@@ -291,6 +308,7 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
     embeddings = [f"{r['name']}: {r['hash']}" for r in engine_info.get("embeddings") or ()]
     if embeddings:
         settings["TI hashes"] = ", ".join(embeddings)
+    settings.update(infotext_settings(getattr(params, "controlnet", ()), engine_info))
     settings["Version"] = "GenStudio"
     return format_infotext(params.prompt, params.negative_prompt, settings)
 
