@@ -1,12 +1,15 @@
-"""Gallery over HTTP: list/search, one item, its file, favourite, delete."""
+"""Gallery over HTTP: list/search (`mode=words`: every word, as a prefix; `mode=semantic`: by
+meaning, studio/gallery/semantic.py), one item, its file, favourite, delete."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from studio.api.auth import require_auth
+from studio.gallery import semantic
 from studio.gallery.store import GalleryQuery, ItemView
 
 
@@ -34,13 +37,19 @@ def router(ctx) -> APIRouter:
                    engine: str | None = None, model: str | None = None, tag: str | None = None,
                    favourites_only: bool = False, date_from: datetime | None = None,
                    date_to: datetime | None = None, page: int = Query(1, ge=1),
-                   page_size: int = Query(50, ge=1, le=500)) -> dict:
-        result = ctx.gallery.query(GalleryQuery(
+                   page_size: int = Query(50, ge=1, le=500),
+                   mode: Literal["words", "semantic"] = "words") -> dict:
+        query = GalleryQuery(
             search=search, kind=kind, task=task, engine=engine, model=model, tag=tag,
             favourites_only=favourites_only, date_from=date_from, date_to=date_to, page=page,
-            page_size=page_size))
-        return {"total": result.total, "page": result.page, "pages": result.pages,
-                "items": [_json(i) for i in result.items]}
+            page_size=page_size)
+        not_indexed = 0
+        if mode == "semantic":  # most similar first; `not_indexed`: items still being embedded
+            result, not_indexed = semantic.search(ctx, query)
+        else:
+            result = ctx.gallery.query(query)
+        return {"total": result.total, "page": result.page, "pages": result.pages, "mode": mode,
+                "not_indexed": not_indexed, "items": [_json(i) for i in result.items]}
 
     @api.get("/{item_id}")
     def get_item(item_id: int) -> dict:

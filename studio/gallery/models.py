@@ -1,9 +1,11 @@
-"""Typed ORM rows of the gallery; they mirror migrations/0001_gallery.sql."""
+"""Typed ORM rows of the gallery; they mirror migrations/0001_gallery.sql (and 0006 for the
+semantic search vectors)."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Float, ForeignKey, Integer, String, Table, Text
+from sqlalchemy import (BigInteger, Column, DateTime, Float, ForeignKey, Integer, LargeBinary, String,
+                        Table, Text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from studio.db.database import Base
@@ -45,3 +47,12 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
     tags: Mapped[list[Tag]] = relationship(secondary=item_tags, lazy="selectin")
+
+
+class ItemVector(Base):
+    """The embedding of one item's prompt and text output (studio/gallery/semantic.py); deleted
+    with the item by the database (ON DELETE CASCADE)."""
+    __tablename__ = "item_vectors"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String)  # the embedding model that made it
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 unit vector, little-endian

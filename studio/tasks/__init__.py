@@ -51,6 +51,7 @@ TASK_MODULES = (
     "studio.tasks.models",
     "studio.tasks.refiner",
     "studio.tasks.documents",
+    "studio.tasks.gallery_index",
 )
 
 _registry: dict[str, TaskSpec] = {}
