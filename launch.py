@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="let the Code tab's run & fix run model-written Python on this machine "
                              "(off by default; beyond loopback only logged-in users)")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let the Models tab import by hub id or URL (a job that fetches "
+                             "what it is given: off by default; GENSTUDIO_ALLOW_DOWNLOADS=1 too)")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="another Host name to answer, e.g. a reverse proxy's; repeatable")
     parser.add_argument("--max-request-mb", type=float, default=64.0,
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=Path(args.data_dir).expanduser().resolve(), host=args.host,
         port=free_port(args.host, args.port), share=args.share, auth=auth, device=args.device,
         offline=args.offline, memory_budget_gb=args.memory_budget_gb,
-        allow_code_execution=args.allow_code_execution, allowed_hosts=tuple(args.allowed_host),
+        allow_code_execution=args.allow_code_execution, allow_downloads=args.allow_downloads,
+        allowed_hosts=tuple(args.allowed_host),
         max_request_mb=args.max_request_mb,
         queue_worker=not args.no_queue_worker, database=args.database,
         storage_dir=Path(args.storage).expanduser().resolve() if args.storage else None,

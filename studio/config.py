@@ -26,6 +26,7 @@ class StudioConfig:
     open_browser: bool = False  # open the page in the user's browser once it serves (run.sh)
     extra_models_dirs: tuple[Path, ...] = field(default_factory=tuple)
     allow_code_execution: bool = False  # run & fix runs model-written code: only when asked
+    allow_downloads: bool = False  # Models tab imports by hub id / URL (model_download.py)
     allowed_hosts: tuple[str, ...] = ()  # extra Host names to answer (a reverse proxy's name)
     max_request_mb: float = 64.0  # largest request body; an img2img upload is base64 (4/3 larger)
 

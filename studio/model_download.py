@@ -1,7 +1,8 @@
 """Downloading a model for the Models tab's import (studio/tasks/models.py): a file by URL, with
 progress and resume, or a diffusers folder by hub id through huggingface_hub (which resumes on
-its own). Only when the studio is online and downloads are allowed (GENSTUDIO_ALLOW_DOWNLOADS=1:
-a job that fetches URLs is opt-in, since whoever may queue jobs could point it anywhere).
+its own). Only when the studio is online and downloads are allowed (`--allow-downloads`, or
+GENSTUDIO_ALLOW_DOWNLOADS=1: a job that fetches URLs is opt-in, since whoever may queue jobs
+could point it anywhere).
 
 A URL download writes `.<name>.partial` beside its target; a canceled or broken download keeps
 it, and the next import of the same URL asks the server for the rest (HTTP Range).
@@ -33,9 +34,12 @@ def check_allowed(ctx, source: object) -> str:
         raise ParamError("source", "the studio is offline (--offline or no hub reachable): hub "
                                    "ids and URLs cannot be downloaded; copy the files here and "
                                    "import them by path")
-    if os.environ.get(ALLOW_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
+    allowed = (getattr(ctx.config, "allow_downloads", False)
+               or os.environ.get(ALLOW_ENV, "").strip().lower() in ("1", "true", "yes", "on"))
+    if not allowed:
         raise ParamError("source", f"downloads are off in this studio; start it with "
-                                   f"{ALLOW_ENV}=1 to import by hub id or URL")
+                                   f"--allow-downloads (or {ALLOW_ENV}=1) to import by hub id "
+                                   f"or URL")
     if source.startswith(("http://", "https://")):
         name = url_file_name(source)
         if not name.lower().endswith(SUFFIXES):

@@ -121,9 +121,13 @@ def test_import_by_url_resumes_and_needs_downloads_allowed(ctx, file_server, mon
     with pytest.raises(ParamError, match="offline"):  # the test studio is offline
         validate_task(ctx, "import_model", {"source": url})
     ctx.config = dataclasses.replace(ctx.config, offline=False)
-    with pytest.raises(ParamError, match="GENSTUDIO_ALLOW_DOWNLOADS"):
+    with pytest.raises(ParamError, match="--allow-downloads"):
         validate_task(ctx, "import_model", {"source": url})
-    monkeypatch.setenv("GENSTUDIO_ALLOW_DOWNLOADS", "1")
+    monkeypatch.setenv("GENSTUDIO_ALLOW_DOWNLOADS", "1")  # the environment allows it too
+    with pytest.raises(ParamError, match="pickled"):  # past the allowance: the next check
+        validate_task(ctx, "import_model", {"source": f"{base}/model.ckpt"})
+    monkeypatch.delenv("GENSTUDIO_ALLOW_DOWNLOADS")
+    ctx.config = dataclasses.replace(ctx.config, allow_downloads=True)  # --allow-downloads
     with pytest.raises(ParamError, match="pickled"):
         validate_task(ctx, "import_model", {"source": f"{base}/model.ckpt"})
     # A download that broke off halfway: its partial is resumed with a Range request.
