@@ -162,7 +162,7 @@ def test_add_to_queue_validates_and_enqueues(ctx, tmp_path):
     ctx.runner = Runner(ctx.queue)
     hires_off = (False, "Latent", 2, 0, 0.7, 0, 0)
     common = ("a red star", "", 20, 7, "Euler a", 64, 64, 5, 1, 2, 0, 1, "genstudio-tiny-sd")
-    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0, *hires_off)
+    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0, 1, *hires_off)
     assert task == "txt2img" and params["batch_count"] == 2
     assert "job #" in add_job(ctx, task, params)
     (job,) = ctx.queue.list()
@@ -172,12 +172,12 @@ def test_add_to_queue_validates_and_enqueues(ctx, tmp_path):
 
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64), (200, 40, 40)).save(photo)
-    task, params = _params("img2img", *common, str(photo), 0.6, None, 0.0, 0, *hires_off)
+    task, params = _params("img2img", *common, str(photo), 0.6, None, 0.0, 0, 1, *hires_off)
     add_job(ctx, task, params)
     queued = max(ctx.queue.list(statuses=["pending"]), key=lambda job: job.id)
     upload = ctx.gallery.get(queued.params["init_image_id"])
     assert upload.task == "upload" and "init_image" not in queued.params
 
-    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0,
+    task, params = _params("txt2img", *common, None, 0.75, None, 0.0, 0, 1,
                            True, "Lanczos", 2, 5, 0.5, 0, 0)
     assert task == "hires" and params["hr_scale"] == 2.0 and params["enable_hr"] is True

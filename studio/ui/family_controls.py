@@ -13,7 +13,7 @@ import gradio as gr
 # The tabs' control keys -> (task field, neutral value sent while disabled).
 TAB_FIELDS = {"negative": ("negative_prompt", ""), "scheduler": ("scheduler", "DPM++ 2M"),
               "token_merging": ("token_merging", 0), "step_cache": ("step_cache", 0),
-              "candidates": ("candidates", 0), "keep": ("keep", 1)}
+              "candidates": ("candidates", 0), "keep": ("keep", 1), "clip_skip": ("clip_skip", 1)}
 REASON = "not taken by {label}"
 
 

@@ -24,7 +24,7 @@ TITLE = "Text to image"
 
 def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
             batch_count, candidates, keep, model, init_path, strength, source_id,
-            token_merging, step_cache, *hires) -> tuple[str, dict]:
+            token_merging, step_cache, clip_skip, *hires) -> tuple[str, dict]:
     """The tab's controls as (task name, task params); the task checks the values."""
     params = {"prompt": prompt or "", "negative_prompt": negative or "", "steps": int(steps),
               "guidance_scale": float(cfg), "scheduler": scheduler, "width": int(width),
@@ -36,6 +36,8 @@ def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, 
         params["token_merging"] = float(token_merging)
     if int(step_cache or 0) > 1:
         params["step_cache"] = int(step_cache)
+    if int(clip_skip or 1) > 1:
+        params["clip_skip"] = int(clip_skip)
     if mode == "img2img":
         if not init_path:
             raise gr.Error("Image to image needs an image: upload one or send one here.")
@@ -96,7 +98,7 @@ def apply_item(ctx, item_id) -> tuple:
     return (item.prompt, item.negative_prompt, p.get("steps", 20), p.get("guidance_scale", 7),
             p.get("scheduler", "DPM++ 2M"), p.get("width", item.width or 64),
             p.get("height", item.height or 64), item.seed if item.seed is not None else -1,
-            p.get("model", DEFAULT_MODEL), p.get("strength", 0.75))
+            p.get("model", DEFAULT_MODEL), p.get("strength", 0.75), p.get("clip_skip", 1))
 
 
 def reuse(ctx, ids, chosen):
@@ -147,6 +149,9 @@ def _controls(ctx) -> dict[str, Any]:
             c["step_cache"] = gr.Slider(0, 5, value=0, step=1,
                                         label="Step cache (DeepCache: whole UNet every N steps, "
                                               "faster, slightly different; 0 = exact)")
+            c["clip_skip"] = gr.Slider(1, 12, value=1, step=1, elem_id="txt2img-clip-skip",
+                                       label="Clip skip (A1111: the prompt from CLIP's Nth layer "
+                                             "from the end; SD 1.x models)")
             c.update(hires_controls(ctx))
         with gr.Column(scale=2):
             c["panel"] = results_panel("txt2img", ("img2img", "inpaint", "style", "queue"),
@@ -165,7 +170,7 @@ def build(ctx) -> dict[str, Any]:
     inputs = [c[n] for n in ("mode", "prompt", "negative", "steps", "cfg", "scheduler", "width",
                              "height", "seed", "batch_size", "batch_count", "candidates", "keep",
                              "model", "init_image", "strength")] + [source_id] \
-        + [c["token_merging"], c["step_cache"]] + [c[n] for n in HIRES_FIELDS]
+        + [c["token_merging"], c["step_cache"], c["clip_skip"]] + [c[n] for n in HIRES_FIELDS]
     c["run"].click(partial(generate, ctx), inputs, panel.outputs, concurrency_limit=None, **PRIVATE)
     c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
@@ -174,7 +179,7 @@ def build(ctx) -> dict[str, Any]:
     c["model"].input(model_picked, c["model"], [c["cfg"], c["width"], c["height"]], **PRIVATE)
     wire_family_controls(c["model"], c)  # controls the model's family lacks: disabled
     applied = [c[n] for n in ("prompt", "negative", "steps", "cfg", "scheduler", "width",
-                              "height", "seed", "model", "strength")]
+                              "height", "seed", "model", "strength", "clip_skip")]
     panel.extra["Reuse parameters"].click(partial(reuse, ctx), [panel.ids, panel.chosen],
                                           applied, **PRIVATE)
     c["open"].click(partial(open_item, ctx), c["open_id"], applied + [c["init_image"]], **PRIVATE)
