@@ -83,7 +83,7 @@ def _control_mode(value: Any) -> Any:
 def _unit_image(unit: dict, index: int):
     from studio.tasks.image import decode_image
 
-    value = unit.get("image", unit.get("input_image"))
+    value = unit.get("image") or unit.get("input_image")
     if isinstance(value, dict):  # the extension's {"image": ..., "mask": ...} form
         value = value.get("image")
     if value is None:
