@@ -109,3 +109,18 @@ def test_a_backlog_is_indexed_by_a_queue_job(tmp_path, monkeypatch):
             assert ctx.queue.get(jobs[0].id).result["info"]["indexed"] == len(ids)
             after = _search(client, "noodle soup")
             assert after["not_indexed"] == 0 and after["items"][0]["id"] == ids["a bowl of ramen"]
+
+
+def test_gallery_tab_searches_by_meaning(tmp_path):
+    from studio.ui.gallery import load_page
+
+    with running_studio(tmp_path / "data", worker=False) as ctx:
+        ids = _fill(ctx)
+        filters = ("all", "all", "all", False, "", "")
+        grid, shown, _, info, _, _ = load_page(ctx, "noodle soup", *filters, "words", 1)
+        assert shown == [] and info == "No items match."
+        grid, shown, _, info, _, _ = load_page(ctx, "noodle soup", *filters, "semantic", 1)
+        assert shown[0] == ids["a bowl of ramen"] and len(grid) == len(shown)
+        assert "still being indexed" not in info
+        # no search text: the newest items, whatever the mode
+        assert load_page(ctx, "", *filters, "semantic", 1)[1] == sorted(ids.values(), reverse=True)

@@ -2,7 +2,8 @@
 
 The grid shows one page of thumbnails at a time (the store pages with LIMIT/OFFSET over indexed
 columns), so it stays fast with 100,000 items. Text outputs get a small rendered card as their
-thumbnail, cached under <data_dir>/cache/textcards.
+thumbnail, cached under <data_dir>/cache/textcards. Search matches words, or meaning
+(studio/gallery/semantic.py: most similar first).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from functools import partial
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from studio.gallery import semantic
 from studio.gallery.store import GalleryQuery, ItemView
 from studio.ui.variations import variations_row
 from studio.ui.widgets import PRIVATE
@@ -21,6 +23,7 @@ TAB_ID = "gallery"
 TITLE = "Gallery"
 PAGE_SIZE = 48
 ALL = "all"
+SEARCH_MODES = [("Words", "words"), ("Meaning", "semantic")]
 CHECK_EVERY_S = 2.0  # how often an open page looks for new items (one indexed query)
 
 # (target tab, receiver name, button label); a button shows only if that tab has the receiver.
@@ -79,7 +82,15 @@ def _describe(ctx, item: ItemView) -> str:
 
 
 # ------------------------------------------------------------------ handlers
-def load_page(ctx, query_text, kind_value, engine_value, model_value, favs, start, end, page_number):
+def _run(ctx, query: GalleryQuery, mode: str):
+    """(page, items not indexed yet): by words, or by meaning when asked and there is a search."""
+    if mode == "semantic" and query.search.strip():
+        return semantic.search(ctx, query)
+    return ctx.gallery.query(query), 0
+
+
+def load_page(ctx, query_text, kind_value, engine_value, model_value, favs, start, end, mode,
+              page_number):
     """One page of thumbnails for the filters: (grid, ids, page, page info, engine and model
     choices)."""
     day_from, day_to = _parse_day(start, "From"), _parse_day(end, "To")
@@ -89,14 +100,16 @@ def load_page(ctx, query_text, kind_value, engine_value, model_value, favs, star
         model=None if model_value in (ALL, None) else model_value, favourites_only=bool(favs),
         date_from=day_from, date_to=day_to + timedelta(days=1) if day_to else None,
         page=max(1, int(page_number)), page_size=PAGE_SIZE)
-    result = ctx.gallery.query(query)
+    result, waiting = _run(ctx, query, mode)
     if result.page > result.pages:  # e.g. the last item of the last page was deleted
-        result = ctx.gallery.query(GalleryQuery(**{**query.__dict__, "page": result.pages}))
+        result, waiting = _run(ctx, GalleryQuery(**{**query.__dict__, "page": result.pages}), mode)
     entries = [(str(i.thumb_path) if i.kind == "image" else _text_card(ctx, i), _caption(i))
                for i in result.items]
     facets = ctx.gallery.facets()
     info = (f"Page {result.page} of {result.pages} · {result.total} item"
             f"{'' if result.total == 1 else 's'}" if result.total else "No items match.")
+    if waiting:
+        info += f" · {waiting} items are still being indexed for search by meaning"
     return (entries, [i.id for i in result.items], result.page, info,
             gr.update(choices=[ALL] + facets["engine"]), gr.update(choices=[ALL] + facets["model"]))
 
@@ -211,6 +224,8 @@ def _controls() -> dict:
     with gr.Row(equal_height=True):
         c["search"] = gr.Textbox(label="Search", placeholder="words from prompts and text outputs",
                                  elem_id="gallery-search", scale=3)
+        c["mode"] = gr.Radio(SEARCH_MODES, value="words", label="Match", scale=1,
+                             elem_id="gallery-search-mode")
         c["kind"] = gr.Dropdown([ALL, "image", "text"], value=ALL, label="Kind", scale=1)
         c["engine"] = gr.Dropdown([ALL], value=ALL, label="Engine", scale=1, allow_custom_value=True)
         c["model"] = gr.Dropdown([ALL], value=ALL, label="Model", scale=1, allow_custom_value=True)
@@ -259,12 +274,12 @@ def build(ctx) -> dict:
     seen = gr.State(None)  # newest_mark() when the grid was last drawn
     received = gr.State(None)  # receiver `item_id`: another tab puts an item id here to open it
     filters = [c[n] for n in ("search", "kind", "engine", "model", "favourites", "date_from",
-                              "date_to")]
+                              "date_to", "mode")]
     page_outputs = [c["grid"], ids, page, c["page_info"], c["engine"], c["model"]]
     detail_outputs = [selected, c["detail"], c["image"], c["text"], c["description"], c["params"],
                       c["favourite"], c["download"], c["tags"]]
     reload = partial(load_page, ctx)
-    for trigger in (c["refresh"].click, c["search"].submit):
+    for trigger in (c["refresh"].click, c["search"].submit, c["mode"].change):
         trigger(partial(first_page, ctx), filters, page_outputs, **PRIVATE)
     c["previous"].click(partial(step_page, ctx, -1), filters + [page], page_outputs, **PRIVATE)
     c["next"].click(partial(step_page, ctx, +1), filters + [page], page_outputs, **PRIVATE)
