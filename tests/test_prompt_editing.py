@@ -284,3 +284,30 @@ def test_a1111_clip_skip_option_and_override(a1111):
     refused = a1111.post("/sdapi/v1/txt2img", json=dict(
         body, override_settings={"CLIP_stop_at_last_layers": 0}))
     assert refused.status_code == 422 and "CLIP_stop_at_last_layers" in refused.text
+
+
+def test_and_and_editing_with_controlnet(engine, tmp_path):
+    """ControlNet pipelines pass their residuals per row: AND lays them out for every part."""
+    from diffusers import UNet2DConditionModel
+    from PIL import Image, ImageDraw
+
+    from controlnet_files import controlnet_from_unet
+    from engines.diffusion.params import ControlUnit
+
+    unet = engine._pipes["txt2img"].unet
+    scale = 2 ** (len(unet.config.block_out_channels) - 1)
+    channels = (16, 32, 96, 256)[:int(np.log2(scale)) + 1]
+    folder = tmp_path / "ControlNet"
+    copy = UNet2DConditionModel.from_config(unet.config)
+    copy.load_state_dict(unet.state_dict())
+    controlnet_from_unet(copy, conditioning_embedding_out_channels=channels).save_pretrained(
+        folder / "tiny-canny")
+    hint = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(hint).rectangle((12, 12, 40, 40), outline="white", width=2)
+    control = dict(controlnet=(ControlUnit(model="tiny-canny", image=hint, module="canny"),),
+                   controlnet_dirs=(str(folder),))
+    plain, _ = _image(engine, A, **control)
+    doubled, _ = _image(engine, f"{A} AND {A}", guidance=2.0, **control)
+    assert np.abs(doubled - plain).max() <= 2
+    edited, _ = _image(engine, f"[{A}:{B}:1] AND a star :0.5", **control)
+    assert np.abs(edited - plain).max() > 10

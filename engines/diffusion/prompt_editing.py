@@ -98,11 +98,13 @@ def step_prompts(pipe, prompt: str, negative: str, steps: int,
         for _, text in schedule:
             texts.setdefault(text, len(texts))
     zero_negative = negative == "" and getattr(pipe.config, "force_zeros_for_empty_prompt", False)
-    encoded, counts = [], []
+    positive = {text for schedule, _ in parts for _, text in schedule}
+    encoded, counts = [], [0]
     for text in texts:
         states, pooled, count = encode(text)
         encoded.append((states, pooled))
-        counts.append(count)
+        if text in positive:
+            counts.append(count)
     empty = encode("")[0]
     # 2. Schedules as (end step, text index).
     indexed = [([(end, texts[t]) for end, t in s], weight) for s, weight in parts]
@@ -163,21 +165,24 @@ def _cat(tensors):
     return torch.cat(tensors)
 
 
-def _control_rows(kwargs: dict, batch: int, n: int, cfg: bool) -> dict:
-    """ControlNet residuals (diffusers' ControlNet pipelines) for the n = 1 + parts rows: the
-    negative prompt's for the first, the prompt's for every part."""
+def _part_rows(x, batch: int, n: int, cfg: bool):
+    """Per-row inputs the pipeline built for [negative, positive] (or positive only), laid out
+    for the n = 1 + parts rows: the negative prompt's rows first, the prompt's for every part."""
     import torch
 
-    def rows(r):
-        cond = r[batch:2 * batch] if cfg else r
-        return torch.cat([r[:batch]] + [cond] * (n - 1))
+    cond = x[batch:2 * batch] if cfg else x
+    return torch.cat([x[:batch]] + [cond] * (n - 1))
 
+
+def _control_rows(kwargs: dict, batch: int, n: int, cfg: bool) -> dict:
+    """ControlNet residuals (diffusers' ControlNet pipelines), per row as _part_rows."""
     out = dict(kwargs)
     if out.get("down_block_additional_residuals") is not None:
         out["down_block_additional_residuals"] = tuple(
-            rows(r) for r in out["down_block_additional_residuals"])
+            _part_rows(r, batch, n, cfg) for r in out["down_block_additional_residuals"])
     if out.get("mid_block_additional_residual") is not None:
-        out["mid_block_additional_residual"] = rows(out["mid_block_additional_residual"])
+        out["mid_block_additional_residual"] = _part_rows(
+            out["mid_block_additional_residual"], batch, n, cfg)
     return out
 
 
@@ -200,16 +205,16 @@ def composable_guidance(pipe, steps: StepPrompts | None) -> Iterator[None]:
         conds, uncond = steps.at(steps.step)
         n = len(conds) + 1
         kwargs = _control_rows(kwargs, batch, n, cfg)
+        if added_cond_kwargs:  # SDXL: pooled text per part; size ids as the pipeline built them
+            pooled = added_cond_kwargs["text_embeds"]
+            added_cond_kwargs = dict(
+                added_cond_kwargs, time_ids=_part_rows(added_cond_kwargs["time_ids"], batch, n, cfg),
+                text_embeds=torch.cat([_rows(p, batch, pooled)
+                                       for p in [uncond[1]] + [c[1] for c in conds]]))
         like = encoder_hidden_states
         hidden = torch.cat([_rows(s, batch, like) for s in [uncond[0]] + [c[0] for c in conds]])
         if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
             timestep = timestep[:batch].repeat(n)
-        if added_cond_kwargs:  # SDXL: pooled text per part, the same size ids for all
-            pooled = added_cond_kwargs["text_embeds"]
-            added_cond_kwargs = dict(
-                added_cond_kwargs, time_ids=added_cond_kwargs["time_ids"][:batch].repeat(n, 1),
-                text_embeds=torch.cat([_rows(p, batch, pooled)
-                                       for p in [uncond[1]] + [c[1] for c in conds]]))
         out = original(sample[:batch].repeat(n, *[1] * (sample.ndim - 1)), timestep,
                        encoder_hidden_states=hidden, added_cond_kwargs=added_cond_kwargs,
                        return_dict=False, **kwargs)[0]

@@ -229,8 +229,3 @@ def text_at(schedule: list[tuple[int, str]], step: int) -> int:
         if step <= end:
             return index
     return 0  # past the end (A1111 falls back to the first entry too)
-
-
-def has_editing(prompt: str) -> bool:
-    """Whether the prompt may hold prompt editing, alternation or AND (cheap pre-check)."""
-    return "[" in prompt or "AND" in prompt or ":" in prompt
