@@ -7,8 +7,8 @@ the UI (HTTP Basic, as A1111's --api-auth).
     GET  /sdapi/v1/progress    POST /sdapi/v1/interrupt, /sdapi/v1/skip, /sdapi/v1/png-info
 
 Design:
-- A request becomes task params (A1111 names -> the image tasks' names) and goes through
-  `studio.tasks` like a UI generation: txt2img, img2img, or inpaint when a mask is given. So
+- A request becomes task params (A1111 names -> the image tasks' names;
+  studio/api/a1111_requests.py) and goes through `studio.tasks` like a UI generation: txt2img, img2img, or inpaint when a mask is given. So
   every image lands in the gallery with its parameters and A1111 infotext, and the same params
   give the same pixels as the UI.
 - Every run is a job on the studio's one runner (studio/api/a1111_runs.py): queued at API
@@ -25,154 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import io
 import json
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 
-from engines.base import ParamError
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
-from studio.api.a1111_controlnet import controlnet_units, store_unit_images
-from studio.api.a1111_extras import hires_params
-from studio.api.a1111_names import (CLIP_SKIP_OPTION, FILL_CODES, SCHEDULE_TYPES, a1111_field,
-                                     scheduler_name, schedulers_table)
+from studio.api.a1111_names import CLIP_SKIP_OPTION, SCHEDULE_TYPES, a1111_field, schedulers_table
 from studio.api.a1111_options import Checkpoints, Options
+from studio.api.a1111_requests import _decode, _encode_png, build_run, unprocessable
 from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
 from studio.api.auth import require_auth
 
-
-
-def unprocessable(field: str | None, message: str, value: Any = None) -> RequestValidationError:
-    loc = ("body", field) if field else ("body",)
-    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error",
-                                    "input": value}])
-
-
-# ------------------------------------------------------------------ request -> task params
-def _decode(value: str, field: str):
-    from studio.tasks.image import decode_image
-
-    try:
-        return decode_image(value, field)
-    except ValueError as error:
-        raise unprocessable(field, str(error).replace(f"`{field}`", field), None) from None
-
-
-def _encode_png(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
-              vae: str | None = None, clip_skip: Any = None) -> Run:
-    """The task and per-iteration params of a request; raises 422s naming A1111 fields."""
-    if request.n_iter < 1:
-        raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
-    if request.batch_size < 1:
-        raise unprocessable("batch_size", "batch_size must be at least 1", request.batch_size)
-    from engines.diffusion.params import MAX_IMAGES, MAX_SEED
-
-    seed = request.seed
-    total = request.n_iter * request.batch_size
-    if total > MAX_IMAGES:  # before a seed is drawn from what is left below MAX_SEED
-        raise unprocessable("n_iter", f"n_iter × batch_size is {total:,}; at most {MAX_IMAGES} "
-                            f"images per request", request.n_iter)
-    if seed == -1:
-        seed = secrets.randbelow(MAX_SEED - total + 2)
-    params: dict[str, Any] = {
-        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": seed,
-        "steps": request.steps, "guidance_scale": request.cfg_scale,
-        "batch_size": request.batch_size}
-    sampler = request.sampler_name or request.sampler_index
-    try:
-        scheduler = scheduler_name(sampler, request.scheduler)
-    except ParamError as error:
-        raise unprocessable(error.field, str(error),
-                            sampler if error.field == "sampler_name" else request.scheduler) from None
-    if scheduler is not None:
-        params["scheduler"] = scheduler
-    for name in ("width", "height"):
-        if getattr(request, name) is not None:
-            params[name] = getattr(request, name)
-    if model_id is not None:
-        params["model"] = model_id
-    if vae not in (None, "Automatic", "None"):  # A1111's sd_vae: a file in models/VAE
-        params["vae"] = vae
-    if clip_skip not in (None, 1):  # A1111's CLIP_stop_at_last_layers option
-        params["clip_skip"] = clip_skip
-    try:  # sd-webui-controlnet units (studio/api/a1111_controlnet.py)
-        units = controlnet_units(ctx, request.alwayson_scripts)
-    except ParamError as error:
-        raise unprocessable("alwayson_scripts", str(error)) from None
-    if units:
-        params["controlnet"] = units
-    task = "txt2img"
-    hires = None if isinstance(request, Img2ImgRequest) else hires_params(request)
-    if hires is not None:  # A1111's hires fix: a second, img2img pass at the larger size
-        task = "hires"
-        params.update(hires)
-    if isinstance(request, Img2ImgRequest):
-        task = "img2img"
-        params["strength"] = request.denoising_strength
-        init = _decode(request.init_images[0], "init_images")
-        params["init_image"] = init  # checked as an image now, stored as an upload below
-        if request.mask is not None:
-            task = "inpaint"
-            mask = _decode(request.mask, "mask")
-            if mask.mode in ("RGBA", "LA"):  # A1111 reads painted alpha as the mask
-                mask = mask.getchannel("A")
-            if request.inpainting_mask_invert:
-                from PIL import ImageOps
-
-                mask = ImageOps.invert(mask.convert("L"))
-            if mask.size != init.size:  # A1111 resizes both to the target size
-                mask = mask.convert("L").resize(init.size)
-            if mask.convert("L").getextrema()[1] <= 127:  # one C pass, not a Python loop per pixel
-                raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
-            params["mask"] = mask
-            if not 0 <= request.inpainting_fill <= 3:
-                raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
-                                    request.inpainting_fill)
-            params.update(inpainting_fill=FILL_CODES[request.inpainting_fill],
-                          inpaint_full_res=request.inpaint_full_res,
-                          inpaint_full_res_padding=request.inpaint_full_res_padding)
-            if request.mask_blur is not None:
-                params["mask_blur"] = request.mask_blur
-    # One check of the whole request (n_iter as batch_count: the image count limit), then the
-    # per-run params: same except the seed.
-    from studio.tasks import get_task
-
-    whole = dict(params, batch_count=request.n_iter)
-    try:
-        get_task(task).validate(ctx, whole)
-    except ValueError as error:
-        raise unprocessable(a1111_field(getattr(error, "field", None)), str(error)) from None
-    uploads = _store_uploads(ctx, params) + store_unit_images(ctx, params)
-    iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
-    return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
-
-
-def _store_uploads(ctx, params: dict) -> list[int]:
-    """Input images are stored once and referred to by id: the job row stays small and no layer
-    decodes base64 again. The init image becomes a gallery upload (the results' parent; its id
-    is returned, deleted if the request fails), the mask an upload outside the gallery."""
-    from studio.uploads import store_inline_images
-
-    params.update(store_inline_images(ctx, params))
-    image = params.pop("init_image", None)
-    if image is None:
-        return []
-    item = ctx.gallery.add_image(image, task="upload", engine="", prompt="init image (A1111 API)",
-                                 params={"source": "sdapi"})
-    params["init_image_id"] = item.id
-    return [item.id]
 
 
 # ------------------------------------------------------------------ router
@@ -201,11 +67,21 @@ def _generation_routes(api: APIRouter, ctx, checkpoints: Checkpoints, options: O
                 raise unprocessable("override_settings", str(error), override) from None
         return None if model_id == checkpoints.default_id() else model_id
 
+    def refiner_for(request: Txt2ImgRequest) -> str | None:
+        if request.refiner_checkpoint in (None, "", "None"):  # A1111 clients send "None" for off
+            return None
+        found = checkpoints.find(request.refiner_checkpoint)
+        if found is None:
+            raise unprocessable("refiner_checkpoint", "no such checkpoint; see /sdapi/v1/sd-models",
+                                request.refiner_checkpoint)
+        return found.model_id
+
     async def generate(request: Txt2ImgRequest, kind: str, http: Request) -> GenerationResponse:
         model_id = model_for(request)
         settings = {**options.get(), **(request.override_settings or {})}
         run = await asyncio.to_thread(build_run, ctx, request, kind, model_id,
-                                      settings.get("sd_vae"), settings.get(CLIP_SKIP_OPTION))
+                                      settings.get("sd_vae"), settings.get(CLIP_SKIP_OPTION),
+                                      refiner_for(request))
         try:
             outcomes = await runs.execute(run, http.is_disconnected)
         except ValueError as error:  # refused at enqueue (the queue is full...)

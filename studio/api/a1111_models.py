@@ -51,6 +51,10 @@ class Txt2ImgRequest(_Lenient, HiresFields):
     override_settings: dict[str, Any] | None = Field(
         None, description="per-request options, e.g. {\"sd_model_checkpoint\": \"...\"}")
     override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = Field(
+        None, description="txt2img: an SDXL refiner (a title or name from /sdapi/v1/sd-models) "
+                          "that finishes the image")
+    refiner_switch_at: float = Field(0.8, description="fraction of the steps after which the refiner takes over")
     alwayson_scripts: dict[str, Any] | None = Field(
         None, description="{\"controlnet\": {\"args\": [unit, ...]}}: sd-webui-controlnet units "
                           "(studio/api/a1111_controlnet.py); other scripts are ignored")
