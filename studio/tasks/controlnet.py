@@ -9,8 +9,9 @@ first pass): JSON-able dicts in, the engine's ControlUnits out, and the infotext
 
   model          a ControlNet from <data>/models/ControlNet (folder or .safetensors name, "name
                  [hash]" accepted) or an embedded one (assets/controlnet)
-  image_id|image the control image: a gallery item id (how tabs and the API send it: an upload
-                 enters the gallery once), or a base64 PNG/JPEG or data URL
+  image_id|image the control image: a gallery item id (the A1111 API stores its uploads so),
+                 an upload id "upload:<sha256>" (the tabs: studio/uploads.py), or a base64
+                 PNG/JPEG or data URL
   module         preprocessor: none (a ready map), canny, invert, scribble_xdog, lineart_standard
   the rest       as sd-webui-controlnet means them (engines/diffusion/params.py ControlUnit)
 
@@ -40,6 +41,7 @@ def control_units(ctx, raw: Any) -> tuple[tuple, list[dict]]:
     ParamError("controlnet", ...) naming the unit and its field otherwise. No weights load."""
     from engines.diffusion.params import ControlUnit
     from studio.tasks.image import _resolve_image
+    from studio.uploads import is_upload_ref
 
     if raw is None:
         return (), []
@@ -65,7 +67,11 @@ def control_units(ctx, raw: Any) -> tuple[tuple, list[dict]]:
             units.append(ControlUnit(image=image, **fields))
         except ValueError as error:
             raise _unit_error(index, error) from None
-        stored.append(dict(fields, **({"image_id": image_id} if image_id is not None else {})))
+        if image_id is not None:
+            fields["image_id"] = image_id
+        elif is_upload_ref(unit.get("image")):  # stored outside the gallery (studio/uploads.py)
+            fields["image"] = unit["image"]
+        stored.append(fields)
     return tuple(units), stored
 
 

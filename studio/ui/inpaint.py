@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from studio.ui import controlnet_panel
 from studio.ui.add_to_queue import add_job
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
@@ -94,12 +95,18 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
 
 
 # ------------------------------------------------------------------ handlers
-def generate(ctx, action: str, value, *settings):
-    yield from stream_images(ctx, *_params(action, value, *settings))
+def _task(ctx, action: str, value, values) -> tuple[str, dict]:
+    """The tab's controls, then the ControlNet units (controlnet_panel.py, last inputs)."""
+    settings, units = controlnet_panel.split(values)
+    return controlnet_panel.add_units(ctx, *_params(action, value, *settings), units)
 
 
-def add_to_queue(ctx, value, *settings) -> str:
-    return add_job(ctx, *_params("inpaint", value, *settings))
+def generate(ctx, action: str, value, *values):
+    yield from stream_images(ctx, *_task(ctx, action, value, values))
+
+
+def add_to_queue(ctx, value, *values) -> str:
+    return add_job(ctx, *_task(ctx, "inpaint", value, values))
 
 
 def arrived(ctx, path):
@@ -159,6 +166,7 @@ def _controls(ctx) -> dict[str, Any]:
         c["only_masked"] = gr.Checkbox(label="Only masked (work on the mask's box)", value=False)
         c["padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding")
     c["model"] = model_dropdown(ctx, "inpaint-model")
+    c["controlnet"] = controlnet_panel.build(ctx, "inpaint")
     with gr.Accordion("Outpaint", open=True):
         with gr.Row():
             c["sides"] = gr.CheckboxGroup(["left", "right", "up", "down"], value=["right"],
@@ -173,7 +181,7 @@ def build(ctx) -> dict[str, Any]:
     c = _controls(ctx)
     c["source_id"] = gr.State(None)
     panel = c["panel"]
-    inputs = [c["editor"]] + [c[name] for name in SETTINGS]
+    inputs = [c["editor"]] + [c[name] for name in SETTINGS] + c["controlnet"]
     c["run"].click(partial(generate, ctx, "inpaint"), inputs, panel.outputs,
                    concurrency_limit=None, **PRIVATE)
     c["run_outpaint"].click(partial(generate, ctx, "outpaint"), inputs, panel.outputs,

@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from studio.ui import controlnet_panel
 from studio.ui.add_to_queue import add_job
 from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
 from studio.ui.family_controls import wire_family_controls
@@ -62,14 +63,20 @@ def _open_upload(path) -> Any:
 
 
 # ------------------------------------------------------------------ handlers
+def _task(ctx, values) -> tuple[str, dict]:
+    """The tab's controls, then the ControlNet units (controlnet_panel.py, last inputs)."""
+    own, units = controlnet_panel.split(values)
+    return controlnet_panel.add_units(ctx, *_params(*own), units)
+
+
 def generate(ctx, *values):
     """Generate: the job's progress, previews, then the saved results."""
-    yield from stream_images(ctx, *_params(*values))
+    yield from stream_images(ctx, *_task(ctx, values))
 
 
 def add_to_queue(ctx, *values) -> str:
     """Add to queue: a batch job with the same params."""
-    return add_job(ctx, *_params(*values))
+    return add_job(ctx, *_task(ctx, values))
 
 
 def image_arrived(ctx, path):
@@ -153,6 +160,7 @@ def _controls(ctx) -> dict[str, Any]:
                                        label="Clip skip (A1111: the prompt from CLIP's Nth layer "
                                              "from the end; SD 1.x models)")
             c.update(hires_controls(ctx))
+            c["controlnet"] = controlnet_panel.build(ctx, "txt2img")
         with gr.Column(scale=2):
             c["panel"] = results_panel("txt2img", ("img2img", "inpaint", "style", "queue"),
                                        extra=("Reuse parameters",))
@@ -170,7 +178,8 @@ def build(ctx) -> dict[str, Any]:
     inputs = [c[n] for n in ("mode", "prompt", "negative", "steps", "cfg", "scheduler", "width",
                              "height", "seed", "batch_size", "batch_count", "candidates", "keep",
                              "model", "init_image", "strength")] + [source_id] \
-        + [c["token_merging"], c["step_cache"], c["clip_skip"]] + [c[n] for n in HIRES_FIELDS]
+        + [c["token_merging"], c["step_cache"], c["clip_skip"]] + [c[n] for n in HIRES_FIELDS] \
+        + c["controlnet"]
     c["run"].click(partial(generate, ctx), inputs, panel.outputs, concurrency_limit=None, **PRIVATE)
     c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
