@@ -97,32 +97,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         task = "txt2img_refiner"
         params.update(refiner_checkpoint=refiner_id, refiner_switch_at=request.refiner_switch_at)
     if isinstance(request, Img2ImgRequest):
-        task = "img2img"
-        params["strength"] = request.denoising_strength
-        init = _decode(request.init_images[0], "init_images")
-        params["init_image"] = init  # checked as an image now, stored as an upload below
-        if request.mask is not None:
-            task = "inpaint"
-            mask = _decode(request.mask, "mask")
-            if mask.mode in ("RGBA", "LA"):  # A1111 reads painted alpha as the mask
-                mask = mask.getchannel("A")
-            if request.inpainting_mask_invert:
-                from PIL import ImageOps
-
-                mask = ImageOps.invert(mask.convert("L"))
-            if mask.size != init.size:  # A1111 resizes both to the target size
-                mask = mask.convert("L").resize(init.size)
-            if mask.convert("L").getextrema()[1] <= 127:  # one C pass, not a Python loop per pixel
-                raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
-            params["mask"] = mask
-            if not 0 <= request.inpainting_fill <= 3:
-                raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
-                                    request.inpainting_fill)
-            params.update(inpainting_fill=FILL_CODES[request.inpainting_fill],
-                          inpaint_full_res=request.inpaint_full_res,
-                          inpaint_full_res_padding=request.inpaint_full_res_padding)
-            if request.mask_blur is not None:
-                params["mask_blur"] = request.mask_blur
+        task = _img2img_params(request, params)
     # One check of the whole request (n_iter as batch_count: the image count limit), then the
     # per-run params: same except the seed.
     from studio.tasks import get_task
@@ -135,6 +110,37 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
     uploads = _store_uploads(ctx, params) + store_unit_images(ctx, params)
     iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
     return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
+
+
+def _img2img_params(request: Img2ImgRequest, params: dict) -> str:
+    """img2img's fields into `params`; "inpaint" when a mask is given, else "img2img"."""
+    task = "img2img"
+    params["strength"] = request.denoising_strength
+    init = _decode(request.init_images[0], "init_images")
+    params["init_image"] = init  # checked as an image now, stored as an upload below
+    if request.mask is not None:
+        task = "inpaint"
+        mask = _decode(request.mask, "mask")
+        if mask.mode in ("RGBA", "LA"):  # A1111 reads painted alpha as the mask
+            mask = mask.getchannel("A")
+        if request.inpainting_mask_invert:
+            from PIL import ImageOps
+
+            mask = ImageOps.invert(mask.convert("L"))
+        if mask.size != init.size:  # A1111 resizes both to the target size
+            mask = mask.convert("L").resize(init.size)
+        if mask.convert("L").getextrema()[1] <= 127:  # one C pass, not a Python loop per pixel
+            raise unprocessable("mask", "mask is empty: paint the area to repaint in white")
+        params["mask"] = mask
+        if not 0 <= request.inpainting_fill <= 3:
+            raise unprocessable("inpainting_fill", "inpainting_fill must be 0..3",
+                                request.inpainting_fill)
+        params.update(inpainting_fill=FILL_CODES[request.inpainting_fill],
+                      inpaint_full_res=request.inpaint_full_res,
+                      inpaint_full_res_padding=request.inpaint_full_res_padding)
+        if request.mask_blur is not None:
+            params["mask_blur"] = request.mask_blur
+    return task
 
 
 def _store_uploads(ctx, params: dict) -> list[int]:
