@@ -20,7 +20,8 @@ from engines.base import (Cancelled, CancelToken, EngineError, ParamError, Progr
 from engines.llm import tools as tool_format
 from engines.llm.catalog import EMBEDDED_ID, ModelSource, resolve
 from engines.llm.params import ChatMessage, LLMParams, ToolCall  # noqa: F401 (the engine's API)
-from engines.llm.prompts import CHATML, clean_middle, fim_messages, render_template, split_at_stop  # noqa: F401
+from engines.llm.prompts import (CHATML, clean_middle, fim_messages, middle_stops,  # noqa: F401
+                                 render_template, split_at_stop)
 
 FIM_TOKENS = (  # (prefix, suffix, middle) spellings used by code models, PSM order
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, DeepSeek-style
@@ -194,7 +195,7 @@ class LLMEngine:
             if len(ids) > budget:
                 raise ParamError("prompt", f"the prompt is {len(ids)} tokens; with max_new_tokens "
                                  f"{params.max_new_tokens} this model's context holds {budget}")
-            return Prepared(ids, 0, bool(fim))
+            return Prepared(ids, 0, bool(fim), stop=middle_stops(params.suffix) if fim else ())
         messages = list(params.messages)
         keep_system = [m for m in messages[:1] if m.role == "system"]
         rest = messages[len(keep_system):]
@@ -297,7 +298,7 @@ class LLMEngine:
     def generate(self, params: LLMParams, on_progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> GenerationResult:
         """The whole reply (`choices` holds all n; choice i uses seed + i); raises Cancelled on
-        Stop (nothing to save). A middle asked for in words comes back cleaned (clean_middle)."""
+        Stop (nothing to save). A middle comes back cleaned (clean_middle)."""
         on_progress = on_progress or no_progress
         results = []
         for index in range(params.n):
@@ -310,7 +311,7 @@ class LLMEngine:
             if stats.finish_reason == "cancelled":
                 raise Cancelled()
             text = "".join(parts)
-            if params.suffix is not None and not stats.fim:
+            if params.suffix is not None:  # FIM tokens or not: only what an editor inserts
                 text = clean_middle(text, params.prompt or "", params.suffix)
             results.append(GenerationResult(text, stats))
         first = results[0]

@@ -43,15 +43,18 @@ def fim_messages(prefix: str, suffix: str) -> tuple[list[tuple[str, str]], tuple
     last_line = prefix.rsplit("\n", 1)[-1]
     head = prefix.rstrip(" \t") if last_line.strip() else prefix
     messages = [("user", ask), ("assistant", f"{FENCE}\n{head}")]
-    stops = [FENCE]
+    return messages, tuple(dict.fromkeys((FENCE,) + middle_stops(suffix)))
+
+
+def middle_stops(suffix: str) -> tuple[str, ...]:
+    """Where a middle ends, for every fill-in-the-middle model (with FIM tokens too: instruct
+    models among them rarely end the middle themselves): the end of the line for a cursor
+    inside a line, else the suffix's next line written again."""
     line_rest = suffix.split("\n", 1)[0].strip()
     if line_rest:  # cursor inside a line: the middle ends where that line goes on
-        stops += ["\n"] + ([line_rest] if len(line_rest) >= 2 else [])
-    else:
-        following = next((line for line in suffix.split("\n") if line.strip()), "")
-        if following:
-            stops.append("\n" + following)
-    return messages, tuple(dict.fromkeys(stops))
+        return ("\n",) + ((line_rest,) if len(line_rest) >= 2 else ())
+    following = next((line for line in suffix.split("\n") if line.strip()), "")
+    return ("\n" + following,) if following else ()
 
 
 def clean_middle(text: str, prefix: str, suffix: str) -> str:
@@ -75,8 +78,24 @@ def clean_middle(text: str, prefix: str, suffix: str) -> str:
         if text.endswith(tail) and (size >= 2 or _unbalanced(text, tail)):
             text = text[:-size]
             break
+    text = _within_block(text, prefix)
     if suffix.startswith("\n") or not suffix.strip():
         text = text.rstrip()
+    return text
+
+
+def _within_block(text: str, prefix: str) -> str:
+    """A middle that starts inside an indented block ends where a line starts a new top-level
+    statement (`def test_...`, `# Test cases`, `print(...)`): models go on to write usage
+    examples after the middle. Closing brackets at column 0 stay (they end C-like blocks)."""
+    before = next((line for line in reversed(prefix.split("\n")) if line.strip()), "")
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    if not (before[:1].isspace() or first[:1].isspace() or prefix.endswith((" ", "\t"))):
+        return text  # at the top level: anything may follow
+    lines = text.split("\n")
+    for number, line in enumerate(lines[1:], 1):
+        if line[:1] and not line[:1].isspace() and line[:1] not in ")]}":
+            return "\n".join(lines[:number])
     return text
 
 
