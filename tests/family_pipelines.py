@@ -103,15 +103,26 @@ def build_kandinsky22(folder: Path) -> Path:
 def build_unclip_img2img(folder: Path) -> Path:
     """StableUnCLIPImg2ImgPipeline: a CLIP image embedding, noised, conditions an SD 2 UNet."""
     import torch
-    from diffusers import (DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline,
-                           UNet2DConditionModel)
+    from diffusers import StableUnCLIPImg2ImgPipeline
+    from transformers import CLIPImageProcessor
+
+    torch.manual_seed(0)
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=_clip_vision(32, 4), **_unclip_decoder(folder))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _unclip_decoder(folder: Path) -> dict:
+    """What both unCLIP pipelines share: an SD 2 v-prediction UNet whose class embedding takes
+    the noised CLIP image embedding, its text encoder, VAE and schedulers."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import \
         StableUnCLIPImageNormalizer
-    from transformers import CLIPImageProcessor
 
     from small_pipelines import _vae
 
-    torch.manual_seed(0)
     tokenizer = _clip_tokenizer(folder / "tokenizer")
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4,
@@ -120,17 +131,14 @@ def build_unclip_img2img(folder: Path) -> Path:
         attention_head_dim=(2, 4), class_embed_type="projection",
         projection_class_embeddings_input_dim=64, cross_attention_dim=32, layers_per_block=1,
         upcast_attention=True, use_linear_projection=True, norm_num_groups=8)
-    pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
-        image_encoder=_clip_vision(32, 4), image_normalizer=StableUnCLIPImageNormalizer(32),
+    return dict(
+        image_normalizer=StableUnCLIPImageNormalizer(32),
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
         tokenizer=tokenizer, text_encoder=_clip_text(tokenizer, projection=False), unet=unet,
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                 prediction_type="v_prediction", set_alpha_to_one=False,
                                 steps_offset=1),
         vae=_vae())
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def build_pixart(folder: Path, sigma: bool = False) -> Path:
@@ -185,23 +193,10 @@ def build_sd3(folder: Path) -> Path:
 def build_stable_unclip(folder: Path) -> Path:
     """StableUnCLIPPipeline: a prior (text -> CLIP image embedding) + an SD 2 decoder."""
     import torch
-    from diffusers import (DDIMScheduler, DDPMScheduler, PriorTransformer, StableUnCLIPPipeline,
-                           UNet2DConditionModel)
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import \
-        StableUnCLIPImageNormalizer
-
-    from small_pipelines import _vae
+    from diffusers import DDPMScheduler, PriorTransformer, StableUnCLIPPipeline
 
     torch.manual_seed(0)
     prior_tokenizer = _clip_tokenizer(folder / "prior_tokenizer")
-    tokenizer = _clip_tokenizer(folder / "tokenizer")
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64),
-        attention_head_dim=(2, 4), class_embed_type="projection",
-        projection_class_embeddings_input_dim=64, cross_attention_dim=32, layers_per_block=1,
-        upcast_attention=True, use_linear_projection=True, norm_num_groups=8)
     pipe = StableUnCLIPPipeline(
         prior_tokenizer=prior_tokenizer,
         prior_text_encoder=_clip_text(prior_tokenizer, projection=True),
@@ -210,13 +205,7 @@ def build_stable_unclip(folder: Path) -> Path:
         prior_scheduler=DDPMScheduler(variance_type="fixed_small_log", prediction_type="sample",
                                       num_train_timesteps=1000, clip_sample=True,
                                       clip_sample_range=5.0, beta_schedule="squaredcos_cap_v2"),
-        image_normalizer=StableUnCLIPImageNormalizer(32),
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer, text_encoder=_clip_text(tokenizer, projection=False), unet=unet,
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False,
-                                steps_offset=1),
-        vae=_vae())
+        **_unclip_decoder(folder))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 

@@ -11,6 +11,18 @@ def open_tab(page, title: str) -> None:
         "e => e.textContent.trim() === t && e.getAttribute('aria-selected') === 'true')", arg=title)
 
 
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `condition()` until it is true; AssertionError naming `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def run_async(coroutine):
     """asyncio.run on a thread of its own: the main thread may already run an event loop (the
     Playwright sync API leaves one behind for the browser tests of the same session)."""

@@ -1,5 +1,5 @@
-"""The A1111 router on a FastAPI app of its own over a studio context built by the app's own
-wiring (queue, runner and worker included); plus the sampler/scheduler mapping."""
+"""The A1111 router on a FastAPI app of its own over a studio on the app's own wiring (the
+`studio` fixture: queue, runner and worker included); plus the sampler/scheduler mapping."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,9 @@ import threading
 import time
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
+from wiring import api_client
 
-from studio.api.a1111 import router
+from studio.api import a1111, a1111_extras, a1111_lora
 from studio.api.a1111_names import scheduler_name
 from studio.gallery.store import GalleryQuery
 
@@ -24,32 +23,14 @@ def model_source(tmp_path_factory):
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    yield ctx
-    ctx.queue.stop(10)
-    ctx.engines.unload()
-
-
-@pytest.fixture
-def client(ctx, model_source):
+def client(studio, model_source):
     if model_source != "genstudio-tiny-sd":
-        ctx.config.models_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(model_source, ctx.config.models_dir / "tiny-test")
-    from studio.api import a1111_extras, a1111_lora
-
-    app = FastAPI()
-    for module_router in (router, a1111_extras.router, a1111_lora.router):
-        app.include_router(module_router(ctx))
-    with TestClient(app) as client:
+        studio.config.models_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(model_source, studio.config.models_dir / "tiny-test")
+    with api_client(studio, a1111, a1111_extras, a1111_lora) as client:
         if model_source != "genstudio-tiny-sd":
             assert client.post("/sdapi/v1/options",
                                json={"sd_model_checkpoint": "tiny-test"}).status_code == 200
-        client.ctx = ctx
         yield client
 
 

@@ -4,26 +4,15 @@ through /sdapi/v1/txt2img and a field it does not take is a 4xx naming the field
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
+from wiring import api_client
 
-from studio.api.a1111 import router
+from studio.api import a1111
 
 
 @pytest.fixture
-def client(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    app = FastAPI()
-    app.include_router(router(ctx))
-    with TestClient(app) as client:
-        client.ctx = ctx
+def client(studio):  # the app's own wiring and worker (tests/wiring.py); client.ctx is it
+    with api_client(studio, a1111) as client:
         yield client
-    ctx.queue.stop(10)
-    ctx.engines.unload()
 
 
 def test_import_generate_refuse_and_delete_through_the_a1111_api(client, tmp_path):

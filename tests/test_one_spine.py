@@ -1,16 +1,16 @@
 """Every caller is a job on one runner: an interactive run (what a tab's Generate does), an A1111
 request and a queued job are all in GET /api/queue, and Cancel (the handle a tab holds),
 /sdapi/v1/interrupt and POST /api/queue/{id}/cancel all stop the same running job within a step.
-On the app's own wiring (build_context) and its real routers."""
+On the app's own wiring (the `studio` fixture: build_context and its worker) and its real
+routers."""
 from __future__ import annotations
 
 import threading
 import time
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from helpers import run_async
+from wiring import api_client
 
 from studio.jobs.runner import INTERACTIVE
 
@@ -18,25 +18,10 @@ LONG = {"prompt": "a red circle", "steps": 150, "seed": 1}
 
 
 @pytest.fixture
-def studio(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    yield ctx
-    ctx.queue.stop(10)
-    ctx.engines.unload()
-
-
-@pytest.fixture
-def client(studio):
+def client(studio):  # the app's own wiring and worker (tests/wiring.py)
     from studio.api import a1111, queue
 
-    app = FastAPI()
-    app.include_router(a1111.router(studio))
-    app.include_router(queue.router(studio))
-    with TestClient(app) as client:
+    with api_client(studio, a1111, queue) as client:
         yield client
 
 

@@ -6,6 +6,7 @@ import random
 import time
 
 import pytest
+from helpers import wait_for
 
 from studio.jobs.models import CANCELED, COMPLETED, FAILED, PAUSED, PENDING, RUNNING
 from studio.jobs.queue import JobQueue, JobRequest
@@ -26,15 +27,6 @@ def queue(qctx):
     qctx.queue = queue
     yield queue
     queue.stop(timeout=10)
-
-
-def wait_for(condition, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_200_jobs_complete_in_priority_then_position_order(queue, qctx):

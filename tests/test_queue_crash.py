@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from sqlalchemy import select
 
 from studio.gallery.models import Item
@@ -37,15 +38,6 @@ def start_worker(data_dir: Path, log: Path, database: str | None = None) -> subp
                             env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, database):
     data_dir = tmp_path / "data"
@@ -61,7 +53,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path, 
     kills = 0
     for completed_before_kill, extra_delay in ((0, 0.0), (5, 0.13)):
         process = start_worker(data_dir, log, database)
-        wait_until(lambda: queue.counts()[COMPLETED] >= completed_before_kill and any(
+        wait_for(lambda: queue.counts()[COMPLETED] >= completed_before_kill and any(
             (j.duration_s or 0) > 0.15 for j in queue.list(statuses=[RUNNING])),
             timeout=90, what="a job in progress")
         time.sleep(extra_delay)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 import pytest
+from helpers import wait_for
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster for this test only
 
@@ -48,15 +49,6 @@ def studio(ray_cluster, pg_server, tmp_path_factory):
     queue.start_worker(worker)
     yield ctx
     worker.shutdown()
-
-
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def actor_pids(ctx) -> dict[str, int]:

@@ -3,22 +3,9 @@ and its style is usable as soon as the job completes."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from studio.jobs.runner import BATCH
-
-
-@pytest.fixture
-def studio(tmp_path):
-    """The app's own wiring (build_context), with a queue worker."""
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    yield ctx
-    ctx.queue.stop(10)
-    ctx.engines.unload()
 
 
 def _images(ctx) -> tuple[list[int], list[int]]:
@@ -45,7 +32,6 @@ def _params(ctx, name, iterations):
 def test_a_training_job_saves_a_style_usable_at_once(studio):
     from engines.style.engine import list_styles
 
-    studio.queue.start_worker()
     handle = studio.runner.submit("train_style", _params(studio, "My Stripes", 12), priority=BATCH)
     result = handle.result(timeout=180)
     assert result["info"]["style_id"] == "user:my-stripes" and result["info"]["iterations"] == 12
@@ -63,7 +49,6 @@ def test_training_resumes_after_a_restart_and_cancels(studio):
     from studio.jobs.queue import JobQueue
     from studio.jobs.runner import Runner
 
-    studio.queue.start_worker()
     handle = studio.runner.submit("train_style", _params(studio, "Resumable", 10_000), priority=BATCH)
     for update in handle.updates(timeout=120):
         if update.step >= 3:

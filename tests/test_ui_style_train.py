@@ -9,22 +9,11 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def studio_ctx(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    yield ctx
-    ctx.queue.stop()
-
-
-def test_training_is_a_job_and_its_style_is_listed(studio_ctx, tmp_path):
+def test_training_is_a_job_and_its_style_is_listed(studio, tmp_path):
     from studio.ui import style_train
     from studio.ui.style import refresh_styles
 
-    ctx = studio_ctx
+    ctx = studio
     style_file, photo = tmp_path / "style.png", tmp_path / "photo.png"
     Image.new("RGB", (48, 48), (200, 30, 30)).save(style_file)
     Image.new("RGB", (48, 48), (30, 30, 200)).save(photo)
@@ -41,13 +30,13 @@ def test_training_is_a_job_and_its_style_is_listed(studio_ctx, tmp_path):
     assert ("Tiny test [user]", "user:tiny-test") in choices
 
 
-def test_a_nameless_training_is_refused_and_saves_nothing(studio_ctx, tmp_path):
+def test_a_nameless_training_is_refused_and_saves_nothing(studio, tmp_path):
     import gradio as gr
 
     from studio.ui import style_train
 
     with pytest.raises(gr.Error, match="name"):
-        next(style_train.start_training(studio_ctx, "  ", [], [], [], 32, 2))
+        next(style_train.start_training(studio, "  ", [], [], [], 32, 2))
     with pytest.raises(gr.Error, match="style_image_ids"):
-        next(style_train.start_training(studio_ctx, "x", [], [], [], 32, 2))
-    assert studio_ctx.gallery.query().total == 0 and studio_ctx.queue.list() == []
+        next(style_train.start_training(studio, "x", [], [], [], 32, 2))
+    assert studio.gallery.query().total == 0 and studio.queue.list() == []

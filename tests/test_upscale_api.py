@@ -6,11 +6,11 @@ import base64
 import io
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from PIL import Image
+from wiring import api_client
 
-from studio.api.a1111_extras import hires_params, router
+from studio.api import a1111_extras
+from studio.api.a1111_extras import hires_params
 from studio.gallery.pnginfo import read_png_metadata
 from studio.gallery.store import GalleryQuery
 
@@ -24,19 +24,9 @@ def photo_b64(side: int = 32) -> str:
 
 
 @pytest.fixture
-def client(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    app = FastAPI()
-    app.include_router(router(ctx))
-    with TestClient(app) as client:
-        client.ctx = ctx
+def client(studio):  # the app's own wiring and worker (tests/wiring.py); client.ctx is it
+    with api_client(studio, a1111_extras) as client:
         yield client
-    ctx.queue.stop(10)
-    ctx.engines.unload()
 
 
 def test_upscalers_list_answers_like_a1111(client):

@@ -11,15 +11,9 @@ from studio.ui import upscale as tab
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    from studio.app import build_context
-    from studio.config import StudioConfig
-
-    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True))
-    ctx.queue.start_worker()
-    yield ctx
-    ctx.queue.stop(10)
-    ctx.engines.unload()
+def ctx(studio):
+    """The app's own wiring and worker (tests/wiring.py), under the name the handlers use."""
+    return studio
 
 
 def values(mode="Single image", path=None, parent=None, batch=None, upscaler="Lanczos",
