@@ -1,8 +1,10 @@
 """Prompt editing, alternating words and composable `AND` during denoising, on diffusers' SD and
 SDXL pipelines (the grammar is in prompt_schedule.py).
 
-    steps = step_prompts(pipe, prompt, negative, params.steps, encode)  # None: nothing to do
-    pipe(**pipe_kwargs(steps, batch, on_step_end), ...)   # inside composable_guidance(pipe, steps)
+    steps, prompt, negative = step_prompts(pipe, prompt, negative, params.steps, encode)
+    # steps None: plain texts, encoded as usual; otherwise, for each pipeline call:
+    with composable_guidance(pipe, steps):
+        pipe(**pipe_kwargs(steps, batch, on_step_end), ...)
 
 1. Every distinct text of the schedules is encoded once (with A1111's weighting and chunking).
 2. Prompt editing: diffusers' `callback_on_step_end` returns the next step's `prompt_embeds`
@@ -83,7 +85,8 @@ def _pad(states, length: int, empty):
 
 
 def step_prompts(pipe, prompt: str, negative: str, steps: int,
-                 encode: Callable[[str], tuple[Any, Any, int]]) -> tuple[StepPrompts | None, str, str]:
+                 encode: Callable[[str], tuple[Any, Any, int]]
+                 ) -> tuple[StepPrompts | None, str, str]:
     """(StepPrompts, "", "") when the prompts edit, alternate or use AND; otherwise (None,
     prompt, negative prompt) as plain texts for the usual single encoding.
     encode(text) -> (states, pooled, token count)."""
@@ -208,12 +211,14 @@ def composable_guidance(pipe, steps: StepPrompts | None) -> Iterator[None]:
         if added_cond_kwargs:  # SDXL: pooled text per part; size ids as the pipeline built them
             pooled = added_cond_kwargs["text_embeds"]
             added_cond_kwargs = dict(
-                added_cond_kwargs, time_ids=_part_rows(added_cond_kwargs["time_ids"], batch, n, cfg),
+                added_cond_kwargs,
+                time_ids=_part_rows(added_cond_kwargs["time_ids"], batch, n, cfg),
                 text_embeds=torch.cat([_rows(p, batch, pooled)
                                        for p in [uncond[1]] + [c[1] for c in conds]]))
         like = encoder_hidden_states
         hidden = torch.cat([_rows(s, batch, like) for s in [uncond[0]] + [c[0] for c in conds]])
-        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
+        if torch.is_tensor(timestep) and timestep.ndim == 1 \
+                and timestep.shape[0] == sample.shape[0]:
             timestep = timestep[:batch].repeat(n)
         out = original(sample[:batch].repeat(n, *[1] * (sample.ndim - 1)), timestep,
                        encoder_hidden_states=hidden, added_cond_kwargs=added_cond_kwargs,
