@@ -124,3 +124,29 @@ def test_gallery_tab_searches_by_meaning(tmp_path):
         assert "still being indexed" not in info
         # no search text: the newest items, whatever the mode
         assert load_page(ctx, "", *filters, "semantic", 1)[1] == sorted(ids.values(), reverse=True)
+
+
+def test_a_search_does_not_wait_for_a_running_generation(tmp_path):
+    """A generation holds the engine manager's device lock from start to end; the search
+    embeds with its own copy of the model, so it answers meanwhile."""
+    import threading
+
+    with running_studio(tmp_path / "data", worker=False) as ctx:
+        ids = _fill(ctx)
+        holding, release = threading.Event(), threading.Event()
+
+        def generation() -> None:
+            with ctx.engines.use("embed"):
+                holding.set()
+                release.wait(60)
+
+        thread = threading.Thread(target=generation)
+        thread.start()
+        try:
+            assert holding.wait(60)
+            page, waiting = semantic.search(ctx, semantic.GalleryQuery(search="noodle soup"))
+            assert page.items[0].id == ids["a bowl of ramen"] and waiting == 0
+            assert thread.is_alive()  # the "generation" was still running all along
+        finally:
+            release.set()
+            thread.join()

@@ -15,9 +15,14 @@ per item read per search, measured 0.22 s at 10,000 items and 1.1 s at 50,000 (S
 2-core machine), so fine for a personal gallery; beyond ~50,000 items an approximate index
 (pgvector, sqlite-vec) or vectors cached in memory would be the next step. Items under MIN_SIMILARITY are
 left out, so a search for something absent finds nothing rather than everything.
+
+A search embeds with its own copy of the model on the CPU (~90 MB), not the engine manager's:
+the manager's device lock is held for a whole generation, and a search must not wait minutes
+behind a txt2img batch for a 10 ms embedding.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -35,6 +40,8 @@ INLINE_LIMIT = 128  # missing vectors a search computes itself (~1 s); more go t
 MIN_SIMILARITY = 0.25  # below: unrelated (MiniLM puts unrelated captions at -0.1..0.2)
 MAX_TEXT_CHARS = 2000  # the model reads 256 tokens; more text is only slower
 INDEX_TASK = "index_gallery"
+_embedder = None  # the searches' own EmbeddingEngine, loaded on first use
+_embedder_lock = threading.Lock()
 
 
 def item_text(prompt: str | None, text: str | None) -> str:
@@ -101,10 +108,22 @@ class SemanticIndex:
         return [(int(ids[i]), float(scores[i])) for i in order if scores[i] >= MIN_SIMILARITY]
 
 
+def embed_for_search(texts: list[str]):
+    """Unit vectors of `texts` from the searches' own CPU copy of the model (see above)."""
+    global _embedder
+    from engines.llm.embeddings import EmbeddingEngine
+
+    with _embedder_lock:
+        if _embedder is None:
+            _embedder = EmbeddingEngine(MODEL, "cpu")
+        return _embedder.embed(texts)[0]
+
+
 def index_missing(ctx: "StudioContext", index: SemanticIndex, limit: int, cancel=None,
-                  on_batch=None) -> int:
+                  on_batch=None, private: bool = False) -> int:
     """Embed up to `limit` items without a vector, a batch at a time (each batch committed, so
-    a stopped run keeps what it did). Returns how many were stored."""
+    a stopped run keeps what it did), with the engine manager's model (a job) or the searches'
+    own (`private`). Returns how many were stored."""
     from engines.llm.embeddings import BATCH, EMBEDDED_EMBEDDING_ID
 
     done = 0
@@ -114,8 +133,12 @@ def index_missing(ctx: "StudioContext", index: SemanticIndex, limit: int, cancel
             break
         if cancel is not None:
             cancel.raise_if_cancelled()
-        with ctx.engines.use("embed", EMBEDDED_EMBEDDING_ID) as engine:
-            vectors, _ = engine.embed([text for _, text in batch])
+        texts = [text for _, text in batch]
+        if private:
+            vectors = embed_for_search(texts)
+        else:
+            with ctx.engines.use("embed", EMBEDDED_EMBEDDING_ID) as engine:
+                vectors, _ = engine.embed(texts)
         stored = index.add([item_id for item_id, _ in batch], vectors)
         done += len(batch)
         if on_batch is not None:
@@ -137,16 +160,13 @@ def search(ctx: "StudioContext", q: GalleryQuery) -> tuple[Page, int]:
     index = SemanticIndex(ctx.db)
     waiting = index.missing_count()
     if 0 < waiting <= INLINE_LIMIT:
-        index_missing(ctx, index, waiting)
+        index_missing(ctx, index, waiting, private=True)
         waiting = index.missing_count()
     elif waiting and not _index_job_active(ctx):
         from studio.jobs.runner import BATCH
 
         ctx.runner.submit(INDEX_TASK, {}, priority=BATCH)
-    from engines.llm.embeddings import EMBEDDED_EMBEDDING_ID
-
-    with ctx.engines.use("embed", EMBEDDED_EMBEDDING_ID) as engine:
-        query_vector = engine.embed([q.search.strip()[:MAX_TEXT_CHARS]])[0][0]
+    query_vector = embed_for_search([q.search.strip()[:MAX_TEXT_CHARS]])[0]
     ranked = index.rank(query_vector, ctx.gallery.conditions(replace(q, search="")))
     start = (q.page - 1) * q.page_size
     items = []
