@@ -270,3 +270,39 @@ def test_task_records_units_as_the_extension_does(ctx, model_id, cn_dir):
         with pytest.raises(ParamError, match=match) as error:
             validate_task(ctx, "txt2img", dict(params, controlnet=[unit_params]))
         assert error.value.field == "controlnet"
+
+
+# ------------------------------------------------------------------ SDXL
+def test_sdxl_controlnet_folder_and_diffusers_single_file(tmp_path):
+    """SDXL's ControlNet pipelines, with a folder and with a single file in diffusers' key
+    layout (how the public SDXL ControlNets are shipped)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from engines.diffusion.controlnet import describe, resolve
+    from engines.diffusion.engine import DiffusionEngine
+    from small_pipelines import build_sdxl_shaped
+
+    model = build_sdxl_shaped(tmp_path / "xl")
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    controlnet = controlnet_from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96))
+    folders = tmp_path / "ControlNet"
+    controlnet.save_pretrained(folders / "xl-folder")
+    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()},
+              str(folders / "xl-single.safetensors"))
+    shapes_config = describe(resolve("xl-single", (str(folders),)), unet=dict(unet.config))
+    for key in ("block_out_channels", "transformer_layers_per_block", "addition_time_embed_dim",
+                "projection_class_embeddings_input_dim", "use_linear_projection"):
+        assert list(np.atleast_1d(shapes_config[key])) == list(np.atleast_1d(controlnet.config[key]))
+    engine = DiffusionEngine(model_id=str(model))
+    engine.load()
+    common = dict(prompt="a red star", seed=1, steps=3, controlnet_dirs=(str(folders),))
+    base = engine.generate(Txt2ImgParams(**common)).images[0]
+    images = [engine.generate(Txt2ImgParams(**common, controlnet=(ControlUnit(
+        model=name, image=square(), module="none"),))).images[0]
+        for name in ("xl-folder", "xl-single")]
+    assert np.abs(pixels(images[0]) - pixels(base)).mean() > 0.5
+    assert np.abs(pixels(images[0]) - pixels(images[1])).max() <= 1  # the same weights
+    init = engine.generate(Img2ImgParams(**common, init_image=base, controlnet=(ControlUnit(
+        model="xl-single", image=square()),)))
+    assert init.images[0].size == (64, 64)

@@ -110,9 +110,10 @@ def read_shapes(path: Path, field: str = "model") -> dict[str, list[int]]:
     return shapes
 
 
-def describe(entry: ControlNetEntry, field: str = "model") -> dict:
+def describe(entry: ControlNetEntry, field: str = "model", unet: dict | None = None) -> dict:
     """The diffusers config of a ControlNet: a folder's config.json, or inferred from a single
-    file's shapes. ParamError when it is no ControlNet."""
+    file's shapes (what they do not tell from `unet`, the model's UNet config, when given).
+    ParamError when it is no ControlNet."""
     if entry.kind == "folder":
         try:
             return json.loads((entry.path / "config.json").read_text())
@@ -121,7 +122,7 @@ def describe(entry: ControlNetEntry, field: str = "model") -> dict:
                              f"({error})") from None
     shapes = read_shapes(entry.path, field)
     try:
-        return _config_from_shapes(shapes)
+        return _config_from_shapes(shapes, unet)
     except (KeyError, IndexError, ValueError) as error:
         raise ParamError(field, f"{entry.path.name} is not a ControlNet in a known layout (SD "
                          f"1.5 / 2.x / SDXL, LDM or diffusers keys): {error}") from None
@@ -175,9 +176,14 @@ def _diffusers_levels(shapes: dict) -> tuple[list, dict]:
     return levels, extra
 
 
-def _config_from_shapes(shapes: dict) -> dict:
-    """diffusers ControlNetModel config from tensor shapes; heads and norm groups from the
-    family config (they leave no trace in the shapes)."""
+# What shapes do not tell: taken from the UNet the ControlNet will steer when it is known (a
+# ControlNet is a copy of its UNet's encoder), else from the family's shipped config.
+_BORROWED = ("attention_head_dim", "norm_num_groups", "upcast_attention", "addition_time_embed_dim")
+
+
+def _config_from_shapes(shapes: dict, unet: dict | None = None) -> dict:
+    """diffusers ControlNetModel config from tensor shapes; heads, norm groups, attention
+    upcast and the size-id width from `unet` (the model's UNet config) or the family config."""
     shapes = {k.removeprefix("control_model."): v for k, v in shapes.items()}
     if "input_hint_block.0.weight" in shapes:
         levels, extra = _ldm_levels(shapes)
@@ -186,10 +192,12 @@ def _config_from_shapes(shapes: dict) -> dict:
     else:
         raise ValueError("no hint block (input_hint_block / controlnet_cond_embedding)")
     cross = next(v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight"))
-    family = FAMILIES.get(cross, ("v1", None))[0]
-    unet = json.loads((CONFIGS / f"{family}.json").read_text())["unet"]
+    if not unet or unet.get("cross_attention_dim") != cross:
+        family = FAMILIES.get(cross, ("v1", None))[0]
+        unet = dict(json.loads((CONFIGS / f"{family}.json").read_text())["unet"],
+                    norm_num_groups=32)
     heads = unet["attention_head_dim"]
-    if isinstance(heads, list) and len(heads) != len(levels):
+    if isinstance(heads, (list, tuple)) and len(heads) != len(levels):
         heads = heads[0]
     config = {
         "_class_name": "ControlNetModel", "in_channels": extra["in_channels"],
@@ -199,12 +207,15 @@ def _config_from_shapes(shapes: dict) -> dict:
         "down_block_types": ["CrossAttnDownBlock2D" if lv[1] else "DownBlock2D" for lv in levels],
         "transformer_layers_per_block": [lv[2] for lv in levels],
         "layers_per_block": extra["layers_per_block"], "cross_attention_dim": cross,
-        "attention_head_dim": heads, "norm_num_groups": 32,
+        "attention_head_dim": heads, "norm_num_groups": unet.get("norm_num_groups", 32),
         "use_linear_projection": bool(extra["proj_in"] and len(extra["proj_in"]) == 2),
         "upcast_attention": bool(unet.get("upcast_attention", False)),
     }
+    if unet.get("num_attention_heads"):  # configs that name heads by their count
+        config["num_attention_heads"] = unet["num_attention_heads"]
     if extra["add"] is not None:  # SDXL: pooled text + size ids
-        config.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+        config.update(addition_embed_type="text_time",
+                      addition_time_embed_dim=unet.get("addition_time_embed_dim") or 256,
                       projection_class_embeddings_input_dim=extra["add"][1])
     return config
 
@@ -235,8 +246,9 @@ def _config_folder(config: dict) -> Path:
     return folder
 
 
-def load_controlnet(entry: ControlNetEntry, dtype, device):
-    """A ControlNetModel from a folder or a single file; EngineError naming the file."""
+def load_controlnet(entry: ControlNetEntry, dtype, device, unet: dict | None = None):
+    """A ControlNetModel from a folder or a single file (its config completed from `unet`, the
+    model's UNet config); EngineError naming the file."""
     from diffusers import ControlNetModel
 
     try:
@@ -245,7 +257,7 @@ def load_controlnet(entry: ControlNetEntry, dtype, device):
             model = ControlNetModel.from_pretrained(entry.path, variant=variant, torch_dtype=dtype)
         else:
             model = ControlNetModel.from_single_file(
-                str(entry.path), config=str(_config_folder(describe(entry))),
+                str(entry.path), config=str(_config_folder(describe(entry, unet=unet))),
                 local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise EngineError(f"ControlNet {entry.name!r} ({entry.path.name}) could not be loaded: "
@@ -253,15 +265,16 @@ def load_controlnet(entry: ControlNetEntry, dtype, device):
     return model.to(device).eval()
 
 
-def cached_controlnet(engine, entry: ControlNetEntry, dtype, device):
+def cached_controlnet(engine, entry: ControlNetEntry, dtype, device, unet: dict):
     """The loaded ControlNet, kept on the engine (`engine._controlnets`) while unchanged."""
     stat = entry.weights.stat()
-    key = (str(entry.path), stat.st_size, stat.st_mtime, str(dtype), str(device))
+    borrowed = tuple(str(unet.get(k)) for k in _BORROWED)
+    key = (str(entry.path), stat.st_size, stat.st_mtime, str(dtype), str(device), borrowed)
     cache: dict = engine._controlnets
     if key not in cache:
         while len(cache) >= CACHED_MODELS:
             cache.pop(next(iter(cache)))  # the oldest first
-        cache[key] = load_controlnet(entry, dtype, device)
+        cache[key] = load_controlnet(entry, dtype, device, unet)
     return cache[key]
 
 
@@ -311,7 +324,7 @@ def control_run(engine, pipe, mode: str, params, width: int, height: int,
         if 2 ** steps != pipe.vae_scale_factor:  # its hint encoder must land on the latent grid
             raise ParamError("controlnet", f"ControlNet {entry.name!r} reads images at 1/{2 ** steps}"
                              f" scale; {engine.model_name}'s latents are 1/{pipe.vae_scale_factor}")
-        models.append(cached_controlnet(engine, entry, pipe.unet.dtype, pipe.device))
+        models.append(cached_controlnet(engine, entry, pipe.unet.dtype, pipe.device, unet_config))
         maps.append(control_image(unit, width, height, region))
         records.append({"model": entry.title, "module": unit.module, "weight": unit.weight,
                         "resize_mode": unit.resize_mode, "guidance_start": unit.guidance_start,
