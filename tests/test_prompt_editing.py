@@ -170,6 +170,10 @@ def test_and_combines_as_a1111(engine):
     assert np.abs(halved - plain).max() <= 2
     mixed, _ = _image(engine, f"{A} AND {B} :0.7")
     assert np.abs(mixed - plain).max() > 10
+    # parts and schedule entries of different chunk counts (padded per step, as A1111)
+    long = ", ".join([A] * 8)  # several of the embedded model's 30-token chunks
+    assert np.abs(_image(engine, f"{long} AND {B} :0.5")[0] - plain).max() > 10
+    assert np.abs(_image(engine, f"[{long}:{B}:1]", negative=long)[0] - plain).max() > 10
     # with editing inside a part, and the UNet left as it was afterwards
     _image(engine, f"{A} AND [a green star:a yellow star:2]")
     assert "forward" not in engine._pipes["txt2img"].unet.__dict__
