@@ -9,7 +9,6 @@ CREATE TABLE chat_documents (
     embedding_model TEXT NOT NULL DEFAULT '',
     created_at {TIMESTAMP} NOT NULL
 );
-CREATE INDEX ix_chat_documents_conversation ON chat_documents(conversation_id);
 
 CREATE TABLE chat_passages (
     id {ID},
@@ -21,3 +20,5 @@ CREATE TABLE chat_passages (
     vector {BLOB} NOT NULL,
     UNIQUE (document_id, number)
 );
+
+CREATE INDEX ix_chat_documents_conversation ON chat_documents(conversation_id);
