@@ -72,7 +72,13 @@ def test_and_weights_and_what_is_left_alone():
     start = time.perf_counter()
     hostile = "([" * 2000 + "[a:" * 1000
     assert prompt_schedule(hostile, 150) == [(150, hostile)]  # too deep: read as plain text
+    assert split_and("a" + " " * 3998 + "b :2") == [("a" + " " * 3998 + "b", 2.0)]
     assert time.perf_counter() - start < 1
+    from engines.diffusion.params import Txt2ImgParams
+
+    Txt2ImgParams(prompt=" AND ".join(["a"] * 8))
+    with pytest.raises(ParamError, match="at most 8"):  # each part is one more UNet row
+        Txt2ImgParams(prompt=" AND ".join(["a"] * 9))
 
 
 # ------------------------------------------------------------------ generations

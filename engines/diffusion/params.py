@@ -178,6 +178,11 @@ class Txt2ImgParams:
     def check_inputs(self) -> None:
         check_text("prompt", self.prompt)
         check_text("negative_prompt", self.negative_prompt)
+        from engines.diffusion.prompt_schedule import MAX_AND_PARTS, split_and
+
+        if len(split_and(self.prompt)) > MAX_AND_PARTS:  # each part: one more UNet row per step
+            raise ParamError("prompt", f"`prompt` joins {len(split_and(self.prompt))} prompts "
+                             f"with AND; at most {MAX_AND_PARTS} are accepted")
         check_int("steps", self.steps, 1, 150)
         check_range("guidance_scale", self.guidance_scale, 0.0, 30.0)
         check_size("width", self.width)

@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 RE_AND = re.compile(r"\bAND\b")
-RE_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+RE_WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?|\d*\.\d+))$")  # on the right-stripped text
+MAX_AND_PARTS = 8  # each part is one more UNet row per image and step
 RE_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")
 RE_PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.S)
 SPECIAL = "()[]:|"
@@ -40,9 +41,14 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     """
     parts = []
     for sub in RE_AND.split(prompt):
-        match = RE_WEIGHT.search(sub)
-        text, weight = match.groups() if match else (sub, None)
-        parts.append((text, float(weight) if weight is not None else 1.0))
+        # A1111's ^(.*?)(?:\s*:\s*(number))?\s*$ without its lazy scan (quadratic on long spaces)
+        text = sub.rstrip()
+        match = RE_WEIGHT.search(text)
+        if match:
+            text, weight = text[:match.start()].rstrip(), float(match.group(1))
+        else:
+            weight = 1.0
+        parts.append((text, weight))
     return parts
 
 
