@@ -6,8 +6,10 @@
     save_kohya(result.state_dict, "models/Lora/gsring.safetensors", metadata)
 
 1. The pipeline's UNet gets a peft LoRA adapter on its attention projections (to_q, to_k,
-   to_v, to_out.0); everything else is frozen. The VAE latents of the images and the text
-   encoder's states of their captions are computed once.
+   to_v, to_out.0), or on these and its convolutions (`target="unet"`), and optionally the
+   text encoder(s) one on theirs; everything else is frozen. The VAE latents of the images
+   (and, when the text side is frozen, the captions' text states) are computed once. SD 1.x/2.x
+   and SDXL (two text encoders, pooled text and size ids: engines/training/lora_text.py).
 2. Each step: a batch of latents (sampled from the VAE's distribution), noise at a random
    timestep, and the model's own objective (epsilon or v-prediction, from its scheduler
    config); AdamW on the LoRA weights only. Captions are dropped 10% of the time so that
@@ -17,7 +19,8 @@
    with the same run_dir resumes there. Every `sample_every` steps a grid of sample images is
    reported as the progress preview, and the loss as the message.
 4. The result is converted to the kohya/A1111 key layout with diffusers'
-   `convert_state_dict_to_kohya` (what A1111 and ComfyUI load; diffusers loads it too).
+   `convert_state_dict_to_kohya` (`lora_unet_`, `lora_te_` or SDXL's `lora_te1_`/`lora_te2_`:
+   what A1111 and ComfyUI load; diffusers loads it too).
 """
 from __future__ import annotations
 
@@ -32,12 +35,18 @@ import numpy as np
 from PIL import Image
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
+from engines.training import lora_text
 
 TARGET_MODULES = {
     # every attention projection of the UNet (diffusers' LoRA example; kohya's default)
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
     # cross-attention only (Custom Diffusion's choice): the text->image mapping, nothing else
     "cross_attention": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
+    # attention, feed-forward and the resnets' convolutions (kohya's LoCon "conv" layers): the
+    # full-resolution levels of a UNet have no attention, so a new *shape* needs the convs
+    "unet": r".*(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|"
+            r"to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))|resnets\.\d+\.(conv1|conv2|"
+            r"time_emb_proj|conv_shortcut)|(down|up)samplers\.0\.conv)",
 }
 CHECKPOINT = "checkpoint.pt"
 
@@ -67,6 +76,8 @@ class LoraTrainConfig:
     # textual-inversion embedding named after it), so the trigger is a token of its own. 0 = off.
     trigger_vectors: int = 0
     trigger_lr: float = 5e-3
+    # LoRA on the text encoder(s) too (same rank and rate): lets the captions' words move
+    train_text_encoder: bool = False
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
@@ -81,6 +92,9 @@ class LoraTrainConfig:
         if self.target not in TARGET_MODULES:
             raise ParamError("target", f"`target` must be one of {', '.join(TARGET_MODULES)}, "
                              f"got {self.target!r}")
+        if not isinstance(self.train_text_encoder, bool):
+            raise ParamError("train_text_encoder", f"`train_text_encoder` must be true or false, "
+                             f"got {self.train_text_encoder!r}")
         if not isinstance(self.lr, (int, float)) or not 1e-6 <= self.lr <= 1e-1:
             raise ParamError("lr", f"`lr` must be between 1e-6 and 0.1, got {self.lr!r}")
 
@@ -113,9 +127,7 @@ def _prepare(pipe, images: list[Image.Image], captions: list[str], side: int):
                           for im in images]).float().div(127.5).sub(1).to(device, vae.dtype)
     with torch.no_grad():
         dist = vae.encode(pixels).latent_dist
-        texts = {}
-        for caption in set(captions) | {""}:
-            texts[caption] = pipe.encode_prompt(caption, device, 1, False)[0]
+        texts = {caption: lora_text.encode(pipe, caption) for caption in set(captions) | {""}}
     return dist.mean, dist.std, texts
 
 
@@ -134,33 +146,15 @@ def samples(pipe, prompts: list[str], steps: int, guidance: float, side: int,
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))]
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
+                  generator=generators)
     with torch.no_grad():
-        cond = torch.cat([_states(pipe, p, table) for p in prompts])
-        uncond = _states(pipe, "", None).expand_as(cond)
-        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
-                   guidance_scale=guidance, width=side, height=side, generator=generators).images
+        if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: its own two encoders
+            return grid(pipe(prompt=prompts, **kwargs).images)
+        cond = torch.cat([lora_text.encode(pipe, p, table)[0] for p in prompts])
+        uncond = lora_text.encode(pipe, "")[0].expand_as(cond)
+        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, **kwargs).images
     return grid(out)
-
-
-def _states(pipe, caption: str, table: dict | None):
-    """Text states of one caption (first chunk: the model's window), trigger vectors put in."""
-    from engines.diffusion.prompt_weights import encode_chunks, tokenize_prompt
-
-    chunks, _ = tokenize_prompt(caption, pipe.tokenizer, table or {})
-    states, _ = encode_chunks(chunks[:1], pipe.tokenizer, pipe.text_encoder)
-    return states
-
-
-def _trigger_table(pipe, trigger: str, count: int):
-    """Trainable vectors for the trigger word, started from its own tokens' mean embedding,
-    and the lookup table tokenize_prompt reads them from."""
-    import torch
-
-    ids = pipe.tokenizer(trigger, add_special_tokens=False)["input_ids"]
-    weight = pipe.text_encoder.get_input_embeddings().weight
-    start = weight[ids].mean(0, keepdim=True).detach().float().repeat(count, 1)
-    vectors = torch.nn.Parameter(start + 0.01 * torch.randn_like(start))
-    return vectors, {ids[0]: [(tuple(ids), vectors)]}
 
 
 @dataclass
@@ -172,7 +166,9 @@ class _Session:
     g: Any  # the CPU generator every random draw comes from (saved in checkpoints)
     mean: Any  # instance latents' distributions and caption states
     std: Any
-    texts: dict
+    texts: dict  # caption -> (states, pooled or None), used while the text side is frozen
+    side: int
+    trained: dict  # part ("unet", "text_encoder", "text_encoder_2") -> module with a LoRA
     vectors: Any = None  # pivotal tuning's trigger vectors
     table: dict | None = None
     prior: tuple | None = None  # (mean, std, captions) of the prior images
@@ -182,13 +178,13 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
                run_dir: Path, on_progress: ProgressCallback = no_progress,
                cancel: CancelToken | None = None,
                on_loss: Callable[[int, float], None] | None = None) -> TrainResult:
-    from peft.utils import get_peft_model_state_dict
-
-    # 1. Check, then set up (prior images, adapter, cached latents) and resume if possible.
+    # 1. Check, then set up (prior images, adapters, cached latents) and resume if possible.
     cfg.check()
     cancel = cancel or CancelToken()
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ParamError("model", "LoRA training supports SD 1.x/2.x models (not SDXL) for now")
+    sdxl = lora_text.family(pipe) == "sdxl"
+    if sdxl and cfg.trigger_vectors:
+        raise ParamError("trigger_vectors", "trigger vectors (pivotal tuning) are for SD 1.x/2.x "
+                         "models; set `trigger_vectors` to 0 for SDXL")
     if len(images) != len(captions) or not images:
         raise ParamError("images", f"{len(images)} images but {len(captions)} captions")
     run_dir = Path(run_dir)
@@ -196,7 +192,7 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     session = _setup(pipe, images, captions, cfg, side)
     checkpoint = run_dir / CHECKPOINT
-    step, losses = _resume(pipe, session, checkpoint, cfg)
+    step, losses = _resume(session, checkpoint, cfg)
     resumed_from, started, preview = step, time.perf_counter(), None
     prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
     while step < cfg.steps:
@@ -208,38 +204,51 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
             on_loss(step, losses[-1])
         # 3. Checkpoint, samples, progress.
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(checkpoint, get_peft_model_state_dict(pipe.unet), session.optimizer,
-                             session.g, step, losses, cfg, session.vectors)
+            _save_checkpoint(checkpoint, _lora_states(session), session.optimizer, session.g,
+                             step, losses, cfg, session.vectors)
         new_preview = None
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
-            pipe.unet.eval()
+            _train_mode(session, False)
             preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
                                             side, session.table)
         recent = float(np.mean(losses[-20:]))
         on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
                              new_preview))
-    pipe.unet.eval()
-    state = to_kohya(get_peft_model_state_dict(pipe.unet), cfg.rank)
+    _train_mode(session, False)
+    state = lora_text.to_kohya(_lora_states(session), cfg.rank, sdxl)
     vectors = None if session.vectors is None else session.vectors.detach().cpu().clone()
     return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
                        vectors)
 
 
+def _lora_states(session: _Session) -> dict[str, dict]:
+    return {part: lora_text.lora_state(module) for part, module in session.trained.items()}
+
+
+def _train_mode(session: _Session, on: bool) -> None:
+    for module in session.trained.values():
+        module.train(on)
+
+
 def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
-    """Frozen model, its own prior images, the LoRA adapter, cached latents and caption states,
+    """Frozen model, its own prior images, the LoRA adapters, cached latents and caption states,
     optional trigger vectors, the optimiser."""
     import torch
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    encoders = lora_text.text_encoders(pipe)
+    for module in (pipe.unet, pipe.vae, *encoders.values()):
         module.requires_grad_(False)
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
-    pipe.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.rank, init_lora_weights="gaussian",
-                                     target_modules=TARGET_MODULES[cfg.target]))
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target])
+    trained = {"unet": pipe.unet}
+    if cfg.train_text_encoder:
+        for part, encoder in encoders.items():
+            lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS)
+            trained[part] = encoder
+    params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     mean, std, texts = _prepare(pipe, images, captions, side)
@@ -248,33 +257,45 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
         prior_mean, prior_std, prior_texts = _prepare(pipe, prior_images, prior_captions, side)
         texts.update(prior_texts)
         prior = (prior_mean, prior_std, prior_captions)
-    vectors, table = (_trigger_table(pipe, cfg.trigger, cfg.trigger_vectors)
+    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors)
                       if cfg.trigger_vectors else (None, None))
     groups = [{"params": params, "lr": cfg.lr}]
     if vectors is not None:
         groups.append({"params": [vectors], "lr": cfg.trigger_lr, "weight_decay": 0.0})
     return _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
                     DDPMScheduler.from_config(pipe.scheduler.config),
-                    torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, vectors,
-                    table, prior)
+                    torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, side, trained,
+                    vectors, table, prior)
 
 
-def _resume(pipe, session: _Session, checkpoint: Path, cfg: LoraTrainConfig) -> tuple[int, list]:
+def _resume(session: _Session, checkpoint: Path, cfg: LoraTrainConfig) -> tuple[int, list]:
     """(step, losses) from this run's checkpoint when its settings match; else (0, [])."""
     import torch
-    from peft.utils import set_peft_model_state_dict
 
     if not checkpoint.exists():
         return 0, []
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if json.loads(state["config"]) != _config_record(cfg):
         return 0, []
-    set_peft_model_state_dict(pipe.unet, state["lora"])
+    for part, module in session.trained.items():
+        lora_text.load_lora_state(module, state["lora"][part])
     if session.vectors is not None:
         session.vectors.data.copy_(state["vectors"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.g.set_state(state["rng"])
     return int(state["step"]), state["losses"].tolist()
+
+
+def _condition(pipe, s: _Session, batch: list[str]) -> dict:
+    """The UNet's conditioning for these captions: cached while the text side is frozen,
+    encoded afresh (with gradients) when text LoRA or trigger vectors train."""
+    import torch
+
+    fresh = s.table is not None or len(s.trained) > 1
+    encoded = [lora_text.encode(pipe, c, s.table) if fresh else s.texts[c] for c in batch]
+    states = torch.cat([e[0] for e in encoded])
+    pooled = torch.cat([e[1] for e in encoded]) if encoded[0][1] is not None else None
+    return lora_text.unet_kwargs(pipe, states, pooled, s.side)
 
 
 def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) -> float:
@@ -285,25 +306,24 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
 
     s, g, unet, device = session, session.g, pipe.unet, pipe.unet.device
     scale = pipe.vae.config.scaling_factor
-    unet.train()
+    _train_mode(s, True)
     idx = torch.randint(len(s.mean), (cfg.batch,), generator=g)
     x0 = (s.mean[idx] + s.std[idx] * torch.randn(s.mean[idx].shape, generator=g).to(device)) * scale
     drop = torch.rand(cfg.batch, generator=g) < cfg.caption_dropout
-    cond = torch.cat([s.texts[""] if d else _states(pipe, captions[i], s.table) if s.table
-                      else s.texts[captions[i]] for i, d in zip(idx.tolist(), drop.tolist())])
+    batch = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
     if s.prior:
         prior_mean, prior_std, prior_captions = s.prior
         pidx = torch.randint(len(prior_mean), (cfg.batch,), generator=g)
         px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
                                                                generator=g).to(device)
         x0 = torch.cat([x0, px0 * scale])
-        cond = torch.cat([cond] + [s.texts[prior_captions[i]] for i in pidx.tolist()])
+        batch += [prior_captions[i] for i in pidx.tolist()]
     noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.randint(0, s.scheduler.config.num_train_timesteps, (len(x0),), generator=g).to(device)
     noisy = s.scheduler.add_noise(x0, noise, t)
     v_prediction = s.scheduler.config.prediction_type == "v_prediction"
     target = s.scheduler.get_velocity(x0, noise, t) if v_prediction else noise
-    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+    pred = unet(noisy.to(unet.dtype), t, **_condition(pipe, s, batch)).sample
     loss = F.mse_loss(pred.float(), target.float())
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -344,7 +364,8 @@ def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: li
     import torch
 
     config = json.dumps(_config_record(cfg))
-    state = {"lora": {k: v.detach().cpu() for k, v in lora.items()},
+    state = {"lora": {part: {k: v.detach().cpu() for k, v in weights.items()}
+                      for part, weights in lora.items()},
              "optimizer": optimizer.state_dict(), "rng": g.get_state(), "step": step,
              "losses": torch.tensor(losses), "config": config}
     if vectors is not None:
@@ -352,20 +373,6 @@ def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: li
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # a crash mid-write leaves the previous checkpoint whole
-
-
-def to_kohya(peft_state: dict, rank: int) -> dict:
-    """peft UNet LoRA weights -> kohya/A1111 keys (`lora_unet_..._to_q.lora_down.weight`, ...,
-    `.alpha` = rank, i.e. scale 1 as trained)."""
-    import torch
-    from diffusers.utils import convert_state_dict_to_kohya
-
-    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
-    out = {}
-    for key, value in kohya.items():
-        out[key] = (torch.tensor(float(rank)) if key.endswith(".alpha")
-                    else value.detach().float().cpu().contiguous())
-    return out
 
 
 def save_kohya(state: dict, path: Path, metadata: dict[str, str]) -> Path:

@@ -11,7 +11,11 @@ Params (a JSON-able dict; the queue stores it as is):
   steps          optimiser steps (default 400)
   lr             learning rate (default 1e-3; 1e-4 suits full-size SD 1.x)
   batch          images per step (default 4)
-  model          the base model (default the embedded one); SD 1.x / 2.x only
+  model          the base model (default the embedded one); SD 1.x / 2.x or SDXL
+  target         the UNet layers that get the LoRA: "attention" (default), "unet" (attention,
+                 feed-forward and the resnets' convolutions: learns new shapes) or
+                 "cross_attention"
+  train_text_encoder  a LoRA on the text encoder(s) too (default false)
   seed           default 0
   prior_images   DreamBooth's prior preservation: this many images the base model makes for
                  the captions without the trigger word, trained on beside yours (default 0)
@@ -47,7 +51,8 @@ from studio.tasks.image import _gallery_image, _default_model, decode_image
 
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
-          "model", "seed", "overwrite", "prior_images", "trigger_vectors")
+          "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
+          "train_text_encoder")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -82,12 +87,14 @@ def prepare(ctx, params: dict) -> Prepared:
         rank=params.get("rank", 8), steps=params.get("steps", 400), lr=params.get("lr", 1e-3),
         batch=params.get("batch", 4), seed=params.get("seed", 0),
         prior_images=params.get("prior_images", 0),
-        trigger_vectors=params.get("trigger_vectors", 0))
+        trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "attention"),
+        train_text_encoder=params.get("train_text_encoder", False))
     config.check()
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)
     if not isinstance(model, str):
         raise ParamError("model", f"`model` must be a model name, got {model!r}")
+    _check_family(model)
     config.sample_every = max(1, config.steps // 4)
     config.checkpoint_every = max(1, min(50, config.steps // 10))
     config.sample_prompts = (config.trigger,) + tuple(sorted(set(captions)))[:3]
@@ -108,6 +115,22 @@ def prepare(ctx, params: dict) -> Prepared:
             raise ParamError("trigger", f"an embedding named {config.trigger!r} exists already; "
                              f"pick another `trigger` or set `overwrite`")
     return Prepared(name, images, captions, config, model, target, overwrite)
+
+
+def _check_family(model: str) -> None:
+    """Refuse a diffusers folder of another family before the job is queued (a single file's
+    family is read when it loads; engines.training.lora_text refuses it then)."""
+    from engines.diffusion.loading import resolve_model
+
+    try:
+        source = resolve_model(model)
+        index = json.loads((Path(source.location) / "model_index.json").read_text())
+    except Exception:
+        return  # not a readable folder: the loader reports the model itself
+    name = index.get("_class_name")
+    if name not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ParamError("model", f"LoRA training supports SD 1.x/2.x and SDXL base models; "
+                         f"{Path(source.location).name} is a {name} model")
 
 
 def embedding_path(ctx, trigger: str) -> Path:
@@ -160,7 +183,8 @@ def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
             tags[tag] = tags.get(tag, 0) + 1
     metadata = {"ss_output_name": p.name, "ss_network_module": "networks.lora",
                 "ss_network_dim": p.config.rank, "ss_network_alpha": p.config.rank,
-                "ss_base_model_version": "sd_v1", "ss_num_train_images": len(p.images),
+                "ss_base_model_version": "sdxl_base_v1-0" if getattr(pipe, "text_encoder_2", None)
+                else "sd_v1", "ss_num_train_images": len(p.images),
                 "ss_steps": result.steps, "ss_learning_rate": p.config.lr,
                 "ss_sd_model_name": Path(p.model).name,
                 "ss_tag_frequency": json.dumps({p.name: tags}),
