@@ -306,3 +306,21 @@ def test_sdxl_controlnet_folder_and_diffusers_single_file(tmp_path):
     init = engine.generate(Img2ImgParams(**common, init_image=base, controlnet=(ControlUnit(
         model="xl-single", image=square()),)))
     assert init.images[0].size == (64, 64)
+
+
+def test_hires_fix_controls_both_passes(ctx, model_id, cn_dir):
+    import shutil
+
+    from studio.gallery.pnginfo import read_png_metadata
+    from studio.tasks import run_task
+
+    shutil.copytree(cn_dir, Path(ctx.config.models_dir) / "ControlNet", dirs_exist_ok=True)
+    params = {"prompt": "a red star", "steps": 3, "seed": 6, "enable_hr": True, "hr_scale": 2,
+              "denoising_strength": 0.6, "controlnet": [
+                  {"model": "tiny-canny", "image": b64(square()), "module": "canny"}]}
+    if model_id != "genstudio-tiny-sd":
+        params["model"] = model_id
+    item = ctx.gallery.get(run_task(ctx, "hires", params).item_ids[0])
+    parsed = read_png_metadata(str(item.file_path))["parsed"]
+    assert (item.width, item.height) == (128, 128) and parsed["Hires upscale"] == "2"
+    assert parsed["ControlNet 0"].startswith("Module: canny, Model: tiny-canny [")
