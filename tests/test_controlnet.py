@@ -146,6 +146,16 @@ def test_params_refuse_unknown_and_corrupt_models(cn_dir, tmp_path):
     (broken / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ParamError, match="broken.safetensors is not a readable"):
         Txt2ImgParams(prompt="x", controlnet=(unit(model="broken"),), controlnet_dirs=(str(broken),))
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"lora_unet_down.lora_up.weight": torch.zeros(4, 4)}, str(broken / "lora.safetensors"))
+    with pytest.raises(ParamError, match="lora.safetensors is not a ControlNet"):
+        Txt2ImgParams(prompt="x", controlnet=(unit(model="lora"),), controlnet_dirs=(str(broken),))
+    whole = (cn_dir / "tiny-canny" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (broken / "cut.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ParamError, match="cut.safetensors is not a readable .*truncated"):
+        Txt2ImgParams(prompt="x", controlnet=(unit(model="cut"),), controlnet_dirs=(str(broken),))
     with pytest.raises(ParamError, match="step_cache"):
         Txt2ImgParams(prompt="x", step_cache=2, controlnet=(unit(),), controlnet_dirs=(str(cn_dir),))
     assert Txt2ImgParams(prompt="x", controlnet=(unit(model="tiny-canny [0123abcd]"),),

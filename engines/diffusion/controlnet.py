@@ -104,6 +104,9 @@ def read_shapes(path: Path, field: str = "model") -> dict[str, list[int]]:
             header = json.loads(handle.read(size))
         header.pop("__metadata__", None)
         shapes = {k: list(v["shape"]) for k, v in header.items()}
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if 8 + size + end > path.stat().st_size:  # the header promises more than the file has
+            raise ValueError(f"truncated: {path.stat().st_size} bytes, {8 + size + end} expected")
     except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
         raise ParamError(field, f"ControlNet file {path.name} is not a readable .safetensors "
                          f"file (corrupt or truncated: {error})") from None
@@ -259,7 +262,7 @@ def load_controlnet(entry: ControlNetEntry, dtype, device, unet: dict | None = N
             model = ControlNetModel.from_single_file(
                 str(entry.path), config=str(_config_folder(describe(entry, unet=unet))),
                 local_files_only=True, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except Exception as error:  # safetensors and diffusers raise their own types
         raise EngineError(f"ControlNet {entry.name!r} ({entry.path.name}) could not be loaded: "
                           f"{str(error).splitlines()[0][:300]}") from None
     return model.to(device).eval()
