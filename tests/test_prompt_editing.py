@@ -56,6 +56,13 @@ def test_wiki_examples_at_20_steps():
     assert prompt_schedule("a [red:blue:30] ball", 20) == [(20, "a red ball")]
 
 
+def test_hires_pass_counts_on_from_the_first_pass():
+    # A1111's doctests for a hires pass of 10 steps after a first pass of 10
+    assert prompt_schedule("a [b:.5] c", 10, hires_base=10) == [(10, "a b c")]
+    assert prompt_schedule("a [b:1.5] c", 10, hires_base=10) == [(5, "a  c"), (10, "a b c")]
+    assert prompt_schedule("a [b:15] c", 10, hires_base=10) == [(5, "a  c"), (10, "a b c")]
+
+
 def test_steps_use_the_entry_a1111s_denoiser_picks():
     schedule = prompt_schedule("a [fantasy:cyberpunk:16] landscape", 20)
     # 0-based steps 0..16 (17 steps, as A1111 counts) read the first prompt, 17..19 the second
@@ -164,6 +171,23 @@ def test_alternating_words_change_every_step(engine):
     green, _ = _image(engine, "a green circle")
     both, _ = _image(engine, "a [red|green] circle")
     assert not np.array_equal(both, red) and not np.array_equal(both, green)
+
+
+def test_hires_second_pass_is_already_switched(engine):
+    from PIL import Image
+
+    from engines.diffusion.engine import Img2ImgParams
+
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+
+    def second_pass(prompt, base):
+        return np.asarray(engine.generate(Img2ImgParams(
+            prompt=prompt, seed=1, steps=8, init_image=init, strength=0.5,
+            hires_base_steps=base)).images[0]).astype(int)
+
+    edited = f"[{A}:{B}:0.5]"  # switched halfway through the first pass
+    assert np.array_equal(second_pass(edited, 4), second_pass(B, 4))
+    assert not np.array_equal(second_pass(edited, 0), second_pass(B, 0))  # plain img2img
 
 
 def test_and_combines_as_a1111(engine):

@@ -174,9 +174,12 @@ def conditioning(pipes: dict, mode: str, params, model_name: str,
     clip_skip = clip_skip_for(pipe, getattr(params, "clip_skip", 1), warnings)
     with lora.applied(pipe, loras, model_name) as lora_records, vae_swapped(pipes, vae):
         # Prompt editing, alternation and AND: one encoding per distinct text (prompt_editing.py).
+        # A hires fix's second pass schedules over the steps it runs, counting on from the first.
+        hires_base = getattr(params, "hires_base_steps", 0) or None
+        steps = max(1, int(params.steps * params.strength)) if hires_base else params.steps
         steps, prompt, negative = prompt_editing.step_prompts(
-            pipe, prompt, negative, params.steps,
-            lambda text: encode(pipe, text, embeddings, clip_skip))
+            pipe, prompt, negative, steps, lambda text: encode(pipe, text, embeddings, clip_skip),
+            hires_base)
         if steps is None:
             cond = encode_pair(pipe, prompt, negative, embeddings, clip_skip)
         else:

@@ -230,11 +230,15 @@ class Txt2ImgParams:
 class Img2ImgParams(Txt2ImgParams):
     init_image: Any = None  # PIL image; resized to width x height when those are given
     strength: float = 0.75  # A1111 "Denoising strength": 0 keeps the image, 1 replaces it
+    # Set by the hires fix for its second pass: the first pass's steps, from which A1111 counts
+    # on the `when` of prompt editing (engines/diffusion/prompt_schedule.py); 0 = not one.
+    hires_base_steps: int = 0
 
     def check_inputs(self) -> None:
         super().check_inputs()
         check_image("init_image", self.init_image)
         check_range("strength", self.strength, 0.0, 1.0)
+        check_int("hires_base_steps", self.hires_base_steps, 0, 150)
         if int(self.steps * self.strength) < 1:
             raise ParamError("strength", f"`strength` {self.strength} x `steps` {self.steps} leaves no "
                              f"denoising step; raise either")

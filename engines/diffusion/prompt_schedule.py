@@ -172,49 +172,60 @@ def parse(text: str) -> list:
 
 
 # ------------------------------------------------------------------ schedules
-def _when(number: str, steps: int) -> int:
-    """A1111's switch step: "0.5" a fraction of the steps, "16" a step; at most `steps`."""
-    value = float(number)
-    if "." in number:
-        value *= steps
-    return min(steps, int(value))
+@dataclass(frozen=True)
+class Clock:
+    steps: int  # steps of this pass
+    hires_base: int | None = None  # a hires fix's second pass: the first pass's steps
+
+    def when(self, number: str) -> int:
+        """A1111's switch step: "0.5" a fraction of the steps, "16" a step; at most `steps`.
+        In a hires pass A1111 counts on from the first pass: "16" is step 16 - base steps of
+        this pass, "1.5" half of this pass (1.0 being the first pass's end)."""
+        value = float(number)
+        if "." in number:
+            value = (value - (1.0 if self.hires_base is not None else 0.0)) * self.steps
+        else:
+            value -= self.hires_base or 0
+        return min(self.steps, int(value))
 
 
-def _switch_steps(nodes: list, steps: int, found: set[int]) -> None:
+def _switch_steps(nodes: list, clock: Clock, found: set[int]) -> None:
     for node in nodes:
         if isinstance(node, Group):
             for part in node.parts:
-                _switch_steps(part, steps, found)
+                _switch_steps(part, clock, found)
         elif isinstance(node, Scheduled):
-            when = _when(node.when, steps)
+            when = clock.when(node.when)
             if when >= 1:
                 found.add(when)
-            _switch_steps(node.before or [], steps, found)
-            _switch_steps(node.after, steps, found)
+            _switch_steps(node.before or [], clock, found)
+            _switch_steps(node.after, clock, found)
         elif isinstance(node, Alternate):
-            found.update(range(1, steps + 1))
+            found.update(range(1, clock.steps + 1))
             for option in node.options:
-                _switch_steps(option, steps, found)
+                _switch_steps(option, clock, found)
 
 
-def _render(nodes: list, step: int, steps: int) -> str:
+def _render(nodes: list, step: int, clock: Clock) -> str:
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, Group):
-            inner = ":".join(_render(part, step, steps) for part in node.parts)
+            inner = ":".join(_render(part, step, clock) for part in node.parts)
             out.append(node.opening + inner + (")" if node.opening == "(" else "]"))
         elif isinstance(node, Scheduled):
-            chosen = (node.before or []) if step <= _when(node.when, steps) else node.after
-            out.append(_render(chosen, step, steps))
+            chosen = (node.before or []) if step <= clock.when(node.when) else node.after
+            out.append(_render(chosen, step, clock))
         else:  # Alternate
-            out.append(_render(node.options[(step - 1) % len(node.options)], step, steps))
+            out.append(_render(node.options[(step - 1) % len(node.options)], step, clock))
     return "".join(out)
 
 
-def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
-    """[(end step, text), ...] for `steps` steps.
+def prompt_schedule(prompt: str, steps: int, hires_base: int | None = None
+                    ) -> list[tuple[int, str]]:
+    """[(end step, text), ...] for `steps` steps (of a hires fix's second pass after a first
+    pass of `hires_base` steps, when given).
 
     >>> prompt_schedule("a [fantasy:cyberpunk:16] landscape", 20)
     [(16, 'a fantasy landscape'), (20, 'a cyberpunk landscape')]
@@ -223,9 +234,10 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
         tree = parse(prompt)
     except ParseError:
         return [(steps, prompt)]
+    clock = Clock(steps, hires_base)
     found = {steps}
-    _switch_steps(tree, steps, found)
-    return [(end, _render(tree, end, steps)) for end in sorted(found)]
+    _switch_steps(tree, clock, found)
+    return [(end, _render(tree, end, clock)) for end in sorted(found)]
 
 
 def text_at(schedule: list[tuple[int, str]], step: int) -> int:
