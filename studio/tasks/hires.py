@@ -178,7 +178,7 @@ def second_pass_params(engine_class, first, image: Image.Image, seed: int, plan_
     values = {f.name: getattr(first, f.name) for f in fields(first) if f.init}
     values.update(init_image=image, strength=plan_.strength, steps=steps, seed=seed,
                   width=size[0], height=size[1], batch_size=1, batch_count=1, candidates=0,
-                  keep=1)
+                  keep=1, hires_base_steps=first.steps)  # A1111's prompt-editing clock
     if plan_.prompt:
         values["prompt"] = plan_.prompt
     if plan_.negative_prompt:
