@@ -28,14 +28,20 @@ def choose_model(page, scope: str, model_id: str) -> None:
     box.press("Enter")
 
 
+def run_and_wait(page, tab: str, prompt: str, model_id: str, button: str = "generate") -> None:
+    """Type the prompt into the tab `tab` (its element id prefix), pick the model, press the
+    run button, and wait until the tab says the image is saved and shows it."""
+    page.locator(f"#{tab}-prompt textarea").fill(prompt)
+    choose_model(page, f"{tab}-model", model_id)
+    page.locator(f"#{tab}-{button}").click()
+    page.locator(f"#{tab}-status").get_by_text("Saved 1 image(s)").wait_for(timeout=120_000)
+    assert page.locator(f"#{tab}-results img").count() >= 1
+
+
 def test_generate_then_inpaint_with_lineage(page, model_id):
     # 1. Text to image: prompt, Generate, the image shows and is saved.
     open_tab(page, "Text to image")
-    page.locator("#txt2img-prompt textarea").fill("a red circle on a blue background")
-    choose_model(page, "txt2img-model", model_id)
-    page.locator("#txt2img-generate").click()
-    page.locator("#txt2img-status").get_by_text("Saved 1 image(s)").wait_for(timeout=120_000)
-    assert page.locator("#txt2img-results img").count() >= 1
+    run_and_wait(page, "txt2img", "a red circle on a blue background", model_id)
 
     # 2. It is in the gallery, with its prompt.
     open_tab(page, "Gallery")
@@ -64,11 +70,7 @@ def test_generate_then_inpaint_with_lineage(page, model_id):
     for dx, dy in ((30, -30), (30, 0), (-30, 0), (-30, 30), (30, 30)):
         page.mouse.move(cx + dx, cy + dy, steps=8)
     page.mouse.up()
-    page.locator("#inpaint-prompt textarea").fill("a yellow star")
-    choose_model(page, "inpaint-model", model_id)
-    page.locator("#inpaint-run").click()
-    page.locator("#inpaint-status").get_by_text("Saved 1 image(s)").wait_for(timeout=120_000)
-    assert page.locator("#inpaint-results img").count() >= 1
+    run_and_wait(page, "inpaint", "a yellow star", model_id, button="run")
 
     # 4. The gallery has both, and the inpainted one names its parent.
     open_tab(page, "Gallery")
