@@ -21,7 +21,7 @@ from .sd_data import POSITIONS, SHAPES, Scene, make_dataset, random_scene, rende
 # drops 50% of prompts so the ControlNet learns to read the map alone; here part of that half
 # is a caption that names ANOTHER shape and position, so the map wins over a contradicting
 # prompt, not only over a missing one. Colour and background always stay (the map lacks them).
-CAPTION_MODES = {"faithful": 0.3, "conflict": 0.35, "no_layout": 0.25, "empty": 0.1}
+CAPTION_MODES = {"faithful": 0.2, "conflict": 0.45, "no_layout": 0.25, "empty": 0.1}
 
 
 def control_map(image: Image.Image) -> Image.Image:

@@ -1,0 +1,119 @@
+"""Follow rate of the embedded canny ControlNet: does the layout come from the map or the prompt?
+
+Each held-out case is a canny map (the studio's "canny" preprocessor) of a scene with shape S at
+position P, and a prompt that names ANOTHER shape and ANOTHER position (plus a colour and a
+background, which the map does not carry). The judge (assets/sd-tiny-judge, as in
+prompt_adherence.py) reads the generated image; a case "follows" when both shape and position
+are the map's. Cases use only (shape, colour, background) triples no model saw in training, and
+other seeds than the checkpoint selection. Rows: with the ControlNet and without it (the plain
+sd-tiny, the same prompts and seeds), for a prompt that contradicts the map and one that agrees.
+
+    python benchmarks/controlnet.py --n 96     # table; JSON to benchmarks/controlnet-results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python benchmarks/<x>.py`, this folder comes first on sys.path and its queue.py would
+# shadow the standard library's `queue` (torch imports it): put the repo root there instead.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from engines.training.controlnet import generate, score  # noqa: E402
+from engines.training.controlnet_data import follow_cases  # noqa: E402
+from engines.training.sd_judge import SHIPPED_JUDGE, load_judge  # noqa: E402
+
+COLUMNS = ("follow", "shape", "position", "colour", "background", "prompt_layout")
+
+
+def load_pipelines(model: Path, controlnet: Path):
+    """The ControlNet pipeline and the plain one, sharing every frozen part."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    # The file is fp16 (small to ship); CPU inference runs in float32.
+    cn = ControlNetModel.from_pretrained(controlnet, torch_dtype=torch.float32)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        model, controlnet=cn, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    parts = {k: v for k, v in pipe.components.items() if k != "controlnet"}
+    plain = StableDiffusionPipeline(**parts)
+    for p in (pipe, plain):
+        p.set_progress_bar_config(disable=True)
+    return pipe, plain
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| | " + " | ".join(COLUMNS) + " | s/image |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" for c in COLUMNS) + f" | {r['seconds_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
+def grid(columns: list[list[Image.Image]], cell: int = 96) -> Image.Image:
+    """One column per list (map, with ControlNet, without), one row per case."""
+    rows = len(columns[0])
+    out = Image.new("RGB", (len(columns) * cell, rows * cell), "white")
+    for c, col in enumerate(columns):
+        for r, im in enumerate(col):
+            out.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (c * cell, r * cell))
+    return out
+
+
+def main(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description="follow rate of a ControlNet for the tiny SD")
+    p.add_argument("--model", type=Path, default=REPO / "assets" / "sd-tiny")
+    p.add_argument("--controlnet", type=Path, default=REPO / "assets" / "controlnet" / "sd-tiny-canny")
+    p.add_argument("--judge", type=Path, default=SHIPPED_JUDGE)
+    p.add_argument("--n", type=int, default=96, help="cases per row")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=2.0, help="sd-tiny's shipped default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "controlnet-results.json")
+    p.add_argument("--grid", type=Path, default=None, help="PNG: map | with | without, 8 conflicting cases")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    # 1. Instrument, pipelines, fixed held-out cases.
+    judge = load_judge(args.judge, train_if_missing=False)
+    pipe, plain = load_pipelines(args.model, args.controlnet)
+    rows, shown = {}, {}
+    # 2. Generate and judge each row.
+    for agree in (False, True):
+        cases = follow_cases(args.n, "held_out", agree=agree)
+        prompt = "agrees with" if agree else "contradicts"
+        for name, pl, controlled in (("ControlNet", pipe, True), ("no ControlNet", plain, False)):
+            t0 = time.time()
+            images = generate(pl, cases, args.steps, args.guidance, args.seed, controlled=controlled)
+            row = score(judge, images, cases)
+            row["seconds_per_image"] = (time.time() - t0) / len(cases)
+            rows[f"{name}, prompt {prompt} the map"] = row
+            if not agree:
+                shown[name] = images[:8]
+            print(f"{name}, prompt {prompt} the map: {json.dumps(row)}", flush=True)
+    # 3. Report.
+    info_file = args.controlnet / "training_info.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    head = (f"ControlNet `{args.controlnet.relative_to(REPO) if args.controlnet.is_relative_to(REPO) else args.controlnet}` "
+            f"(step {info.get('step', '?')}), {args.n} held-out cases per row, DPM++ 2M {args.steps} steps, "
+            f"guidance {args.guidance:g}, seed {args.seed}, {args.threads} thread(s)")
+    print("\n" + head + "\n\n" + table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"setup": head, "rows": rows}, indent=2) + "\n")
+    if args.grid:
+        cases = follow_cases(8, "held_out", agree=False)
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        grid([[c.image for c in cases], shown["ControlNet"], shown["no ControlNet"]]).save(args.grid)
+    print(f"wrote {args.json}" + (f" and {args.grid}" if args.grid else ""))
+
+
+if __name__ == "__main__":
+    main()
