@@ -229,18 +229,20 @@ def check_fits(entry: ControlNetEntry, unet_config: dict, model_name: str,
     config = describe(entry, field)
     want, have = unet_config.get("cross_attention_dim"), config.get("cross_attention_dim")
     widths = list(unet_config.get("block_out_channels") or [])
-    if (want and have and want != have) or (widths and list(config["block_out_channels"]) != widths):
+    blocks = list(config["block_out_channels"])
+    if (want and have and want != have) or (widths and blocks != widths):
         made_for = FAMILIES.get(have, (None, f"cross-attention width {have}"))[1]
         this = FAMILIES.get(want, (None, f"cross-attention width {want}"))[1]
         raise ParamError(field, f"ControlNet {entry.name!r} was made for {made_for} (blocks "
-                         f"{list(config['block_out_channels'])}); {model_name} is {this} (blocks "
+                         f"{blocks}); {model_name} is {this} (blocks "
                          f"{widths}), so it cannot steer it")
 
 
 # ------------------------------------------------------------------ loading
 def _config_folder(config: dict) -> Path:
     text = json.dumps(config, indent=1, sort_keys=True)
-    folder = models_cache_dir() / "controlnet-configs" / hashlib.sha256(text.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    folder = models_cache_dir() / "controlnet-configs" / digest
     if not (folder / "config.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f"config.json.{os.getpid()}"
@@ -308,36 +310,43 @@ def _pipeline_class(pipe, mode: str):
     return getattr(diffusers, f"StableDiffusion{'XL' if xl else ''}ControlNet{suffix}Pipeline")
 
 
+def _check_steers(entry: ControlNetEntry, pipe, unet_config: dict, model_name: str) -> None:
+    """ParamError unless the ControlNet fits this UNet and its hint encoder lands on the
+    model's latent grid (1/8 of the image for SD, 1/4 for the embedded 64 px model)."""
+    check_fits(entry, unet_config, model_name, field="controlnet")
+    steps = len(describe(entry).get("conditioning_embedding_out_channels") or (0,) * 4) - 1
+    if 2 ** steps != pipe.vae_scale_factor:
+        raise ParamError("controlnet", f"ControlNet {entry.name!r} reads images at 1/{2 ** steps} "
+                         f"scale; {model_name}'s latents are 1/{pipe.vae_scale_factor}")
+
+
 def control_run(engine, pipe, mode: str, params, width: int, height: int,
                 extra: dict) -> tuple[Any, dict, dict]:
-    """(ControlNet pipeline, call arguments, info) for a generation with `params.controlnet`.
-    Built from `pipe` (current VAE, LoRAs and speed options included) each time; the engine's
-    own pipelines are untouched."""
+    """(ControlNet pipeline, call arguments, info) for a generation with `params.controlnet`
+    (SD-like families only: the others are refused when the job is queued). Built from `pipe`
+    (current VAE, LoRAs and speed options included) each time; the engine's own pipelines are
+    untouched."""
     extra = dict(extra)
     region = extra.pop("control_region", None)
-    if not engine.family.sd_like:
-        raise ParamError("controlnet", f"ControlNet runs on Stable Diffusion 1.x/2.x/XL models; "
-                         f"{engine.model_name} is {engine.family.label}")
     unet_config = dict(pipe.unet.config)
+    units = params.controlnet
     models, maps, records = [], [], []
-    for i, unit in enumerate(params.controlnet):
+    for unit in units:
         entry = resolve(unit.model, params.controlnet_dirs, field="controlnet")
-        check_fits(entry, unet_config, engine.model_name, field="controlnet")
-        steps = len(describe(entry).get("conditioning_embedding_out_channels") or (0,) * 4) - 1
-        if 2 ** steps != pipe.vae_scale_factor:  # its hint encoder must land on the latent grid
-            raise ParamError("controlnet", f"ControlNet {entry.name!r} reads images at 1/{2 ** steps}"
-                             f" scale; {engine.model_name}'s latents are 1/{pipe.vae_scale_factor}")
+        _check_steers(entry, pipe, unet_config, engine.model_name)
         models.append(cached_controlnet(engine, entry, pipe.unet.dtype, pipe.device, unet_config))
         maps.append(control_image(unit, width, height, region))
         records.append({"model": entry.title, "module": unit.module, "weight": unit.weight,
                         "resize_mode": unit.resize_mode, "guidance_start": unit.guidance_start,
                         "guidance_end": unit.guidance_end})
+    # One unit: the plain ControlNet; several: diffusers wraps them in a MultiControlNetModel.
     single = len(models) == 1
-    control = _pipeline_class(pipe, mode).from_pipe(pipe, controlnet=models[0] if single else models)
+    control = _pipeline_class(pipe, mode).from_pipe(pipe,
+                                                    controlnet=models[0] if single else models)
     control.set_progress_bar_config(disable=True)
-    units = params.controlnet
-    extra.update({"image" if mode == "txt2img" else "control_image": maps[0] if single else maps},
-                 controlnet_conditioning_scale=[u.weight for u in units] if not single else units[0].weight,
+    extra["image" if mode == "txt2img" else "control_image"] = maps[0] if single else maps
+    weights = [u.weight for u in units]
+    extra.update(controlnet_conditioning_scale=weights[0] if single else weights,
                  control_guidance_start=[u.guidance_start for u in units],
                  control_guidance_end=[u.guidance_end for u in units],
                  guess_mode=units[0].control_mode == "ControlNet is more important")

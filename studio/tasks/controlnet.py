@@ -56,7 +56,8 @@ def control_units(ctx, raw: Any) -> tuple[tuple, list[dict]]:
         unknown = sorted(set(unit) - set(UNIT_FIELDS) - {"image", "image_id"})
         if unknown:
             raise ParamError("controlnet", f"ControlNet unit {index}: unknown field(s) "
-                             f"{', '.join(unknown)}; known: {', '.join(UNIT_FIELDS)}, image_id, image")
+                             f"{', '.join(unknown)}; known: {', '.join(UNIT_FIELDS)}, "
+                             f"image_id, image")
         try:
             image, image_id = _resolve_image(ctx, unit, "image")
             if image is None:
