@@ -80,8 +80,6 @@ def store_upload(ctx, image: Image.Image, field: str = "image") -> str:
 
 def open_upload(ctx, ref: Any, field: str = "image") -> Image.Image:
     """The stored image of `ref`; ParamError(field) for a malformed, forged or swept id."""
-    from studio.images import open_user_image
-
     match = _REF.fullmatch(ref) if isinstance(ref, str) else None
     if match is None:
         raise ParamError(field, f"`{field}` must be an upload id ({PREFIX} and 64 hex digits), "
@@ -90,7 +88,13 @@ def open_upload(ctx, ref: Any, field: str = "image") -> Image.Image:
     if not path.is_file():
         raise ParamError(field, f"`{field}`: no stored upload {ref} (uploads are kept while a "
                          f"job refers to them; upload the image again)")
-    return open_user_image(path, name=field)
+    try:  # our own PNG, checked when stored (a large photo may exceed the 64 MB upload cap)
+        image = Image.open(path, formats=("PNG",))
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ParamError(field, f"`{field}`: the stored upload {ref} is damaged ({error}); "
+                         f"upload the image again") from None
+    return image
 
 
 def store_inline_images(ctx, params: dict, fields: tuple[str, ...] = UPLOAD_FIELDS) -> dict:

@@ -39,11 +39,14 @@ def job_params(ctx) -> list[dict]:
 
 
 def settings(prompt="a yellow star"):
-    """The Inpaint tab's control values after the editor (see studio/ui/inpaint.SETTINGS)."""
+    """The Inpaint tab's control values after the editor (see studio/ui/inpaint.SETTINGS), then
+    its ControlNet units, disabled (studio/ui/controlnet_panel.py)."""
+    from studio.ui import controlnet_panel
     from studio.ui.widgets import DEFAULT_MODEL
 
+    units = ([False] + [None] * (len(controlnet_panel.FIELDS) - 1)) * controlnet_panel.UNITS
     return [None, prompt, "", 2, 7.0, "Euler", 5, 0.75, 2, "fill", False, 32, 1, DEFAULT_MODEL,
-            ["right"], 32]
+            ["right"], 32, *units]
 
 
 def test_inpaint_tab_job_row_holds_a_short_id_and_the_file_is_swept_after(studio):
@@ -131,3 +134,11 @@ def test_an_upload_over_the_pixel_budget_is_refused(ctx, monkeypatch):
     with pytest.raises(ParamError, match="too large") as refused:
         store_upload(ctx, square_mask(), "mask")
     assert refused.value.field == "mask" and not uploads_dir(ctx).exists()
+
+
+def test_a_damaged_stored_upload_is_a_clear_error(ctx):
+    ref = store_upload(ctx, square_mask(), "mask")
+    (uploads_dir(ctx) / f"{ref[7:]}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ParamError, match="damaged") as refused:
+        open_upload(ctx, ref, "mask")
+    assert refused.value.field == "mask"
