@@ -15,7 +15,8 @@ else the instruction fallback and clean_middle), greedy. Reported per model and 
   - tests passed: prefix + middle + suffix, then the problem's own tests, run in the studio's
     Run & fix sandbox (studio/code_runner.py) with a 10 s limit;
   - insertable as is: no code fence, no repeat of the prefix's last line, no repeat of the
-    suffix's first line — what an editor can paste without cleaning.
+    suffix's first line — what an editor can paste without cleaning (an empty middle counts:
+    it breaks nothing, so "empty" is reported beside it).
 
 One convention differs from HumanEval-Infilling: the masked lines' final newline belongs to
 the suffix (the cursor sits on an empty line an editor opened), so the prefix ends with "\\n"
@@ -149,7 +150,8 @@ def run_model(model_id: str, cases: list[Case], args) -> list[dict]:
         row = {"task_id": case.task_id, "kind": case.kind, "fim_tokens": fim,
                "exact": normalised(middle) == normalised(case.middle),
                "passed": passes(case.prefix + middle + case.suffix + "\n" + case.test, args.timeout),
-               "insertable": insertable(middle, case), "seconds": round(seconds, 2), "middle": middle}
+               "insertable": insertable(middle, case), "empty": not middle.strip(),
+               "seconds": round(seconds, 2), "middle": middle}
         rows.append(row)
         print(f"  {model_id} {number}/{len(cases)} {case.task_id} {case.kind}: exact {row['exact']:d}"
               f" passed {row['passed']:d} insertable {row['insertable']:d} ({seconds:.1f} s)", flush=True)
@@ -165,7 +167,7 @@ def summary(rows: list[dict]) -> dict:
         if mine:
             out[kind] = {"cases": len(mine), **{
                 name: round(100 * sum(r[name] for r in mine) / len(mine), 1)
-                for name in ("exact", "passed", "insertable")},
+                for name in ("exact", "passed", "insertable", "empty")},
                 "seconds_per_case": round(sum(r["seconds"] for r in mine) / len(mine), 2)}
     return out
 
@@ -213,11 +215,11 @@ def main() -> None:
             continue
         rows = run_model(model_id, cases, args)
         report["models"][model_id] = {"summary": summary(rows), "rows": rows}
-    print("\nmodel                          kind    cases  exact %  tests passed %  insertable %  s/case")
+    print("\nmodel                          kind    cases  exact %  tests passed %  insertable %  empty %  s/case")
     for model_id, result in report["models"].items():
         for kind, figures in result.get("summary", {}).items():
             print(f"{model_id:30} {kind:7} {figures['cases']:5}  {figures['exact']:7}  "
-                  f"{figures['passed']:14}  {figures['insertable']:12}  {figures['seconds_per_case']:6}")
+                  f"{figures['passed']:14}  {figures['insertable']:12}  {figures['empty']:7}  {figures['seconds_per_case']:6}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
