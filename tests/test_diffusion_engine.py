@@ -306,3 +306,15 @@ def test_schedulers_keep_the_checkpoint_training_settings(engine, name):
     for key in ("prediction_type", "beta_schedule", "num_train_timesteps"):
         if key in base:
             assert scheduler.config[key] == base[key]
+
+
+def test_generate_loads_lazily_with_an_explicit_size(model_id, engine):
+    # No load() first: generate loads the model itself, as every engine does.
+    fresh = DiffusionEngine(model_id=model_id, device="cpu")
+    try:
+        params = Txt2ImgParams(prompt="a red circle", seed=3, steps=2, width=64, height=64)
+        image = fresh.generate(params).images[0]
+        assert image.size == (64, 64)
+        assert np.array_equal(np.asarray(image), np.asarray(engine.generate(params).images[0]))
+    finally:
+        fresh.unload()

@@ -147,6 +147,7 @@ class DiffusionEngine:
             raise ParamError("params", f"`params` must be Txt2ImgParams or a subclass, got "
                              f"{type(params).__name__}")
         cancel.raise_if_cancelled()
+        self.load()  # lazily, as every engine: the family decides the path below
         started = time.perf_counter()
         unet = getattr(self._pipes.get("txt2img"), "unet", None)
         openvino = getattr(unet, "_genstudio_openvino", None)  # set by GENSTUDIO_OPENVINO
