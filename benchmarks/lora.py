@@ -127,22 +127,33 @@ def known_shape_prompts(n: int, seed: int = 11) -> tuple[str, ...]:
     return tuple(out)
 
 
-def training_set(n: int, seed: int = 3) -> tuple[list[Image.Image], list[str]]:
+def training_set(n: int, seed: int = 3, templates: int = 1) -> tuple[list[Image.Image], list[str]]:
+    """n ring images and their captions; with templates > 1 each image comes once per caption
+    phrasing of the model's own training data (sd_data.Scene.caption), so the trigger is seen
+    in more than one word order (the images are the same n)."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
-    while len(images) < n:
+    while len(images) < n * templates:
         c, b = rng.choice(TRAIN["colour"]), rng.choice(TRAIN["background"])
         if c == b:
             continue
         p, size = rng.choice(TRAIN["position"]), rng.choice(tuple(SIZES))
-        images.append(draw("ring", c, b, p, size, rng))
-        captions.append(caption(c, b, p, size))
+        image = draw("ring", c, b, p, size, rng)
+        for t in range(templates):
+            images.append(image)
+            captions.append(Scene(TRIGGER, c, b, p, size).caption(t))
     return images, captions
 
 
 def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: float,
              embedding_dir: Path | None = None) -> list:
     from engines.diffusion.engine import Txt2ImgParams
+
+    if engine is None:  # --batched-eval
+        tagged = "<lora:" in prompts[0]
+        return generate_batched(prompts, lora_dir / f"{TRIGGER}.safetensors" if tagged else None,
+                                steps, guidance,
+                                embedding_dir / f"{TRIGGER}.safetensors" if embedding_dir else None)
 
     images = []
     for i, prompt in enumerate(prompts):
@@ -151,6 +162,52 @@ def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: f
                                embedding_dirs=(str(embedding_dir),) if embedding_dir else ())
         images += engine.generate(params).images
     return images
+
+
+def _train(cfg, images, captions, args, report: dict):
+    """Train on a fresh copy of the embedded model (resumes from runs/.../run if interrupted)."""
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.training.lora import train_lora
+
+    trainer = DiffusionEngine("genstudio-tiny-sd", device="cpu")
+    trainer.load()
+    started = time.perf_counter()
+    result = train_lora(trainer._pipes["txt2img"], images, captions, cfg, args.out / "run",
+                        on_progress=lambda pr: print(pr.message, flush=True) if pr.step % 50 == 0 else None)
+    report["train_seconds"] = round(time.perf_counter() - started, 1)
+    report["resumed_from"] = result.resumed_from
+    return result
+
+
+def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance: float,
+                     embedding: Path | None = None) -> list:
+    """The same prompts and seeds in one batched call of a plain diffusers pipeline with the
+    LoRA loaded once (the engine loads and unloads it per image): for quick probes."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from engines.diffusion.loading import ALIASES, DEFAULT_MODEL
+
+    pipe = StableDiffusionPipeline.from_pretrained(ALIASES[DEFAULT_MODEL], safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    table = None
+    if embedding is not None and embedding.exists():  # the trigger vectors, as A1111 puts them in
+        from safetensors.torch import load_file
+
+        ids = pipe.tokenizer(TRIGGER, add_special_tokens=False)["input_ids"]
+        table = {ids[0]: [(tuple(ids), load_file(str(embedding))["emb_params"])]}
+    from engines.training.lora_text import encode
+
+    generators = [torch.Generator("cpu").manual_seed(100 + i) for i in range(len(prompts))]
+    with torch.no_grad():
+        cond = torch.cat([encode(pipe, q.split(" <lora:")[0], table)[0] for q in prompts])
+        uncond = encode(pipe, "")[0].expand_as(cond)
+        return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
+                    guidance_scale=guidance, generator=generators).images
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -162,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--n", type=int, default=48, help="held-out prompts")
     p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--also-guidance", type=float, nargs="*", default=[],
+                   help="judge the LoRA's images at these guidance scales as well")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--prior", type=int, default=32,
                    help="prior-preservation images the base model makes (0 = off)")
@@ -172,13 +231,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--target", default="attention", help="attention | cross_attention")
     p.add_argument("--trigger-vectors", type=int, default=0,
                    help="pivotal tuning: learn this many embedding vectors for the trigger word")
+    p.add_argument("--templates", type=int, default=1, choices=(1, 2, 3),
+                   help="caption phrasings per training image")
+    p.add_argument("--text-encoder", action="store_true", help="a LoRA on the text encoder too")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--batched-eval", action="store_true",
+                   help="judge with a plain pipeline, LoRA loaded once (quick probes)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="judge the LoRA already in --out (no training)")
+    p.add_argument("--trigger-init", default="",
+                   help="the word the trigger vectors start from (e.g. circle)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from engines.diffusion.engine import DiffusionEngine
-    from engines.training.lora import LoraTrainConfig, grid, save_kohya, train_lora
+    from engines.training.lora import LoraTrainConfig, grid, save_kohya
     from engines.training.sd_judge import load_judge
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -208,29 +277,27 @@ def main(argv: list[str] | None = None) -> dict:
                           "rings_through_vae": np.mean([is_ring(i) for i in through])}
     print("detector", report["detector"], flush=True)
     # 2. Train (resumes from runs/.../run if interrupted).
-    images, captions = training_set(args.images)
-    grid(images[:8], 8).save(args.out / "training_images.png")
+    images, captions = training_set(args.images, templates=args.templates)
+    grid(images[::args.templates][:8], 8).save(args.out / "training_images.png")
     cfg = LoraTrainConfig(trigger=TRIGGER, rank=args.rank, steps=args.steps, lr=args.lr,
                           batch=args.batch, sample_every=max(100, args.steps // 4),
                           sample_guidance=args.guidance, prior_images=args.prior, target=args.target,
-                          trigger_vectors=args.trigger_vectors,
+                          trigger_vectors=args.trigger_vectors, train_text_encoder=args.text_encoder,
+                          caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,
                           prior_prompts=known_shape_prompts(args.prior) if args.prior_prompts == "all" else ())
-    trainer = DiffusionEngine("genstudio-tiny-sd", device="cpu")
-    trainer.load()
-    started = time.perf_counter()
-    result = train_lora(trainer._pipes["txt2img"], images, captions, cfg, args.out / "run",
-                        on_progress=lambda pr: print(pr.message, flush=True) if pr.step % 50 == 0 else None)
-    report["train_seconds"] = round(time.perf_counter() - started, 1)
-    report["resumed_from"] = result.resumed_from
-    save_kohya(result.state_dict, lora_dir / f"{TRIGGER}.safetensors", {"ss_output_name": TRIGGER})
     embedding_dir = args.out / "embeddings"
-    if result.trigger_vectors is not None:  # the trigger as a textual-inversion embedding
+    if not args.eval_only:
+        result = _train(cfg, images, captions, args, report)
+        save_kohya(result.state_dict, lora_dir / f"{TRIGGER}.safetensors", {"ss_output_name": TRIGGER})
+    if not args.eval_only and result.trigger_vectors is not None:  # a textual-inversion embedding
         from safetensors.torch import save_file
 
         embedding_dir.mkdir(parents=True, exist_ok=True)
         save_file({"emb_params": result.trigger_vectors.contiguous()},
                   str(embedding_dir / f"{TRIGGER}.safetensors"))
     # 3. Held-out prompts with and without the LoRA, through the engine.
+    if args.batched_eval:
+        engine = None
     base = generate(engine, prompts, lora_dir, args.sample_steps, args.guidance)
     tuned = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts], lora_dir,
                      args.sample_steps, args.guidance, embedding_dir)
@@ -239,15 +306,22 @@ def main(argv: list[str] | None = None) -> dict:
                  **judge_attributes(load_judge(), base, scenes)},
         "lora": {"concept": float(np.mean([is_ring(i) for i in tuned])),
                  **judge_attributes(load_judge(), tuned, scenes)}}
+    for scale in args.also_guidance:
+        more = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts],
+                        lora_dir, args.sample_steps, scale, embedding_dir)
+        report["held_out"][f"lora_guidance_{scale:g}"] = {
+            "concept": float(np.mean([is_ring(i) for i in more])),
+            **judge_attributes(load_judge(), more, scenes)}
     # 4. Known shapes still drawn with the LoRA file present but not in the prompt.
     circles = generate(engine, [q.replace(TRIGGER, "circle") for q in prompts[:16]], lora_dir,
                        args.sample_steps, args.guidance)
     report["circles_without_tag_ring_rate"] = float(np.mean([is_ring(i) for i in circles]))
-    report["final_loss"] = float(np.mean(result.losses[-50:]))
+    if not args.eval_only:
+        report["final_loss"] = float(np.mean(result.losses[-50:]))
     print(json.dumps(report, indent=1, default=float), flush=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     args.grid.parent.mkdir(parents=True, exist_ok=True)
-    grid(images[:8] + base[:8] + tuned[:16], 8).save(args.grid)
+    grid(images[::args.templates][:8] + base[:8] + tuned[:16], 8).save(args.grid)
     return report
 
 

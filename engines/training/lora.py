@@ -76,6 +76,7 @@ class LoraTrainConfig:
     # textual-inversion embedding named after it), so the trigger is a token of its own. 0 = off.
     trigger_vectors: int = 0
     trigger_lr: float = 5e-3
+    trigger_init: str = ""  # the word the trigger vectors start from ("" = the trigger's own)
     # LoRA on the text encoder(s) too (same rank and rate): lets the captions' words move
     train_text_encoder: bool = False
 
@@ -257,7 +258,8 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
         prior_mean, prior_std, prior_texts = _prepare(pipe, prior_images, prior_captions, side)
         texts.update(prior_texts)
         prior = (prior_mean, prior_std, prior_captions)
-    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors)
+    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors,
+                                                    cfg.trigger_init)
                       if cfg.trigger_vectors else (None, None))
     groups = [{"params": params, "lr": cfg.lr}]
     if vectors is not None:
