@@ -10,10 +10,12 @@ control images): stored once, outside the gallery, and referred to from job para
   studio/images.py), re-encoded as PNG and named by the hash of that PNG: the same upload twice
   is one file, and an id names exactly one file (`upload:` + 64 hex digits, nothing else: no
   path can be smuggled in).
-* Boundary: `store_inline_images(ctx, params)` replaces every image in UPLOAD_FIELDS given
-  inline (a PIL image from a tab, base64 or a data URL from an API) by its id; the tabs
-  (studio/ui/widgets.py), the A1111 API and the queue (JobQueue.check) call it after the params
-  are validated.
+* Boundary: `ImageIntake` takes every image a request gives inline (a PIL image from a tab,
+  base64 or a data URL from an API) in once: decoded once, checked by the task, then stored, so
+  the job row holds ids only. The results' parent (an init image; style's photo) becomes a
+  gallery upload item (`init_image_id`, `image_id`); a mask, a style painting and ControlNet
+  unit images come here (they would clutter the gallery). JobQueue.check runs it for every job
+  (tabs, Gradio endpoints, POST /api/queue); the A1111 API runs it once per request.
 * Sweep: a file stays while a pending, running or paused job refers to it, or a job that
   finished less than KEEP_FINISHED_S ago (a rerun from the Queue tab), and is never removed
   younger than `min_age_s` (a store whose job is being submitted). `sweep_uploads` runs at
@@ -36,7 +38,12 @@ from PIL import Image
 from engines.base import ParamError
 
 PREFIX = "upload:"
-UPLOAD_FIELDS = ("mask",)  # image params kept here rather than in the gallery (add yours)
+PARENT, UPLOAD = "parent", "upload"  # a gallery upload item `<field>_id` / an id of this store
+# How each image field is stored when it arrives inline (add yours); ControlNet units' `image`
+# is an UPLOAD too. A task's own fields: TASK_FIELDS.
+IMAGE_FIELDS = {"init_image": PARENT, "mask": UPLOAD, "style_image": UPLOAD}
+TASK_FIELDS = {"style": {"image": PARENT}}  # the photo; an UPLOAD with save_input false
+NAMES = {"init_image": "init image", "image": "photo"}  # how a gallery upload item is captioned
 KEEP_FINISHED_S = 24 * 3600.0
 MIN_AGE_S = 600.0
 SWEEP_EVERY_S = 3600.0
@@ -97,19 +104,106 @@ def open_upload(ctx, ref: Any, field: str = "image") -> Image.Image:
     return image
 
 
-def store_inline_images(ctx, params: dict, fields: tuple[str, ...] = UPLOAD_FIELDS) -> dict:
-    """`params` with each image of `fields` given inline (PIL, base64, data URL) replaced by its
-    upload id; call after validation, so a refused request stores nothing."""
-    inline = {f: params[f] for f in fields
-              if params.get(f) is not None and not is_upload_ref(params[f])}
-    if not inline:
-        return params
-    from studio.tasks.image import decode_image  # base64 and data URLs, checked as on any path
+class ImageIntake:
+    """The images of one request (a job, a batch of jobs, an A1111 call), taken in once:
 
-    stored = dict(params)
-    for field, value in inline.items():
-        stored[field] = store_upload(ctx, decode_image(value, field), field)
-    return stored
+        intake = ImageIntake(ctx, "A1111 API")
+        params = intake.decode(task, params)    # base64 -> PIL once (ParamError naming the field)
+        validate_task(ctx, task, params)        # the task checks the decoded images
+        row = intake.store(task, params)        # ids only: what the job row keeps
+        intake.forget()                         # the request failed after all: no item stays
+
+    `store` decodes what `decode` was not asked to. An image given to several jobs of the request
+    (a batch, A1111's n_iter) is decoded and stored once. `forget` deletes the gallery items
+    stored; files of this store are not deleted (another job may share one, the same image being
+    the same file): a sweep removes them once no job refers to them."""
+
+    def __init__(self, ctx, source: str = "") -> None:
+        self.ctx, self.source = ctx, source
+        self.item_ids: list[int] = []  # gallery upload items stored by this intake
+        self._decoded: dict[str, Image.Image] = {}  # inline string -> its image
+        self._stored: dict[tuple[int, str], tuple[Image.Image, Any]] = {}  # (id(image), key) -> (image, id)
+
+    def decode(self, task: str, params: dict) -> dict:
+        return self._each(task, params, lambda field, kind, image: (field, image))
+
+    def store(self, task: str, params: dict) -> dict:
+        return self._each(task, params, self._keep)
+
+    def forget(self) -> None:
+        for item_id in self.item_ids:
+            try:
+                self.ctx.gallery.delete(item_id)
+            except LookupError:
+                pass
+        self.item_ids, self._stored = [], {}
+
+    def _each(self, task: str, params: dict, keep) -> dict:
+        """`params` with each inline image replaced by keep(field, kind, image) -> (key, value)."""
+        if not isinstance(params, dict):
+            return params  # refused by the caller's checks
+        out = dict(params)
+        for field, kind in _image_fields(task, params).items():
+            if params.get(f"{field}_id") is not None:
+                raise ParamError(field, f"give `{field}_id` or `{field}`, not both")
+            key, value = keep(field, kind, self._image(params[field], field))
+            del out[field]
+            out[key] = value
+        units = params.get("controlnet")
+        if isinstance(units, (list, tuple)) and any(_inline_unit(u) for u in units):
+            out["controlnet"] = [self._unit(u, index, keep) if _inline_unit(u) else u
+                                 for index, u in enumerate(units)]
+        return out
+
+    def _unit(self, unit: dict, index: int, keep) -> dict:
+        try:
+            key, value = keep("image", UPLOAD, self._image(unit["image"], "image"))
+        except ValueError as error:
+            raise ParamError("controlnet", f"ControlNet unit {index}: {error}") from None
+        return {**unit, key: value}
+
+    def _image(self, value: Any, field: str) -> Image.Image:
+        if isinstance(value, Image.Image):
+            return value
+        if isinstance(value, str) and value in self._decoded:
+            return self._decoded[value]
+        from studio.tasks.image import decode_image  # base64 and data URLs, checked as anywhere
+
+        image = decode_image(value, field)
+        if isinstance(value, str):
+            self._decoded[value] = image
+        return image
+
+    def _keep(self, field: str, kind: str, image: Image.Image) -> tuple[str, Any]:
+        key = f"{field}_id" if kind == PARENT else field
+        done = self._stored.get((id(image), key))
+        if done is not None:
+            return key, done[1]
+        if kind == PARENT:
+            caption = f"uploaded {NAMES.get(field, field)}" + (f" ({self.source})" if self.source else "")
+            value = self.ctx.gallery.add_image(image, task="upload", engine="", prompt=caption,
+                                               params={"source": self.source or "queue"}).id
+            self.item_ids.append(value)
+        else:
+            value = store_upload(self.ctx, image, field)
+        self._stored[(id(image), key)] = (image, value)  # the image kept: its id() stays unique
+        return key, value
+
+
+def _image_fields(task: str, params: dict) -> dict[str, str]:
+    """{field: PARENT or UPLOAD} of the images `params` gives inline."""
+    fields = dict(IMAGE_FIELDS, **TASK_FIELDS.get(task, {}))
+    if task == "style" and params.get("save_input") is False:
+        fields["image"] = UPLOAD  # the photo must not appear in the gallery
+    return {f: kind for f, kind in fields.items() if _inline(params.get(f))}
+
+
+def _inline(value: Any) -> bool:
+    return value is not None and not is_upload_ref(value)
+
+
+def _inline_unit(unit: Any) -> bool:
+    return isinstance(unit, dict) and unit.get("image_id") is None and _inline(unit.get("image"))
 
 
 # ------------------------------------------------------------------ sweep

@@ -81,8 +81,12 @@ def test_image_endpoints_run_as_jobs_and_return_the_saved_files(client, studio, 
     [styled] = saved_images(client.predict(image=handle_file(str(photo)), style="ink",
                                            api_name="/style"))
     assert styled.size == (64, 64)
-    tasks = sorted(j["task"] for j in jobs(studio) if j["status"] == "completed")
-    assert tasks == ["img2img", "inpaint", "outpaint", "style", "txt2img"]
+    done = {j["task"]: j["params"] for j in jobs(studio) if j["status"] == "completed"}
+    assert sorted(done) == ["img2img", "inpaint", "outpaint", "style", "txt2img"]
+    # Images entered once: each job row refers to its uploads by id (studio/uploads.py).
+    assert all(len(json.dumps(p)) < 1000 and "iVBOR" not in json.dumps(p) for p in done.values())
+    assert done["img2img"]["init_image_id"] and done["style"]["image_id"]
+    assert done["inpaint"]["mask"].startswith("upload:")
 
 
 def test_text_endpoints_and_queue_add(client, studio):

@@ -101,7 +101,7 @@ def test_a1111_inpaint_mask_is_an_upload_not_a_gallery_item(studio):
     (params,) = job_params(studio)
     assert params["mask"].startswith("upload:") and "init_image_id" in params
     uploads = studio.gallery.query(GalleryQuery(task="upload")).items
-    assert [i.prompt for i in uploads] == ["init image (A1111 API)"]  # the mask is not there
+    assert [i.prompt for i in uploads] == ["uploaded init image (A1111 API)"]  # the mask is not there
 
 
 def test_forged_unknown_and_path_like_ids_are_refused_naming_the_field(ctx, tmp_path):

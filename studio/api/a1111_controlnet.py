@@ -14,8 +14,8 @@ as the extension matches), `weight`, `resize_mode` (0/1/2 or "Just Resize", "Cro
 `threshold_a`, `threshold_b`, `pixel_perfect`, `control_mode` (0/1/2 or its names), `enabled`
 (false: skipped). Fields the studio has no use for (low_vram, guess_mode, hr_option,
 save_detected_map...) are ignored. Units become the image tasks' `controlnet` params
-(studio/tasks/controlnet.py); their images are stored once as gallery uploads by the A1111
-router, like init images.
+(studio/tasks/controlnet.py); the A1111 router stores their images once, outside the gallery
+(studio/uploads.py), and the jobs refer to them by upload id.
 """
 from __future__ import annotations
 
@@ -126,20 +126,6 @@ def controlnet_units(ctx, alwayson_scripts: Any) -> list[dict]:
     if len(units) > MAX_UNITS:
         raise ParamError("controlnet", f"at most {MAX_UNITS} enabled ControlNet units")
     return units
-
-
-def store_unit_images(ctx, params: dict) -> list[int]:
-    """Each unit's image becomes a gallery upload referred to by id (as init images do)."""
-    stored = []
-    for unit in params.get("controlnet") or ():
-        image = unit.pop("image", None)
-        if image is not None:
-            item = ctx.gallery.add_image(image, task="upload", engine="",
-                                         prompt="ControlNet image (A1111 API)",
-                                         params={"source": "sdapi"})
-            unit["image_id"] = item.id
-            stored.append(item.id)
-    return stored
 
 
 # ------------------------------------------------------------------ the extension's routes

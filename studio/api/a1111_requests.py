@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 
 from engines.base import ParamError
 
-from studio.api.a1111_controlnet import controlnet_units, store_unit_images
+from studio.api.a1111_controlnet import controlnet_units
 from studio.api.a1111_extras import hires_params
 from studio.api.a1111_models import Img2ImgRequest, Txt2ImgRequest
 from studio.api.a1111_names import FILL_CODES, a1111_field, scheduler_name
@@ -107,7 +107,7 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         get_task(task).validate(ctx, whole)
     except ValueError as error:
         raise unprocessable(a1111_field(getattr(error, "field", None)), str(error)) from None
-    uploads = _store_uploads(ctx, params) + store_unit_images(ctx, params)
+    params, uploads = _store_images(ctx, task, params)
     iterations = [dict(params, seed=seed + k * request.batch_size) for k in range(request.n_iter)]
     return Run(kind=kind, task=task, iterations=iterations, uploads=uploads)
 
@@ -143,17 +143,17 @@ def _img2img_params(request: Img2ImgRequest, params: dict) -> str:
     return task
 
 
-def _store_uploads(ctx, params: dict) -> list[int]:
-    """Input images are stored once and referred to by id: the job row stays small and no layer
-    decodes base64 again. The init image becomes a gallery upload (the results' parent; its id
-    is returned, deleted if the request fails), the mask an upload outside the gallery."""
-    from studio.uploads import store_inline_images
+def _store_images(ctx, task: str, params: dict) -> tuple[dict, list[int]]:
+    """Input images are stored once, as on every path (studio/uploads.py ImageIntake), and the
+    jobs refer to them by id: the init image as a gallery upload (the results' parent; its id is
+    returned, deleted if the request fails), a mask and ControlNet images outside the gallery."""
+    from studio.uploads import ImageIntake
 
-    params.update(store_inline_images(ctx, params))
-    image = params.pop("init_image", None)
-    if image is None:
-        return []
-    item = ctx.gallery.add_image(image, task="upload", engine="", prompt="init image (A1111 API)",
-                                 params={"source": "sdapi"})
-    params["init_image_id"] = item.id
-    return [item.id]
+    intake = ImageIntake(ctx, "A1111 API")
+    try:
+        return intake.store(task, params), intake.item_ids
+    except ValueError as error:  # e.g. an image the uploads store cannot take
+        intake.forget()
+        field = getattr(error, "field", None)
+        raise unprocessable("alwayson_scripts" if field == "controlnet" else a1111_field(field),
+                            str(error)) from None

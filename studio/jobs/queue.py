@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from PIL import Image
+
 from engines.base import ParamError
 from studio.jobs.live import LiveBoard, LiveProgress
 from studio.jobs.models import FINISHED, PAUSED, PENDING, RUNNING
@@ -68,32 +70,59 @@ class JobQueue:
 
     def enqueue_batch(self, requests: Iterable[JobRequest]) -> list[int]:
         """Jobs of any tasks, all or none, in the given order."""
+        from studio.uploads import ImageIntake
+
         requests = list(requests)
         if len(requests) > self.max_jobs_per_request:
             raise ValueError(f"{len(requests):,} jobs in one request; the limit is "
                              f"{self.max_jobs_per_request:,}")
-        jobs = []
-        for index, request in enumerate(requests):
-            try:
-                jobs.append(self.check(request))
-            except ValueError as error:
-                if len(requests) == 1:
-                    raise
-                raise ParamError(getattr(error, "field", None),
-                                 f"job {index + 1} of {len(requests)}: {error}") from None
-        waiting = self.store.waiting_count()
-        if waiting + len(jobs) > self.max_waiting_jobs:
-            raise ValueError(f"the queue is full: {waiting:,} jobs wait "
-                             f"and the limit is {self.max_waiting_jobs:,}; wait for some to run "
-                             f"or clear them")
-        ids = self.store.insert(jobs)
+        intake = ImageIntake(self.ctx)  # one image given to many jobs is stored once
+        try:
+            jobs = []
+            for index, request in enumerate(requests):
+                try:
+                    jobs.append(self.check(request, intake))
+                except ValueError as error:
+                    if len(requests) == 1:
+                        raise
+                    raise ParamError(getattr(error, "field", None),
+                                     f"job {index + 1} of {len(requests)}: {error}") from None
+            waiting = self.store.waiting_count()
+            if waiting + len(jobs) > self.max_waiting_jobs:
+                raise ValueError(f"the queue is full: {waiting:,} jobs wait "
+                                 f"and the limit is {self.max_waiting_jobs:,}; wait for some to "
+                                 f"run or clear them")
+            ids = self.store.insert(jobs)
+        except BaseException:
+            intake.forget()  # nothing queued: no upload stored for it stays in the gallery
+            raise
         self._wake_workers()
         return ids
 
-    def check(self, request: JobRequest) -> NewJob:
-        """The enqueue-time validation of one job; returns the row to insert."""
-        from studio.tasks import get_task, validate_task
-        from studio.uploads import store_inline_images
+    def check(self, request: JobRequest, intake=None) -> NewJob:
+        """The enqueue-time validation of one job; returns the row to insert. Images given inline
+        enter here, once (studio/uploads.py ImageIntake): decoded, checked by the task, stored;
+        the row refers to them by id."""
+        from studio.tasks import validate_task
+        from studio.uploads import ImageIntake
+
+        spec = self._check_request(request)
+        self._check_size(request.params, images=True)  # the request as sent (base64 counts)
+        intake = intake or ImageIntake(self.ctx)
+        params = intake.decode(request.task, request.params)
+        try:
+            validate_task(self.ctx, request.task, params)
+        except (TypeError, KeyError) as error:  # a task whose validate let a wrong shape through
+            raise ValueError(f"parameters for {request.task!r} are incomplete or of the wrong "
+                             f"shape: {error}") from None
+        params = intake.store(request.task, params)
+        self._check_size(params, images=False)  # the row: plain JSON, ids for images
+        return NewJob(task=request.task, engine=spec.engine, params=params,
+                      priority=request.priority, label=_label(request.params))
+
+    def _check_request(self, request: JobRequest):
+        """The task's spec, once task, engine, priority and the params' type are right."""
+        from studio.tasks import get_task
 
         if not isinstance(request.task, str) or not request.task:
             raise ParamError("task", f"`task` must be a task name, got {request.task!r}")
@@ -108,23 +137,24 @@ class JobQueue:
                              f"{PRIORITY_RANGE[1]}, got {priority!r}")
         if not isinstance(request.params, dict):
             raise ValueError(f"parameters must be an object, got {type(request.params).__name__}")
+        return spec
+
+    def _check_size(self, params: dict, images: bool) -> None:
+        """Plain JSON within max_params_bytes; with `images`, PIL images (from a tab, stored
+        next) count as nothing."""
+        def image_placeholder(value):
+            if images and isinstance(value, Image.Image):
+                return None
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
         try:
-            size = len(json.dumps(request.params, allow_nan=False).encode())
+            size = len(json.dumps(params, allow_nan=False, default=image_placeholder).encode())
         except (TypeError, ValueError) as error:
             raise ValueError(f"parameters must be plain JSON values: {error}") from None
         if size > self.max_params_bytes:
             raise ValueError(f"parameters are {size / 1e6:.1f} MB; the limit is "
                              f"{self.max_params_bytes / 1e6:.1f} MB per job (refer to gallery "
                              f"images by id, e.g. `init_image_id`, instead of embedding them)")
-        try:
-            validate_task(self.ctx, request.task, request.params)
-        except (TypeError, KeyError) as error:  # a task whose validate let a wrong shape through
-            raise ValueError(f"parameters for {request.task!r} are incomplete or of the wrong "
-                             f"shape: {error}") from None
-        # A mask sent inline (base64) is stored once; the row keeps its short upload id.
-        params = store_inline_images(self.ctx, request.params)
-        return NewJob(task=request.task, engine=spec.engine, params=params,
-                      priority=priority, label=_label(request.params))
 
     # ------------------------------------------------------------ worker
     def start_worker(self, worker: Worker | None = None) -> Worker:

@@ -9,9 +9,9 @@ first pass): JSON-able dicts in, the engine's ControlUnits out, and the infotext
 
   model          a ControlNet from <data>/models/ControlNet (folder or .safetensors name, "name
                  [hash]" accepted) or an embedded one (assets/controlnet)
-  image_id|image the control image: a gallery item id (the A1111 API stores its uploads so),
-                 an upload id "upload:<sha256>" (the tabs: studio/uploads.py), or a base64
-                 PNG/JPEG or data URL
+  image_id|image the control image: a gallery item id, an upload id "upload:<sha256>"
+                 (studio/uploads.py: the queue and the A1111 API store an inline image so), or
+                 a base64 PNG/JPEG or data URL
   module         preprocessor: none (a ready map), canny, invert, scribble_xdog, lineart_standard
   the rest       as sd-webui-controlnet means them (engines/diffusion/params.py ControlUnit)
 

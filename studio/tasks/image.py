@@ -32,7 +32,8 @@ txt2img only:
                                best by CLIP score (0 = off)
 img2img, inpaint, outpaint:
   init_image_id | init_image   a gallery item id (becomes the parent), or a base64 PNG/JPEG or
-                               data URL string
+                               data URL string, which the queue stores as a gallery upload
+                               item: the job row keeps `init_image_id` (studio/uploads.py)
   strength                     A1111 "Denoising strength" 0..1
 inpaint:
   mask_id | mask               white = repaint; the same size as the image; `mask` is an upload

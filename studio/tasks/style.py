@@ -5,10 +5,13 @@ Params of the "style" task (a JSON-able dict; the queue stores it as is):
                            GAN), an embedded style ("ink"...), "user:<name>", or "arbitrary"
                            (not a GAN; needs a style image). Default "vintage".
   image_id | image         the photo: a gallery item id (becomes the parent), or a base64 / data
-                           URL string (or a PIL image from an in-process caller)
+                           URL string (or a PIL image from an in-process caller); the queue
+                           stores an inline photo as a gallery upload (`image_id`), or, with
+                           save_input false, as an upload id (studio/uploads.py)
   strength                 0..1, default 1: blends the result with the input
   output_side              long side of the result in pixels, 16..4096; default the input's
-  style_image_id | style_image   arbitrary mode only: the painting whose style to take
+  style_image_id | style_image   arbitrary mode only: the painting whose style to take (inline,
+                           it is stored as an upload id by the queue)
   save_input               default true: an uploaded photo (not from the gallery) is saved to
                            the gallery too, as the result's parent, so lineage is kept
 
@@ -27,6 +30,7 @@ from engines.base import ParamError
 from studio.gallery.pnginfo import format_infotext
 from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import decode_image
+from studio.uploads import is_upload_ref, open_upload
 
 ENGINE = "style"
 FIELDS = ("style", "image", "image_id", "strength", "output_side", "style_image",
@@ -60,6 +64,8 @@ def _image_param(ctx, params: dict, name: str) -> tuple[Image.Image | None, int 
     value = params.get(name)
     if value is None:
         return None, None
+    if is_upload_ref(value):  # stored once at the boundary (studio/uploads.py)
+        return open_image(open_upload(ctx, value, name), name.replace("_", " ")), None
     if isinstance(value, (Image.Image, bytes, Path)):
         return open_image(value, name.replace("_", " ")), None
     return open_image(decode_image(value, name), name.replace("_", " ")), None

@@ -25,12 +25,11 @@ def try_enqueue(ctx: "StudioContext", task: str, params: dict,
     """Queue one `task` job: (its id, "Queued job #N…" and where its output lands), or (None, the
     reason, also shown as a warning) when it was refused."""
     from studio.jobs.runner import BATCH
-    from studio.ui.widgets import store_uploads
 
     if getattr(ctx, "runner", None) is None:
         return None, refuse("The queue is not running in this studio: nothing was queued.")
-    try:  # an uploaded picture is stored once, as a gallery item the job refers to
-        job_id = ctx.runner.submit(task, store_uploads(ctx, task, params), priority=BATCH).id
+    try:  # an uploaded picture is stored by the queue's check, once, as an id in the job row
+        job_id = ctx.runner.submit(task, params, priority=BATCH).id
     except ValueError as error:  # unknown task, missing engine, a field the task refuses
         return None, refuse(f"Not queued: {error}")
     gr.Info(f"Queued job #{job_id}.")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import typing
 from functools import partial
-from pathlib import Path
 from typing import Any, NewType
 
 import gradio as gr
@@ -52,16 +51,24 @@ def _images(ctx, result: dict) -> Images:
 
 
 def _image_param(ctx, params: dict, name: str, path: str | None) -> None:
-    """An uploaded image as a gallery reference when it is one of ours, else as base64."""
-    import base64
-
+    """An uploaded image as a gallery reference when it is one of ours, else decoded here, once:
+    the queue's check stores it (studio/uploads.py) and the job row refers to it by id."""
     if not path:
         raise gr.Error(f"`{name}` is required: upload an image file.")
     item_id = item_for_path(ctx, path)
     if item_id is not None:
         params[f"{name}_id"] = item_id
     else:
-        params[name] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        params[name] = _open(path, name)
+
+
+def _open(path: str, name: str):
+    from studio.images import open_user_image
+
+    try:
+        return open_user_image(path, name=name)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
 
 
 def _sampling(prompt, negative_prompt, steps, cfg_scale, sampler, seed, batch_size, model) -> dict:
@@ -97,14 +104,12 @@ def inpaint(ctx, image: ImageFile, mask: ImageFile, prompt: str, negative_prompt
             sampler: str = "DPM++ 2M", seed: int = -1, mask_blur: int = 4,
             inpainting_fill: str = "original", model: str = DEFAULT_MODEL) -> Images:
     """Inpaint: repaint the white area of `mask` (same size as `image`)."""
-    import base64
-
     params = _sampling(prompt, negative_prompt, steps, cfg_scale, sampler, seed, 1, model)
     params.update(strength=strength, mask_blur=mask_blur, inpainting_fill=inpainting_fill)
     _image_param(ctx, params, "init_image", image)
     if not mask:
         raise gr.Error("`mask` is required: upload a mask image (white = repaint).")
-    params["mask"] = base64.b64encode(Path(mask).read_bytes()).decode("ascii")
+    params["mask"] = _open(mask, "mask")
     return _images(ctx, run(ctx, "inpaint", params))
 
 

@@ -77,7 +77,7 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
     # (a later upload replaces the background without telling us).
     if source and source.get("digest") == pixel_digest(image):
         params["init_image_id"] = int(source["id"])
-    else:  # stored once, as a gallery upload the job refers to (widgets.store_uploads)
+    else:  # stored once, as a gallery upload the job refers to (studio/uploads.py)
         params["init_image"] = image  # (the mask too, outside the gallery: studio/uploads.py)
     if action == "outpaint":
         if not sides:

@@ -45,7 +45,7 @@ def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, 
         params["strength"] = float(strength)
         if source_id:
             params["init_image_id"] = int(source_id)
-        else:  # an upload: checked from its header, stored once as a gallery item (widgets)
+        else:  # an upload: checked from its header, stored once as a gallery item (queue check)
             params["init_image"] = _open_upload(init_path)
         return "img2img", params
     if candidates:

@@ -31,41 +31,16 @@ _UID = re.compile(r"^[0-9a-f]{32}$")
 # ------------------------------------------------------------------ running a job
 def submit(ctx, task: str, params: dict):
     """Queue `task` as an interactive job (it runs next); bad input becomes gr.Error naming the
-    field, before anything runs."""
+    field, before anything runs. An uploaded picture (a PIL image in `params`) is stored by the
+    queue's check, once (studio/uploads.py ImageIntake): the job row holds its id."""
     from studio.jobs.runner import INTERACTIVE
 
     if getattr(ctx, "runner", None) is None:
         raise gr.Error("This studio runs without a job runner.")
     try:
-        return ctx.runner.submit(task, store_uploads(ctx, task, params), priority=INTERACTIVE)
+        return ctx.runner.submit(task, params, priority=INTERACTIVE)
     except ValueError as error:
         raise gr.Error(str(error)) from None
-
-
-UPLOAD_FIELDS = ("init_image",)  # in-memory uploads that become gallery items (the parent)
-
-
-def store_uploads(ctx, task: str, params: dict) -> dict:
-    """An uploaded picture (a PIL image in `params`) enters once: checked with the rest of the
-    params, then saved and referred to by id, so the job row holds no image and nothing decodes
-    it again: an init image as a gallery upload (the result's parent), a mask in the uploads
-    store (studio/uploads.py, not shown in the gallery). ValueError before any saving."""
-    from PIL import Image
-
-    from studio.tasks import validate_task
-    from studio.uploads import UPLOAD_FIELDS as STORE_FIELDS, store_inline_images
-
-    if not any(isinstance(params.get(f), Image.Image) for f in UPLOAD_FIELDS + STORE_FIELDS):
-        return params
-    validate_task(ctx, task, params)  # a bad request keeps no upload
-    stored = store_inline_images(ctx, params)
-    for field in UPLOAD_FIELDS:
-        if isinstance(params.get(field), Image.Image):
-            item = ctx.gallery.add_image(params[field], task="upload", engine="",
-                                         prompt=f"uploaded {field}", params={"source": f"{task} tab"})
-            del stored[field]
-            stored[f"{field}_id"] = item.id
-    return stored
 
 
 def follow_job(ctx, task: str, params: dict) -> Iterator[Any]:
