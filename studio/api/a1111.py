@@ -14,7 +14,7 @@ Design:
 - Every run is a job on the studio's one runner (studio/api/a1111_runs.py): queued at API
   priority, visible in the Queue tab, on the worker that owns the device; the request waits on
   the event loop and cancels its jobs when the client disconnects. Input images are decoded
-  once, here, and stored as gallery uploads; the jobs refer to them by id.
+  once, here, and stored once (studio/uploads.py); the jobs refer to them by id.
 - Errors: a wrong type is pydantic's 422 naming the field; a value the task refuses is a 422
   in the same shape whose `loc` names the A1111 field (`cfg_scale`, not `guidance_scale`); an
   engine failure while generating is a 500 with the message.
