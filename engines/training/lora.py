@@ -93,6 +93,9 @@ class LoraTrainConfig:
         if self.target not in TARGET_MODULES:
             raise ParamError("target", f"`target` must be one of {', '.join(TARGET_MODULES)}, "
                              f"got {self.target!r}")
+        if not isinstance(self.trigger_init, str) or len(self.trigger_init) > 60:
+            raise ParamError("trigger_init", f"`trigger_init` must be a word or short phrase, "
+                             f"got {self.trigger_init!r}")
         if not isinstance(self.train_text_encoder, bool):
             raise ParamError("train_text_encoder", f"`train_text_encoder` must be true or false, "
                              f"got {self.train_text_encoder!r}")

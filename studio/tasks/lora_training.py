@@ -12,9 +12,9 @@ Params (a JSON-able dict; the queue stores it as is):
   lr             learning rate (default 1e-3; 1e-4 suits full-size SD 1.x)
   batch          images per step (default 4)
   model          the base model (default the embedded one); SD 1.x / 2.x or SDXL
-  target         the UNet layers that get the LoRA: "attention" (default), "unet" (attention,
-                 feed-forward and the resnets' convolutions: learns new shapes) or
-                 "cross_attention"
+  target         the UNet layers that get the LoRA: "unet" (default: attention, feed-forward
+                 and the resnets' convolutions, kohya's LoCon; needed for new shapes),
+                 "attention" or "cross_attention"
   train_text_encoder  a LoRA on the text encoder(s) too (default false)
   seed           default 0
   prior_images   DreamBooth's prior preservation: this many images the base model makes for
@@ -22,6 +22,8 @@ Params (a JSON-able dict; the queue stores it as is):
   trigger_vectors  pivotal tuning: also learn this many embedding vectors for the trigger
                  word, saved as <data>/models/embeddings/<trigger>.safetensors (A1111 format), so
                  the trigger is a token of its own (default 0 = off; needs a one-word trigger)
+  trigger_init   the word those vectors start from, e.g. the nearest thing the model knows
+                 ("circle" for a ring; A1111's "initialization text"); default the trigger's own
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -52,7 +54,7 @@ from studio.tasks.image import _gallery_image, _default_model, decode_image
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
-          "train_text_encoder")
+          "train_text_encoder", "trigger_init")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -87,8 +89,9 @@ def prepare(ctx, params: dict) -> Prepared:
         rank=params.get("rank", 8), steps=params.get("steps", 400), lr=params.get("lr", 1e-3),
         batch=params.get("batch", 4), seed=params.get("seed", 0),
         prior_images=params.get("prior_images", 0),
-        trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "attention"),
-        train_text_encoder=params.get("train_text_encoder", False))
+        trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "unet"),
+        train_text_encoder=params.get("train_text_encoder", False),
+        trigger_init=params.get("trigger_init", ""))
     config.check()
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)

@@ -30,7 +30,7 @@ def _save_uploads(ctx, files) -> list[int]:
     return ids
 
 
-def start_training(ctx, name, trigger, files, captions, rank, steps, lr):
+def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word=""):
     """Yields (job id, status, samples) until the job ends."""
     try:
         ids = _save_uploads(ctx, files)
@@ -41,6 +41,8 @@ def start_training(ctx, name, trigger, files, captions, rank, steps, lr):
               "rank": int(rank), "steps": int(steps), "lr": float(lr)}
     if lines:
         params["captions"] = lines
+    if (start_word or "").strip():  # pivotal tuning from a known word (benchmarks/lora.py)
+        params.update(trigger_vectors=1, trigger_init=start_word.strip())
     update = None
     try:
         for update in follow_job(ctx, "train_lora", params):
@@ -81,6 +83,11 @@ def build(ctx) -> dict:
                     c["rank"] = gr.Slider(1, 64, value=8, step=1, label="Rank")
                     c["steps"] = gr.Slider(50, 3000, value=400, step=50, label="Steps")
                     c["lr"] = gr.Number(value=1e-3, label="Learning rate")
+                c["start_word"] = gr.Textbox(
+                    label="Like (optional): the nearest thing the model knows, e.g. circle",
+                    info="The trigger then starts as that word and learns only the "
+                         "difference, so colours, places and backgrounds still follow the "
+                         "prompt. Saves the trigger as an embedding too.")
                 with gr.Row():
                     c["start"] = gr.Button("Start training", variant="primary",
                                            elem_id="lora-train-start")
@@ -92,6 +99,7 @@ def build(ctx) -> dict:
     c["cancel"].click(partial(cancel_job, ctx), job, c["status"], **PRIVATE)
     c["start"].click(partial(start_training, ctx),
                      [c["name"], c["trigger"], c["files"], c["captions"], c["rank"], c["steps"],
-                      c["lr"]], [job, c["status"], c["samples"]], concurrency_limit=None,
+                      c["lr"], c["start_word"]], [job, c["status"], c["samples"]],
+                     concurrency_limit=None,
                      **PRIVATE)
     return c
