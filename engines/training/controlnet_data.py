@@ -71,6 +71,7 @@ class FollowCase:
     control: Scene
     prompt: Scene
     image: Image.Image  # the control map
+    picture: Image.Image  # the drawing the map was made from (a reference, not an input)
 
 
 def follow_cases(n: int, split: str, agree: bool, seed: int = 5) -> list[FollowCase]:
@@ -82,5 +83,6 @@ def follow_cases(n: int, split: str, agree: bool, seed: int = 5) -> list[FollowC
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
         scene = random_scene(rng, split)
         prompt = scene if agree else conflicting(scene, rng)
-        cases.append(FollowCase(scene, prompt, control_map(render(scene, rng))))
+        picture = render(scene, rng)
+        cases.append(FollowCase(scene, prompt, control_map(picture), picture))
     return cases
