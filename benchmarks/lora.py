@@ -13,7 +13,7 @@ LoRA never saw, and measures:
 - known attributes: colour, background and position as the shipped judge
   (engines/training/sd_judge.py) reads them, on the same images.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/lora.py --images 16 --steps 600
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/lora.py --batched-eval
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=16)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
@@ -222,14 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--also-guidance", type=float, nargs="*", default=[],
                    help="judge the LoRA's images at these guidance scales as well")
     p.add_argument("--sample-steps", type=int, default=20)
-    p.add_argument("--prior", type=int, default=32,
+    p.add_argument("--prior", type=int, default=0,
                    help="prior-preservation images the base model makes (0 = off)")
     p.add_argument("--prior-prompts", choices=["captions", "all"], default="all",
                    help="class prompts of the prior images: the training captions without the "
                         "trigger, or known shapes in every colour/background/position")
     p.add_argument("--lora-weight", type=float, default=1.0)
-    p.add_argument("--target", default="attention", help="attention | cross_attention")
-    p.add_argument("--trigger-vectors", type=int, default=0,
+    p.add_argument("--target", default="unet", help="unet | attention | cross_attention")
+    p.add_argument("--trigger-vectors", type=int, default=1,
                    help="pivotal tuning: learn this many embedding vectors for the trigger word")
     p.add_argument("--templates", type=int, default=1, choices=(1, 2, 3),
                    help="caption phrasings per training image")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="judge with a plain pipeline, LoRA loaded once (quick probes)")
     p.add_argument("--eval-only", action="store_true",
                    help="judge the LoRA already in --out (no training)")
-    p.add_argument("--trigger-init", default="",
+    p.add_argument("--trigger-init", default="circle",
                    help="the word the trigger vectors start from (e.g. circle)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
@@ -316,6 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
     circles = generate(engine, [q.replace(TRIGGER, "circle") for q in prompts[:16]], lora_dir,
                        args.sample_steps, args.guidance)
     report["circles_without_tag_ring_rate"] = float(np.mean([is_ring(i) for i in circles]))
+    # ... and with the LoRA on but without its trigger word: does it turn every circle into a ring?
+    circles_on = generate(engine, [q.replace(TRIGGER, "circle") + f" <lora:{TRIGGER}:1>"
+                                   for q in prompts[:16]], lora_dir, args.sample_steps,
+                          args.guidance, embedding_dir)
+    report["circles_with_lora_ring_rate"] = float(np.mean([is_ring(i) for i in circles_on]))
     if not args.eval_only:
         report["final_loss"] = float(np.mean(result.losses[-50:]))
     print(json.dumps(report, indent=1, default=float), flush=True)
