@@ -60,6 +60,34 @@ def test_busy_at_the_start_stays_on_one_thread_until_the_cores_are_free(monkeypa
     assert chooser.current == (2, 2)
 
 
+def test_a_training_job_in_this_process_counts_as_load(monkeypatch) -> None:
+    chooser, lib = adaptive(monkeypatch, others_running=0, others_busy=0.0)
+    with threads.lane_job():
+        chooser.before_prompt()
+        chooser.tick()
+        chooser._checked = 0.0
+        chooser.tick()
+        assert chooser.current == (1, 2) and lib.calls == []
+    chooser.tick()
+    chooser._checked = 0.0
+    chooser.tick()
+    assert chooser.current == (2, 2)
+
+
+def test_our_own_threads_are_not_other_load() -> None:
+    import threading
+
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(lambda: stop.is_set(), True)])
+    spinner.start()
+    try:
+        time.sleep(0.3)
+        assert threads._own_running_threads() >= 2  # this thread and the spinner
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def test_a_fixed_thread_count_turns_adapting_off(monkeypatch) -> None:
     monkeypatch.setenv("GENSTUDIO_LLM_DECODE_THREADS", "2")
     monkeypatch.setattr(threads, "private_runtime", lambda: True)

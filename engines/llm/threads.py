@@ -10,7 +10,7 @@ So llama.cpp gets a private copy of the OpenMP runtime (scripts/private_openmp.p
 install time), started without PASSIVE: its threads spin at barriers, as in a raw process, while
 torch's runtime keeps PASSIVE. Spinning is only good while nobody else wants the cores (two
 spinning threads on two busy cores collapse to ~1-3 tok/s), so `AdaptiveThreads` looks at what
-other processes use and gives llama.cpp every core when they are idle and one thread (no barrier
+other processes (and training jobs in this one, `lane_job`) use and gives llama.cpp every core when they are idle and one thread (no barrier
 to wait at) when they are not. Thread counts do not change llama.cpp's results (each output is
 computed by one thread), so seeds still reproduce.
 """
@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 PRIVATE_RUNTIME = "libgomp-llama.so.1"  # written next to llama.cpp's libraries by the installer
@@ -78,10 +80,9 @@ def import_llama_cpp():
 
 
 class OtherLoad:
-    """CPU used by everything but llama.cpp's decoding on our CPUs, from /proc/stat (Linux;
-    None elsewhere). llama.cpp's share is the decoding thread's own CPU time times its thread
-    count (OpenMP workers run, or spin, as long as it does), so work elsewhere in this process
-    (a training job on its own lane) counts as someone else's."""
+    """CPU used by other processes on our CPUs, from /proc/stat minus this process's own CPU
+    time (Linux; None elsewhere). Work of this process's own beside the language model (a
+    training job on its lane) is not seen here: it is announced with `lane_job()`."""
 
     def __init__(self) -> None:
         self._cpus = {f"cpu{i}" for i in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
@@ -98,11 +99,10 @@ class OtherLoad:
                         busy += sum(values) - values[3] - values[4]  # all but idle and iowait
         except (OSError, ValueError):
             return None
-        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.thread_time()
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
-    def since_last(self, own_threads: int = 1) -> tuple[float, float] | None:
-        """(seconds, cores busy with other work) since the last call, made from the decoding
-        thread while llama.cpp ran `own_threads` threads."""
+    def since_last(self) -> tuple[float, float] | None:
+        """(seconds, cores busy with other processes) since the last call."""
         now, last = self._sample(), self._last
         if now is None or last is None:
             return None
@@ -110,18 +110,49 @@ class OtherLoad:
         seconds = now[0] - last[0]
         if seconds <= 0:
             return None
-        ours = max(0.0, now[2] - last[2]) * own_threads
-        return seconds, max(0.0, (now[1] - last[1]) - ours) / seconds
+        others = (now[1] - last[1]) - max(0.0, now[2] - last[2])  # everyone's CPU minus ours
+        return seconds, max(0.0, others) / seconds
 
 
 def others_running_now() -> int | None:
-    """Runnable threads of other processes right now (/proc/loadavg counts us as one)."""
+    """Runnable threads of other processes right now (/proc/loadavg counts every runnable
+    thread; ours, a spinning OpenMP worker included, are taken off)."""
     try:
         with open("/proc/loadavg") as loadavg:
             running = int(loadavg.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
-    return max(0, running - 1)
+    return max(0, running - _own_running_threads())
+
+
+def _own_running_threads() -> int:
+    count = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat") as stat:
+                count += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+    except (OSError, IndexError):
+        return 1
+    return max(1, count)
+
+
+_lane_jobs = 0  # jobs running on this process's other lanes (training), see lane_job()
+_lane_lock = threading.Lock()
+
+
+@contextmanager
+def lane_job():
+    """Wraps a job that runs beside generation in this process (a training lane): while it
+    runs, llama.cpp decodes as on a busy machine, since /proc/stat cannot tell its CPU time
+    from the language model's."""
+    global _lane_jobs
+    with _lane_lock:
+        _lane_jobs += 1
+    try:
+        yield
+    finally:
+        with _lane_lock:
+            _lane_jobs -= 1
 
 
 class AdaptiveThreads:
@@ -149,7 +180,7 @@ class AdaptiveThreads:
         if not self.enabled:
             return
         self._window_open = False  # the first decoded token opens it (tick)
-        idle = others_running_now() == 0
+        idle = others_running_now() == 0 and _lane_jobs == 0
         self._set((self._all, self._all) if idle else self._busy)
 
     def tick(self) -> None:
@@ -160,15 +191,15 @@ class AdaptiveThreads:
             return
         now = time.monotonic()
         if not self._window_open:
-            self._load.since_last(self.current[0])
+            self._load.since_last()
             self._window_open, self._checked = True, now
             return
         if now - self._checked < RECHECK_SECONDS:
             return
         self._checked = now
-        window = self._load.since_last(self.current[0])
+        window = self._load.since_last()
         if window is None:
             return
         _, others = window
-        spare = self._all - others
+        spare = self._all - others - (1 if _lane_jobs else 0)
         self._set((self._all, self._all) if spare > self._all - 0.5 else self._busy)

@@ -17,6 +17,7 @@ behind it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -148,6 +149,15 @@ class InProcessWorker:
                 log.exception("queue worker %s: unexpected error; retrying in 2 s", self.name)
                 self._stop.wait(2.0)
 
+    def _beside_generation(self):
+        """A lane's job (training) tells the language model it shares the CPU in this process
+        (engines/llm/threads.py), so chat does not spin threads against it."""
+        if self.tasks is None:
+            return contextlib.nullcontext()
+        from engines.llm.threads import lane_job
+
+        return lane_job()
+
     def _run(self, job: JobView) -> None:
         token = CancelToken()
         self.board.start(job.id)
@@ -173,7 +183,8 @@ class InProcessWorker:
         try:
             # The queue validated the params when it stored them; the task runs them as stored.
             job_ctx = dataclasses.replace(self.ctx, job_id=job.id)
-            result = run_task(job_ctx, job.task, job.params, on_progress, token)
+            with self._beside_generation():
+                result = run_task(job_ctx, job.task, job.params, on_progress, token)
         except Cancelled:
             if self._stop.is_set() and not self._user_canceled:
                 # shutdown, not the user: the job runs again at the next start
