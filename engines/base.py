@@ -135,6 +135,31 @@ def check_image(name: str, value: Any, max_pixels: int, min_side: int = 8) -> No
 _sha256_cache: dict[tuple[str, int, float, int], str] = {}
 
 
+def safetensors_header(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """({key: {"shape", "dtype", "data_offsets"}}, metadata) of a .safetensors file, read from its
+    header alone (no tensor loaded). ValueError when it is not one, or is cut short: a header
+    that promises more bytes than the file holds."""
+    import json
+
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        if not 2 <= size <= 100_000_000 or size + 8 > path.stat().st_size:
+            raise ValueError("bad header length")
+        try:
+            header = json.loads(handle.read(size))
+        except UnicodeDecodeError as error:
+            raise ValueError(str(error)) from None
+    if not isinstance(header, dict):
+        raise ValueError("not a tensor table")
+    metadata = header.pop("__metadata__", None) or {}
+    if not all(isinstance(v, dict) and "shape" in v for v in header.values()):
+        raise ValueError("not a tensor table")
+    end = max((v.get("data_offsets", [0, 0])[1] for v in header.values()), default=0)
+    if 8 + size + end > path.stat().st_size:
+        raise ValueError(f"truncated: {path.stat().st_size} bytes, {8 + size + end} expected")
+    return header, metadata
+
+
 def file_sha256(path: Path, skip: int = 0) -> str:
     """Hex sha256 of a file from byte `skip` on, cached while its size and time are unchanged
     (A1111's model, VAE and embedding hashes are prefixes of it)."""

@@ -31,7 +31,8 @@ from typing import Any
 
 from PIL import Image
 
-from engines.base import EngineError, ParamError, file_sha256, files_below, models_cache_dir
+from engines.base import (EngineError, ParamError, file_sha256, files_below, models_cache_dir,
+                          safetensors_header)
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "assets" / "controlnet"
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "sd-configs"
@@ -97,20 +98,11 @@ def resolve(name: str, folders, field: str = "model") -> ControlNetEntry:
 def read_shapes(path: Path, field: str = "model") -> dict[str, list[int]]:
     """{key: shape} from a .safetensors header (no tensor read); ParamError naming the file."""
     try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 2 <= size <= 100_000_000 or size + 8 > path.stat().st_size:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(size))
-        header.pop("__metadata__", None)
-        shapes = {k: list(v["shape"]) for k, v in header.items()}
-        end = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if 8 + size + end > path.stat().st_size:  # the header promises more than the file has
-            raise ValueError(f"truncated: {path.stat().st_size} bytes, {8 + size + end} expected")
-    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as error:
+        header, _ = safetensors_header(path)
+        return {k: list(v["shape"]) for k, v in header.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         raise ParamError(field, f"ControlNet file {path.name} is not a readable .safetensors "
                          f"file (corrupt or truncated: {error})") from None
-    return shapes
 
 
 def describe(entry: ControlNetEntry, field: str = "model", unet: dict | None = None) -> dict:

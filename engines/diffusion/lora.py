@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from engines.base import ParamError, file_sha256, files_below
+from engines.base import ParamError, file_sha256, files_below, safetensors_header
 
 # A1111's extra-network syntax: <kind:arg1:arg2...>; kinds handled here are lora (and lyco,
 # its LyCORIS alias in older A1111 versions).
@@ -102,19 +102,10 @@ def read_header(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
     """({key: {"shape": [...], "dtype": ...}}, metadata) from a .safetensors header, without
     reading any tensor; ParamError when the file is not a readable .safetensors."""
     try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 2 <= size <= 100_000_000 or size + 8 > path.stat().st_size:
-                raise ValueError("bad header length")
-            header = json.loads(handle.read(size))
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(header, dict) or not all(isinstance(v, dict) and "shape" in v
-                                                   for v in header.values()):
-            raise ValueError("not a tensor table")
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+        return safetensors_header(path)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
         raise ParamError("prompt", f"{path.name} is not a readable .safetensors file "
                          f"(corrupt or truncated: {error})") from None
-    return header, metadata
 
 
 @dataclass(frozen=True)
