@@ -31,6 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 from .controlnet_data import follow_cases, make_control_dataset, training_caption  # noqa: E402
 from .sd_data import ATTRIBUTES, CHOICES, Scene  # noqa: E402
 from .sd_judge import SHIPPED_JUDGE, load_judge, predict  # noqa: E402
+from .optim import warmup_ema_step  # noqa: E402
 from .sd_text import tokenize  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[2] / "assets" / "sd-tiny"
@@ -233,17 +234,7 @@ def train(work: Path, out: Path, minutes: float, max_steps: int, resume: bool, c
     while step < max_steps and time.time() < deadline:
         # 1-2. A batch and its loss, 3. update with warmup, clipping and EMA.
         loss = _batch_loss(cn, base, sched, snr, data, cfg, g, rng)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema_max, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), cn.parameters()):
-                pe.lerp_(p, 1 - decay)
+        step = warmup_ema_step(opt, cn, ema, loss, step, cfg.lr, cfg.warmup, cfg.ema_max)
         if step % 25 == 0:
             log(f"step {step} loss {loss.item():.4f} {(time.time() - t_last) / 25:.2f}s/step")
             t_last = time.time()

@@ -1,4 +1,5 @@
-"""The optimiser step every recipe here takes: clear, backpropagate, clip, step, schedule."""
+"""The optimiser steps the recipes here take: clear, backpropagate, clip, step, schedule (and
+the diffusion recipes' warmup + EMA variant)."""
 from __future__ import annotations
 
 import torch
@@ -13,3 +14,22 @@ def update(opt, sched, loss: torch.Tensor, clip_params=None, max_norm: float = 1
         torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
     opt.step()
     sched.step()
+
+
+def warmup_ema_step(opt, model, ema, loss: torch.Tensor, step: int, lr: float, warmup: int,
+                    ema_max: float) -> int:
+    """The diffusion recipes' step (sd_unet.py, controlnet.py): linear learning-rate warmup over
+    `warmup` steps, gradients clipped to 1, then `ema` follows `model` with a decay that grows
+    towards `ema_max` (short runs are not dominated by the random start). Returns step + 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    step += 1
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - decay)
+    return step

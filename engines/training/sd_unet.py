@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .sd_data import all_captions, eval_scenes
+from .optim import warmup_ema_step
 from .sd_judge import accuracy
 from .sd_text import tokenize
 
@@ -201,17 +202,7 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
         # 1-2. A batch and its min-SNR weighted loss.
         loss = _batch_loss(unet, sched, snr, latents, sf, scenes, index, states, cfg, g)
         # 3. Update with warmup, clipping and EMA.
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema_max, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+        step = warmup_ema_step(opt, unet, ema, loss, step, cfg.lr, cfg.warmup, cfg.ema_max)
         if step % 25 == 0:
             log(f"unet step {step} loss {loss.item():.4f} {(time.time() - t_last) / 25:.2f}s/step")
             t_last = time.time()
