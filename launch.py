@@ -16,12 +16,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse
-import ipaddress
 import socket
 import sys
 from pathlib import Path
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+from studio.security import is_loopback  # one rule for the launcher and the server
 
 
 def parse_auth(values: list[str], auth_file: str | None, env_value: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -47,15 +46,6 @@ def parse_auth(values: list[str], auth_file: str | None, env_value: str | None =
             raise SystemExit(f"{where}: {what}")
         pairs.append((user, password))
     return tuple(pairs)
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def free_port(host: str, start: int, tries: int = 100) -> int:

@@ -13,7 +13,6 @@ fp16 diffusers folder. Chosen by judged follow rate, not by loss.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -31,7 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 from .controlnet_data import follow_cases, make_control_dataset, training_caption  # noqa: E402
 from .sd_data import ATTRIBUTES, CHOICES, Scene  # noqa: E402
 from .sd_judge import SHIPPED_JUDGE, load_judge, predict  # noqa: E402
-from .optim import warmup_ema_step  # noqa: E402
+from .optim import log_pace, save_checkpoint, warmup_ema_step  # noqa: E402
+from .recipe_cli import open_run, recipe_parser  # noqa: E402
 from .sd_text import tokenize  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[2] / "assets" / "sd-tiny"
@@ -235,13 +235,10 @@ def train(work: Path, out: Path, minutes: float, max_steps: int, resume: bool, c
         # 1-2. A batch and its loss, 3. update with warmup, clipping and EMA.
         loss = _batch_loss(cn, base, sched, snr, data, cfg, g, rng)
         step = warmup_ema_step(opt, cn, ema, loss, step, cfg.lr, cfg.warmup, cfg.ema_max)
-        if step % 25 == 0:
-            log(f"step {step} loss {loss.item():.4f} {(time.time() - t_last) / 25:.2f}s/step")
-            t_last = time.time()
+        t_last = log_pace(step, loss, t_last, log)
         if step % cfg.ckpt_every == 0:
-            torch.save({"model": cn.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "step": step}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            save_checkpoint(ckpt, model=cn.state_dict(), ema=ema.state_dict(),
+                            opt=opt.state_dict(), step=step)
         # 4. Judge the EMA weights on conflicting cases; export the best.
         if step % cfg.eval_every == 0:
             te = time.time()
@@ -260,27 +257,13 @@ def train(work: Path, out: Path, minutes: float, max_steps: int, resume: bool, c
 
 
 def main(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("assets/controlnet/sd-tiny-canny"))
-    p.add_argument("--work", type=Path, default=Path("runs/controlnet"))
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget of this call")
+    p = recipe_parser(__doc__, "assets/controlnet/sd-tiny-canny", "runs/controlnet", 50.0)
     p.add_argument("--steps", type=int, default=100_000, help="stop at this step")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--batch", type=int, default=CNConfig.batch)
     p.add_argument("--lr", type=float, default=CNConfig.lr)
     p.add_argument("--edge-weight", type=float, default=CNConfig.edge_weight)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    log_file = open(args.work / "log.txt", "a")
-
-    def log(msg: str):
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
-
+    log = open_run(args.work, args.threads)
     step = train(args.work, args.out, args.minutes, args.steps, args.resume, CNConfig(batch=args.batch, lr=args.lr, edge_weight=args.edge_weight), log)
     log(f"stopped at step {step}; best model in {args.out}")
 

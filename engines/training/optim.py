@@ -2,6 +2,8 @@
 the diffusion recipes' warmup + EMA variant)."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 
@@ -33,3 +35,20 @@ def warmup_ema_step(opt, model, ema, loss: torch.Tensor, step: int, lr: float, w
         for pe, p in zip(ema.parameters(), model.parameters()):
             pe.lerp_(p, 1 - decay)
     return step
+
+
+def save_checkpoint(path, **state) -> None:
+    """torch.save beside `path`, then an atomic rename: a crash mid-save keeps the last one."""
+    partial = path.with_suffix(".tmp")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def log_pace(step: int, loss: torch.Tensor, since: float, log, what: str = "step",
+             every: int = 25) -> float:
+    """Every `every` steps, log the loss and seconds per step since `since`; returns the time
+    the next report counts from."""
+    if step % every:
+        return since
+    log(f"{what} {step} loss {loss.item():.4f} {(time.time() - since) / every:.2f}s/step")
+    return time.time()

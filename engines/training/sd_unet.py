@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .sd_data import all_captions, eval_scenes
-from .optim import warmup_ema_step
+from .optim import log_pace, save_checkpoint, warmup_ema_step
 from .sd_judge import accuracy
 from .sd_text import tokenize
 
@@ -203,13 +203,10 @@ def train_unet(work: Path, out: Path, latents: tuple, scenes: list, vae, text_en
         loss = _batch_loss(unet, sched, snr, latents, sf, scenes, index, states, cfg, g)
         # 3. Update with warmup, clipping and EMA.
         step = warmup_ema_step(opt, unet, ema, loss, step, cfg.lr, cfg.warmup, cfg.ema_max)
-        if step % 25 == 0:
-            log(f"unet step {step} loss {loss.item():.4f} {(time.time() - t_last) / 25:.2f}s/step")
-            t_last = time.time()
+        t_last = log_pace(step, loss, t_last, log, what="unet step")
         if step % cfg.ckpt_every == 0:
-            torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "step": step, "prediction_type": cfg.prediction_type}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            save_checkpoint(ckpt, model=unet.state_dict(), ema=ema.state_dict(),
+                            opt=opt.state_dict(), step=step, prediction_type=cfg.prediction_type)
         # 4. Judge the EMA model; export it when it is the best so far.
         if step % cfg.eval_every == 0:
             te = time.time()

@@ -15,39 +15,27 @@ last checkpoint. Seeds are fixed; on a busy CPU the number of UNet steps reached
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning threads starve a shared CPU
 
 import torch  # noqa: E402
 
+from engines.training.recipe_cli import open_run, recipe_parser  # noqa: E402
+
 
 def main(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("assets/sd-tiny"))
-    p.add_argument("--work", type=Path, default=Path("runs/sd_tiny"))
-    p.add_argument("--resume", action="store_true", help="skip finished stages, continue checkpoints")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
+    p = recipe_parser(__doc__, "assets/sd-tiny", "runs/sd_tiny", 90.0,
+                      resume_help="skip finished stages, continue checkpoints")
     p.add_argument("--unet-steps", type=int, default=100_000)
-    p.add_argument("--minutes", type=float, default=90.0, help="UNet wall-clock budget")
     p.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"])
     p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-finetune-steps", type=int, default=600)
     p.add_argument("--clip-steps", type=int, default=500)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    log_file = open(work / "log.txt", "a")
-
-    def log(msg: str):
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    log = open_run(work, args.threads)
 
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer

@@ -113,10 +113,11 @@ def _unit(ctx, prefix: str, index: int, names: list[str]) -> list[gr.components.
         default = next((n for n in names if "canny" in n), names[0] if names else None)
         c["model"] = gr.Dropdown(names, value=default, label="Model",
                                  elem_id=f"{prefix}-cn{index}-model")
-    with gr.Row():
-        c["weight"] = gr.Slider(0, 2, value=1, step=0.05, label="Control weight")
-        c["guidance_start"] = gr.Slider(0, 1, value=0, step=0.05, label="Starting step")
-        c["guidance_end"] = gr.Slider(0, 1, value=1, step=0.05, label="Ending step")
+    with gr.Row():  # A1111's names: weight, and the fraction of the steps the unit acts in
+        for name, label, top, value in (("weight", "Control weight", 2, 1),
+                                        ("guidance_start", "Starting step", 1, 0),
+                                        ("guidance_end", "Ending step", 1, 1)):
+            c[name] = gr.Slider(0, top, value=value, step=0.05, label=label)
     with gr.Row():
         c["resize_mode"] = gr.Radio(RESIZE_MODES, value="Crop and Resize", label="Resize mode")
         c["pixel_perfect"] = gr.Checkbox(label="Pixel perfect (preprocess at the image size)",
