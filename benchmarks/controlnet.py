@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 # shadow the standard library's `queue` (torch imports it): put the repo root there instead.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.prompt_adherence import through_vae  # noqa: E402
 from engines.training.controlnet import generate, score  # noqa: E402
 from engines.training.controlnet_data import follow_cases  # noqa: E402
 from engines.training.sd_judge import SHIPPED_JUDGE, load_judge  # noqa: E402
@@ -50,14 +50,6 @@ def load_pipelines(model: Path, controlnet: Path):
     for p in (pipe, plain):
         p.set_progress_bar_config(disable=True)
     return pipe, plain
-
-
-@torch.no_grad()
-def through_vae(vae, images: list) -> list:
-    x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    y = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in y]
 
 
 def table(rows: dict[str, dict]) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pg_server import pg_server, pg_url  # noqa: F401 -- a throwaway PostgreSQL for the tests
-from wiring import studio  # noqa: F401 -- the app's own wiring plus a worker (tests/wiring.py)
+from wiring import studio, tiny_engine  # noqa: F401 -- the app's own wiring plus a worker (tests/wiring.py)
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GENSTUDIO_CHROMIUM", "/usr/bin/chromium")

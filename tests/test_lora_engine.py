@@ -37,13 +37,8 @@ def check_layouts(engine, folder):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from engines.diffusion.random_weights import embedded_or_random
-
-    engine = DiffusionEngine(embedded_or_random(tmp_path_factory.mktemp("model")), device="cpu")
-    engine.load()
-    yield engine
-    engine.unload()
+def tiny(tiny_engine):  # tests/wiring.py
+    return tiny_engine
 
 
 def test_both_layouts_on_the_embedded_model(tiny, tmp_path):

@@ -8,24 +8,15 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from engines.base import ParamError
 from studio.tasks import run_task, validate_task
 
 
 def _rings(n: int) -> list[str]:
-    from test_lora_training import _b64
+    from test_lora_training import _b64, rings
 
-    out = []
-    for i in range(n):
-        image = Image.new("RGB", (64, 64), (30, 30, 30))
-        draw = ImageDraw.Draw(image)
-        x = 18 + 5 * i
-        draw.ellipse([x - 14, 18, x + 14, 46], fill=(230, 40, 40))
-        draw.ellipse([x - 7, 25, x + 7, 39], fill=(30, 30, 30))
-        out.append(_b64(image))
-    return out
+    return [_b64(image) for image in rings(n)]
 
 
 @pytest.fixture(scope="module")

@@ -90,14 +90,8 @@ def test_and_weights_and_what_is_left_alone():
 
 # ------------------------------------------------------------------ generations
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from engines.diffusion.engine import DiffusionEngine
-    from engines.diffusion.random_weights import embedded_or_random
-
-    engine = DiffusionEngine(embedded_or_random(tmp_path_factory.mktemp("m")), device="cpu")
-    engine.load()
-    yield engine
-    engine.unload()
+def engine(tiny_engine):  # tests/wiring.py
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")

@@ -88,14 +88,8 @@ def test_weighting_keeps_the_mean(engine):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from engines.diffusion.engine import DiffusionEngine
-    from engines.diffusion.random_weights import embedded_or_random
-
-    engine = DiffusionEngine(embedded_or_random(tmp_path_factory.mktemp("m")), device="cpu")
-    engine.load()
-    yield engine
-    engine.unload()
+def engine(tiny_engine):  # tests/wiring.py
+    return tiny_engine
 
 
 def _image(engine, prompt, negative=""):

@@ -3,6 +3,8 @@ start-up sweeps, every engine registered, the queue and the one runner) plus its
 worker, and FastAPI clients over the app's own routers. Fixtures (imported by conftest.py):
 
     studio      function: a running studio context on a tmp data dir (CPU, offline)
+    tiny_engine module: the diffusion engine on the embedded model (random tiny SD until it
+                exists), loaded once for the test module
 
     with running_studio(data_dir, allow_code_execution=True) as ctx: ...   # other options
     with api_client(studio, a1111, queue) as client: ...   # client.ctx is the studio
@@ -52,3 +54,14 @@ def api_client(ctx, *modules):
 def studio(tmp_path):
     with running_studio(tmp_path / "data") as ctx:
         yield ctx
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    from engines.diffusion.engine import DiffusionEngine
+    from engines.diffusion.random_weights import embedded_or_random
+
+    engine = DiffusionEngine(embedded_or_random(tmp_path_factory.mktemp("model")), device="cpu")
+    engine.load()
+    yield engine
+    engine.unload()
