@@ -13,10 +13,12 @@ control images): stored once, outside the gallery, and referred to from job para
 * Boundary: `ImageIntake` takes every image a request gives inline (a PIL image from a tab,
   base64 or a data URL from an API) in once: decoded once, checked by the task, then stored, so
   the job row holds ids only. The results' parent (an init image; style's photo) becomes a
-  gallery upload item (`init_image_id`, `image_id`); a mask, a style painting and ControlNet
-  unit images come here (they would clutter the gallery). JobQueue.check runs it for every job
-  (tabs, Gradio endpoints, POST /api/queue); the A1111 API runs it once per request.
-* Sweep: a file stays while a pending, running or paused job refers to it, or a job that
+  gallery upload item (`init_image_id`, `image_id`; upscale's `images` -> `image_ids`); a mask,
+  a style painting, ControlNet unit images and LoRA training images (`images`, a list of ids)
+  come here (they would clutter the gallery). JobQueue.check runs it for every job (tabs,
+  Gradio endpoints, POST /api/queue); the A1111 API runs it once per request.
+* Sweep: a file stays while a pending, running or paused job refers to it (a LoRA training
+  job recovered after a restart is pending again: its images stay), or a job that
   finished less than KEEP_FINISHED_S ago (a rerun from the Queue tab), and is never removed
   younger than `min_age_s` (a store whose job is being submitted). `sweep_uploads` runs at
   start-up and, at most once per SWEEP_EVERY_S, when something is stored.
@@ -40,10 +42,15 @@ from engines.base import ParamError
 PREFIX = "upload:"
 PARENT, UPLOAD = "parent", "upload"  # a gallery upload item `<field>_id` / an id of this store
 # How each image field is stored when it arrives inline (add yours); ControlNet units' `image`
-# is an UPLOAD too. A task's own fields: TASK_FIELDS.
+# is an UPLOAD too. A task's own fields: TASK_FIELDS; its PARENTs are UPLOADs with save_input
+# false (the input must not appear in the gallery).
 IMAGE_FIELDS = {"init_image": PARENT, "mask": UPLOAD, "style_image": UPLOAD}
-TASK_FIELDS = {"style": {"image": PARENT}}  # the photo; an UPLOAD with save_input false
-NAMES = {"init_image": "init image", "image": "photo"}  # how a gallery upload item is captioned
+TASK_FIELDS = {"style": {"image": PARENT},  # the photo
+               "upscale": {"image": PARENT, "images": PARENT},  # the results' parents
+               "train_lora": {"images": UPLOAD}}  # training images stay out of the gallery
+LISTS = {"images": "image_ids"}  # fields that hold a list of images -> their PARENT key
+# How a gallery upload item is captioned ("uploaded <name>"), by (task, field) or field.
+NAMES = {"init_image": "init image", ("style", "image"): "photo", "images": "image"}
 KEEP_FINISHED_S = 24 * 3600.0
 MIN_AGE_S = 600.0
 SWEEP_EVERY_S = 3600.0
@@ -125,7 +132,7 @@ class ImageIntake:
         self._stored: dict[tuple[int, str], tuple[Image.Image, Any]] = {}  # (id(image), key) -> (image, id)
 
     def decode(self, task: str, params: dict) -> dict:
-        return self._each(task, params, lambda field, kind, image: (field, image))
+        return self._each(task, params, lambda field, kind, image, name: (field, image))
 
     def store(self, task: str, params: dict) -> dict:
         return self._each(task, params, self._keep)
@@ -144,9 +151,14 @@ class ImageIntake:
             return params  # refused by the caller's checks
         out = dict(params)
         for field, kind in _image_fields(task, params).items():
-            if params.get(f"{field}_id") is not None:
-                raise ParamError(field, f"give `{field}_id` or `{field}`, not both")
-            key, value = keep(field, kind, self._image(params[field], field))
+            id_key = LISTS.get(field, f"{field}_id")
+            if params.get(id_key) is not None and (kind == PARENT or field not in LISTS):
+                raise ParamError(field, f"give `{id_key}` or `{field}`, not both")
+            name = NAMES.get((task, field)) or NAMES.get(field, field)
+            if field in LISTS:
+                key, value = self._list(field, kind, params[field], name, keep)
+            else:
+                key, value = keep(field, kind, self._image(params[field], field), name)
             del out[field]
             out[key] = value
         units = params.get("controlnet")
@@ -155,9 +167,23 @@ class ImageIntake:
                                  for index, u in enumerate(units)]
         return out
 
+    def _list(self, field: str, kind: str, values: list, name: str, keep) -> tuple[str, list]:
+        """A list of images: each element kept (an UPLOAD's stored ids stay as they are)."""
+        key, out = field, []
+        for index, value in enumerate(values):
+            if kind == UPLOAD and is_upload_ref(value):
+                out.append(value)
+                continue
+            try:
+                key, kept = keep(field, kind, self._image(value, f"{field}[{index}]"), name)
+            except ValueError as error:
+                raise ParamError(field, str(error)) from None
+            out.append(kept)
+        return key, out  # decode keeps `field`; store gives a PARENT list its ids key
+
     def _unit(self, unit: dict, index: int, keep) -> dict:
         try:
-            key, value = keep("image", UPLOAD, self._image(unit["image"], "image"))
+            key, value = keep("image", UPLOAD, self._image(unit["image"], "image"), "image")
         except ValueError as error:
             raise ParamError("controlnet", f"ControlNet unit {index}: {error}") from None
         return {**unit, key: value}
@@ -167,6 +193,8 @@ class ImageIntake:
             return value
         if isinstance(value, str) and value in self._decoded:
             return self._decoded[value]
+        if is_upload_ref(value):  # in a list of PARENTs: it becomes a gallery item too
+            return open_upload(self.ctx, value, field)
         from studio.tasks.image import decode_image  # base64 and data URLs, checked as anywhere
 
         image = decode_image(value, field)
@@ -174,13 +202,13 @@ class ImageIntake:
             self._decoded[value] = image
         return image
 
-    def _keep(self, field: str, kind: str, image: Image.Image) -> tuple[str, Any]:
-        key = f"{field}_id" if kind == PARENT else field
+    def _keep(self, field: str, kind: str, image: Image.Image, name: str) -> tuple[str, Any]:
+        key = LISTS.get(field, f"{field}_id") if kind == PARENT else field
         done = self._stored.get((id(image), key))
         if done is not None:
             return key, done[1]
         if kind == PARENT:
-            caption = f"uploaded {NAMES.get(field, field)}" + (f" ({self.source})" if self.source else "")
+            caption = f"uploaded {name}" + (f" ({self.source})" if self.source else "")
             value = self.ctx.gallery.add_image(image, task="upload", engine="", prompt=caption,
                                                params={"source": self.source or "queue"}).id
             self.item_ids.append(value)
@@ -192,14 +220,21 @@ class ImageIntake:
 
 def _image_fields(task: str, params: dict) -> dict[str, str]:
     """{field: PARENT or UPLOAD} of the images `params` gives inline."""
-    fields = dict(IMAGE_FIELDS, **TASK_FIELDS.get(task, {}))
-    if task == "style" and params.get("save_input") is False:
-        fields["image"] = UPLOAD  # the photo must not appear in the gallery
-    return {f: kind for f, kind in fields.items() if _inline(params.get(f))}
+    own = TASK_FIELDS.get(task, {})
+    fields = dict(IMAGE_FIELDS, **own)
+    if params.get("save_input") is False:  # the input must not appear in the gallery
+        fields.update({f: UPLOAD for f, kind in own.items() if kind == PARENT})
+    return {f: kind for f, kind in fields.items()
+            if (_inline_list(params.get(f)) if f in LISTS else _inline(params.get(f)))}
 
 
 def _inline(value: Any) -> bool:
     return value is not None and not is_upload_ref(value)
+
+
+def _inline_list(value: Any) -> bool:
+    """A list with an image that is not stored yet (anything else: the task refuses it)."""
+    return isinstance(value, list) and any(_inline(v) for v in value)
 
 
 def _inline_unit(unit: Any) -> bool:

@@ -4,7 +4,10 @@ Params (a JSON-able dict; the queue stores it as is):
   name           the LoRA's file name in <data>/models/Lora (letters, digits, - and _)
   trigger        the word that calls the concept up, e.g. "gsring"
   image_ids      gallery item ids, and/or
-  images         base64 PNG/JPEG or data URLs; 5..30 images in all (ids first, then uploads)
+  images         upload ids (upload:..., studio/uploads.py), base64 PNG/JPEG or data URLs;
+                 5..30 images in all (ids first, then uploads). A queued job holds upload ids
+                 only: JobQueue.check stores inline images once, outside the gallery, and the
+                 files stay while the job is pending, running or paused (a restart resumes it)
   captions       optional, one per image in that order; the trigger word is put in front of
                  any caption that lacks it; without captions every image is captioned with it
   rank           LoRA rank, 1..128 (default 8)
@@ -50,6 +53,7 @@ from PIL import Image
 from engines.base import ParamError
 from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import _gallery_image, _default_model, decode_image
+from studio.uploads import is_upload_ref, open_upload
 
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
@@ -148,7 +152,8 @@ def _images(ctx, params: dict) -> list[Image.Image]:
     if not MIN_IMAGES <= count <= MAX_IMAGES:
         raise ParamError("images", f"training needs {MIN_IMAGES}..{MAX_IMAGES} images, got {count}")
     images = [_gallery_image(ctx, item_id, "image_ids") for item_id in ids]
-    images += [decode_image(value, "images") for value in uploads]
+    images += [open_upload(ctx, value, "images") if is_upload_ref(value)
+               else decode_image(value, "images") for value in uploads]
     return [image.convert("RGB") for image in images]
 
 

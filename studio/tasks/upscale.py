@@ -2,7 +2,8 @@
 A1111's Extras tab. Every caller (the Upscale tab, the queue, /sdapi/v1/extra-*) passes a
 JSON-able dict:
 
-  image_id | image            one gallery item id (the parent), or a base64 / data-URL image
+  image_id | image            one gallery item id (the parent), or an upload id (upload:...,
+                              studio/uploads.py) or a base64 / data-URL image
   image_ids | images          several of either (at most 64); every result is saved at once
   upscaler                    a name from engines/upscale/catalog.py (Lanczos, Nearest,
                               R-ESRGAN AnimeVideo, R-ESRGAN 4x+, files in models/ESRGAN...),
@@ -14,6 +15,11 @@ JSON-able dict:
   tile, tile_overlap          tiling of large images (defaults 192 / 16 input pixels)
   save_input                  an uploaded image is saved first as the result's parent
                               (default true), so every result has its source in the gallery
+
+Queued jobs (JobQueue.check, studio/uploads.py ImageIntake) hold ids only: an inline `image` /
+`images` becomes a gallery upload item `image_id` / `image_ids` when the job is queued (the
+results' parents, as before), or, with save_input false, an upload id that stays out of the
+gallery. Called directly (run_task), an inline image is saved as the parent when the results are.
 
 Each result is a child of its source; its infotext is the source's A1111 parameters (when it
 has some) plus A1111's "Postprocess upscale by / Postprocess upscaler" entries.
@@ -31,6 +37,7 @@ from studio.gallery.pnginfo import format_infotext, read_png_metadata
 from studio.gallery.store import NewImage
 from studio.tasks import TaskResult, TaskSpec, register
 from studio.tasks.image import decode_image
+from studio.uploads import is_upload_ref, open_upload
 
 ENGINE = "upscale"
 FIELDS = ("image", "image_id", "images", "image_ids", "upscaler", "scale", "width", "height",
@@ -43,6 +50,7 @@ DEFAULT_SCALE = 2.0
 class Source:
     image: Image.Image
     item_id: int | None  # the gallery item it came from, None for an upload
+    label: str = "image"  # how errors name it: image, image_id, images[2]...
 
 
 @dataclass
@@ -90,12 +98,14 @@ def _sources(ctx, p: dict) -> list[Source]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ParamError(name, f"`{label}` must be a gallery item id, got {value!r}")
             try:
-                sources.append(Source(ctx.gallery.open_image(value), value))
+                sources.append(Source(ctx.gallery.open_image(value), value, label))
             except LookupError:
                 raise ParamError(name, f"`{label}`: no gallery item with id {value}") from None
+        elif is_upload_ref(value):  # stored once when queued (studio/uploads.py)
+            sources.append(Source(open_upload(ctx, value, name), None, label))
         else:
             try:
-                sources.append(Source(decode_image(value, label), None))
+                sources.append(Source(decode_image(value, label), None, label))
             except ValueError as error:
                 raise ParamError(name, str(error)) from None
     return sources
@@ -121,7 +131,13 @@ def prepare(ctx, params: dict) -> Prepared:
                 if p.get(k) is not None}
     settings.setdefault("scale", DEFAULT_SCALE)
     for source in sources:  # every image checked (size budgets) before any work
-        UpscaleParams(image=source.image, **settings)
+        try:
+            UpscaleParams(image=source.image, **settings)
+        except ParamError as error:  # named as the request gave it: `images[1]`
+            if error.field != "image" or source.label == "image":
+                raise
+            raise ParamError(source.label.partition("[")[0], str(error).replace(
+                "`image`", f"`{source.label}`", 1)) from None
     save_input = p.get("save_input", True)
     if not isinstance(save_input, bool):
         raise ParamError("save_input", f"`save_input` must be true or false, got {save_input!r}")
