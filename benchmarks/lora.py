@@ -114,15 +114,17 @@ def held_out_prompts(n: int, seed: int = 5) -> tuple[list[str], list[Scene]]:
     return prompts, scenes
 
 
-def known_shape_prompts(n: int, seed: int = 11) -> tuple[str, ...]:
-    """DreamBooth class prompts: the four known shapes in every colour, background and position
-    (the base model draws these; no ring is ever shown with the held-out attributes)."""
+def known_shape_prompts(n: int, seed: int = 11,
+                        shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")) -> tuple[str, ...]:
+    """DreamBooth class prompts: known shapes (all four, or circles only: the ring's nearest
+    known shape, as a contrast) in every colour, background and position (the base model draws
+    these; no ring is ever shown with the held-out attributes)."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
         c, b = rng.choice(tuple(COLOURS)), rng.choice(tuple(BACKGROUNDS))
         if c != b:
-            shape = rng.choice(("circle", "square", "triangle", "star"))
+            shape = rng.choice(shapes)
             out.append(caption(c, b, rng.choice(tuple(POSITIONS)), rng.choice(tuple(SIZES)), shape))
     return tuple(out)
 
@@ -210,6 +212,13 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
                     guidance_scale=guidance, generator=generators).images
 
 
+def _prior_prompts(args) -> tuple[str, ...]:
+    if args.prior_prompts == "captions":
+        return ()
+    return known_shape_prompts(args.prior, shapes=("circle",) if args.prior_prompts == "circles"
+                               else ("circle", "square", "triangle", "star"))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=16)
@@ -224,9 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--prior", type=int, default=0,
                    help="prior-preservation images the base model makes (0 = off)")
-    p.add_argument("--prior-prompts", choices=["captions", "all"], default="all",
+    p.add_argument("--prior-prompts", choices=["captions", "all", "circles"], default="all",
                    help="class prompts of the prior images: the training captions without the "
-                        "trigger, or known shapes in every colour/background/position")
+                        "trigger, known shapes (or circles only) in every colour/background/position")
     p.add_argument("--lora-weight", type=float, default=1.0)
     p.add_argument("--target", default="unet", help="unet | attention | cross_attention")
     p.add_argument("--trigger-vectors", type=int, default=1,
@@ -241,6 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
                    help="judge the LoRA already in --out (no training)")
     p.add_argument("--trigger-init", default="circle",
                    help="the word the trigger vectors start from (e.g. circle)")
+    p.add_argument("--conv-rank", type=int, default=0, help="rank of the conv LoRA (0 = --rank)")
+    p.add_argument("--background-weight", type=float, default=1.0,
+                   help="loss weight outside each training image's subject (1 = no mask)")
+    p.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR-γ weighting (0 = off)")
+    p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
@@ -284,7 +298,9 @@ def main(argv: list[str] | None = None) -> dict:
                           sample_guidance=args.guidance, prior_images=args.prior, target=args.target,
                           trigger_vectors=args.trigger_vectors, train_text_encoder=args.text_encoder,
                           caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,
-                          prior_prompts=known_shape_prompts(args.prior) if args.prior_prompts == "all" else ())
+                          conv_rank=args.conv_rank, background_weight=args.background_weight,
+                          snr_gamma=args.snr_gamma, lr_schedule=args.lr_schedule,
+                          prior_prompts=_prior_prompts(args))
     embedding_dir = args.out / "embeddings"
     if not args.eval_only:
         result = _train(cfg, images, captions, args, report)

@@ -111,3 +111,124 @@ def test_train_cancel_resume_and_use(ctx):
     pipe.load_lora_weights(str(target))
     after = pipe("a red gsring", generator=torch.Generator().manual_seed(0), **kwargs).images
     assert not np.allclose(before, after)
+
+
+# --- The trainer's loss and schedule options (engines/training/lora_loss.py) ---------------
+
+def _fresh_pipe(tmp_path):
+    """A pipeline of its own: training puts adapters into its UNet."""
+    from diffusers import StableDiffusionPipeline
+
+    from engines.diffusion.loading import ALIASES
+    from engines.diffusion.random_weights import embedded_or_random
+
+    model = embedded_or_random(tmp_path / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(ALIASES.get(model, model), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_loss_options_are_checked():
+    from engines.training.lora import LoraTrainConfig
+
+    for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
+                   {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5}):
+        [(field, value)] = change.items()
+        with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
+            LoraTrainConfig(trigger="gsring", **change).check()
+        assert error.value.field == field
+    LoraTrainConfig(trigger="gsring", background_weight=0.0, snr_gamma=5, lr_schedule="cosine",
+                    conv_rank=16).check()
+
+
+def test_subject_mask_keeps_the_hole_and_zeroes_the_background():
+    from engines.training.lora_loss import latent_weights, subject_masks
+
+    masks = subject_masks(rings(2))
+    assert masks.shape == (2, 64, 64) and masks.dtype == bool
+    assert masks[0, 32, 18] and masks[0, 32, 4]  # the ring's hole (background colour) is subject
+    assert not masks[0, 2, 2] and not masks[0, 60, 60]
+    weights = latent_weights(masks, 16, 0.25)
+    assert weights.shape == (2, 1, 16, 16)
+    assert weights[0, 0, 8, 4] == 1.0 and weights[0, 0, 0, 0] == 0.25 and weights[0, 0, 15, 15] == 0.25
+    # a subject pixel makes its 4x4-pixel cell and the cells around it (dilation 1) count
+    dot = np.zeros((1, 64, 64), bool)
+    dot[0, 33, 34] = True
+    weights = latent_weights(dot, 16, 0.0)[0, 0]
+    assert weights.sum() == 9 and weights[7:10, 7:10].sum() == 9
+    blank = subject_masks([Image.new("RGB", (64, 64), "gray")])
+    assert blank.all()  # nothing stands out: no weighting rather than no loss
+
+
+def test_weighted_loss_and_snr_weights():
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from engines.training.lora_loss import snr_weights, weighted_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    assert torch.allclose(weighted_mse(pred, target), F.mse_loss(pred, target))
+    assert torch.allclose(weighted_mse(pred, target, torch.ones(3, 1, 16, 16)), F.mse_loss(pred, target))
+    mask = torch.zeros(3, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1
+    moved = pred.clone()
+    moved[:, :, :4] += 5  # outside the mask: no effect on the loss
+    assert torch.allclose(weighted_mse(pred, target, mask), weighted_mse(moved, target, mask))
+    assert not torch.allclose(weighted_mse(pred, target), weighted_mse(moved, target))
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    t = torch.tensor([5, 500, 990])
+    assert torch.equal(snr_weights(scheduler, t, 0.0, False), torch.ones(3))
+    w = snr_weights(scheduler, t, 5.0, False)
+    assert w[0] < 0.1 and w[2] == 1.0  # nearly clean steps count less, noisy ones fully
+
+
+def test_lr_schedules():
+    import torch
+
+    from engines.training.lora_loss import lr_factor, set_lr
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 0, 10) == 1.0 and abs(lr_factor("cosine", 5, 10) - 0.5) < 1e-9
+    assert lr_factor("linear", 5, 10) == 0.5 and lr_factor("linear", 10, 10) == 0.0
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3},
+                             {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 5e-3}])
+    set_lr(opt, "linear", 3, 4)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-4, 1.25e-3])
+    set_lr(opt, "linear", 0, 4)  # from the base rate, not the last one
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 5e-3])
+
+
+def test_train_with_mask_snr_schedule_and_conv_rank(tmp_path):
+    from safetensors.torch import save_file
+
+    from engines.training.lora import LoraTrainConfig, train_lora
+
+    images, captions = rings(4), ["a red gsring"] * 4
+    base = dict(trigger="gsring", rank=2, steps=3, batch=2, sample_every=0, target="unet")
+    plain = train_lora(_fresh_pipe(tmp_path), images, captions, LoraTrainConfig(**base),
+                       tmp_path / "plain")
+    cfg = LoraTrainConfig(**base, conv_rank=4, background_weight=0.0, snr_gamma=5.0,
+                          lr_schedule="cosine")
+    tuned = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "tuned")
+    # same seed, same draws: the first loss differs only by the weighting
+    assert all(np.isfinite(tuned.losses)) and tuned.losses[0] != plain.losses[0]
+    state = tuned.state_dict
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    attn = next(k.split(".")[0] for k in state if "attn1_to_q" in k)
+    assert state[f"{conv}.lora_down.weight"].shape[0] == 4 and float(state[f"{conv}.alpha"]) == 4
+    assert state[f"{attn}.lora_down.weight"].shape[0] == 2 and float(state[f"{attn}.alpha"]) == 2
+    assert plain.state_dict[f"{conv}.lora_down.weight"].shape[0] == 2
+    # plain diffusers loads the mixed-rank file and it changes the image
+    import torch
+
+    path = tmp_path / "mixed.safetensors"
+    save_file(state, str(path))
+    pipe = _fresh_pipe(tmp_path)
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0, output_type="np", height=64, width=64)
+    before = pipe("a red gsring", generator=torch.Generator().manual_seed(0), **kwargs).images
+    pipe.load_lora_weights(str(path))
+    after = pipe("a red gsring", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert not np.allclose(before, after)

@@ -12,11 +12,12 @@
    and SDXL (two text encoders, pooled text and size ids: engines/training/lora_text.py).
 2. Each step: a batch of latents (sampled from the VAE's distribution), noise at a random
    timestep, and the model's own objective (epsilon or v-prediction, from its scheduler
-   config); AdamW on the LoRA weights only. Captions are dropped 10% of the time so that
-   classifier-free guidance keeps working.
+   config), optionally weighted to each image's subject and by min-SNR-γ, at a constant or
+   decaying rate (engines/training/lora_loss.py); AdamW on the LoRA weights only. Captions
+   are dropped 10% of the time so that classifier-free guidance keeps working.
 3. Every `checkpoint_every` steps the LoRA, the optimiser and the random state go to
-   `run_dir/checkpoint.pt` (tensors only: loads with weights_only=True); a run started again
-   with the same run_dir resumes there. Every `sample_every` steps a grid of sample images is
+   `run_dir/checkpoint.pt` (engines/training/lora_checkpoint.py); a run started again with the
+   same run_dir and settings resumes there. Every `sample_every` steps a grid of sample images is
    reported as the progress preview, and the loss as the message.
 4. The result is converted to the kohya/A1111 key layout with diffusers'
    `convert_state_dict_to_kohya` (`lora_unet_`, `lora_te_` or SDXL's `lora_te1_`/`lora_te2_`:
@@ -24,10 +25,9 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
-from engines.training import lora_text
+from engines.training import lora_checkpoint, lora_loss, lora_text
 
 TARGET_MODULES = {
     # every attention projection of the UNet (diffusers' LoRA example; kohya's default)
@@ -79,6 +79,11 @@ class LoraTrainConfig:
     trigger_init: str = ""  # the word the trigger vectors start from ("" = the trigger's own)
     # LoRA on the text encoder(s) too (same rank and rate): lets the captions' words move
     train_text_encoder: bool = False
+    conv_rank: int = 0  # rank of the convolutions' LoRA (target="unet"); 0 = `rank`
+    # loss weight outside each image's subject (engines/training/lora_loss.py); 1 = no mask
+    background_weight: float = 1.0
+    snr_gamma: float = 0.0  # min-SNR-γ timestep weighting (5 is usual); 0 = off
+    lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
@@ -86,7 +91,7 @@ class LoraTrainConfig:
         for name, low, high in (("rank", 1, 128), ("steps", 1, 20000), ("batch", 1, 64),
                                 ("checkpoint_every", 1, 100000), ("sample_every", 0, 100000),
                                 ("sample_steps", 1, 100), ("prior_images", 0, 200),
-                                ("trigger_vectors", 0, 16)):
+                                ("trigger_vectors", 0, 16), ("conv_rank", 0, 128)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
@@ -101,6 +106,7 @@ class LoraTrainConfig:
                              f"got {self.train_text_encoder!r}")
         if not isinstance(self.lr, (int, float)) or not 1e-6 <= self.lr <= 1e-1:
             raise ParamError("lr", f"`lr` must be between 1e-6 and 0.1, got {self.lr!r}")
+        lora_loss.check(self)
 
 
 @dataclass
@@ -176,6 +182,7 @@ class _Session:
     vectors: Any = None  # pivotal tuning's trigger vectors
     table: dict | None = None
     prior: tuple | None = None  # (mean, std, captions) of the prior images
+    weights: Any = None  # N x 1 x h x w loss weights of the instance latents (subject masks)
 
 
 def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTrainConfig,
@@ -196,20 +203,20 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     session = _setup(pipe, images, captions, cfg, side)
     checkpoint = run_dir / CHECKPOINT
-    step, losses = _resume(session, checkpoint, cfg)
+    step, losses = lora_checkpoint.resume(session, checkpoint, cfg)
     resumed_from, started, preview = step, time.perf_counter(), None
     prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
     while step < cfg.steps:
         cancel.raise_if_cancelled()
-        # 2. One step on a random batch.
+        # 2. One step on a random batch, at the schedule's rate for this step.
+        lora_loss.set_lr(session.optimizer, cfg.lr_schedule, step, cfg.steps)
         losses.append(round(_step(pipe, session, cfg, captions), 5))
         step += 1
         if on_loss:
             on_loss(step, losses[-1])
         # 3. Checkpoint, samples, progress.
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(checkpoint, _lora_states(session), session.optimizer, session.g,
-                             step, losses, cfg, session.vectors)
+            lora_checkpoint.save(checkpoint, _lora_states(session), session, step, losses, cfg)
         new_preview = None
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
             _train_mode(session, False)
@@ -246,7 +253,8 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
-    lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target])
+    lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target],
+                       _conv_ranks(pipe.unet, cfg))
     trained = {"unet": pipe.unet}
     if cfg.train_text_encoder:
         for part, encoder in encoders.items():
@@ -264,31 +272,32 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors,
                                                     cfg.trigger_init)
                       if cfg.trigger_vectors else (None, None))
-    groups = [{"params": params, "lr": cfg.lr}]
+    groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
     if vectors is not None:
-        groups.append({"params": [vectors], "lr": cfg.trigger_lr, "weight_decay": 0.0})
+        groups.append({"params": [vectors], "lr": cfg.trigger_lr, "base_lr": cfg.trigger_lr,
+                       "weight_decay": 0.0})
+    weights = None
+    if cfg.background_weight != 1.0:
+        masks = lora_loss.subject_masks([_square(im, side) for im in images])
+        weights = lora_loss.latent_weights(masks, mean.shape[-1], cfg.background_weight)
     return _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
                     DDPMScheduler.from_config(pipe.scheduler.config),
                     torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, side, trained,
-                    vectors, table, prior)
+                    vectors, table, prior, weights)
 
 
-def _resume(session: _Session, checkpoint: Path, cfg: LoraTrainConfig) -> tuple[int, list]:
-    """(step, losses) from this run's checkpoint when its settings match; else (0, [])."""
+def _conv_ranks(unet, cfg: LoraTrainConfig) -> dict[str, int]:
+    """peft's rank_pattern giving the targeted convolutions `conv_rank` (empty when 0)."""
+    import re
+
     import torch
 
-    if not checkpoint.exists():
-        return 0, []
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if json.loads(state["config"]) != _config_record(cfg):
-        return 0, []
-    for part, module in session.trained.items():
-        lora_text.load_lora_state(module, state["lora"][part])
-    if session.vectors is not None:
-        session.vectors.data.copy_(state["vectors"])
-    session.optimizer.load_state_dict(state["optimizer"])
-    session.g.set_state(state["rng"])
-    return int(state["step"]), state["losses"].tolist()
+    target = TARGET_MODULES[cfg.target]
+    if not cfg.conv_rank or not isinstance(target, str):
+        return {}
+    return {name: cfg.conv_rank for name, module in unet.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and re.fullmatch(target, name)}
+
 
 
 def _condition(pipe, s: _Session, batch: list[str]) -> dict:
@@ -307,7 +316,6 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
     """One optimiser step: instance latents (and as many prior ones, DreamBooth), noise at
     random timesteps, the model's own objective; returns the loss."""
     import torch
-    import torch.nn.functional as F
 
     s, g, unet, device = session, session.g, pipe.unet, pipe.unet.device
     scale = pipe.vae.config.scaling_factor
@@ -329,17 +337,18 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
     v_prediction = s.scheduler.config.prediction_type == "v_prediction"
     target = s.scheduler.get_velocity(x0, noise, t) if v_prediction else noise
     pred = unet(noisy.to(unet.dtype), t, **_condition(pipe, s, batch)).sample
-    loss = F.mse_loss(pred.float(), target.float())
+    pixel_weights = None
+    if s.weights is not None:  # subject masks on the instance images, prior ones unweighted
+        pixel_weights = torch.ones(len(x0), 1, *x0.shape[2:])
+        pixel_weights[:cfg.batch] = s.weights[idx]
+    sample_weights = lora_loss.snr_weights(s.scheduler, t, cfg.snr_gamma, v_prediction)
+    loss = lora_loss.weighted_mse(pred, target, pixel_weights, sample_weights)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(s.params, 1.0)
     s.optimizer.step()
     return loss.item()
 
-
-def _config_record(cfg: LoraTrainConfig) -> dict:
-    """The settings a checkpoint was made with, as JSON would give them back."""
-    return json.loads(json.dumps(asdict(cfg)))
 
 
 def without_trigger(caption: str, trigger: str) -> str:
@@ -363,21 +372,6 @@ def _prior_images(pipe, prompts: list[str], cfg: LoraTrainConfig, side: int) -> 
                            generator=generator).images
     return images
 
-
-def _save_checkpoint(path: Path, lora: dict, optimizer, g, step: int, losses: list[float],
-                     cfg: LoraTrainConfig, vectors=None) -> None:
-    import torch
-
-    config = json.dumps(_config_record(cfg))
-    state = {"lora": {part: {k: v.detach().cpu() for k, v in weights.items()}
-                      for part, weights in lora.items()},
-             "optimizer": optimizer.state_dict(), "rng": g.get_state(), "step": step,
-             "losses": torch.tensor(losses), "config": config}
-    if vectors is not None:
-        state["vectors"] = vectors.detach().cpu().clone()
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a crash mid-write leaves the previous checkpoint whole
 
 
 def save_kohya(state: dict, path: Path, metadata: dict[str, str]) -> Path:

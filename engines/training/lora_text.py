@@ -82,13 +82,16 @@ def unet_kwargs(pipe, states, pooled, side: int) -> dict:
     return kwargs
 
 
-def add_lora(module, rank: int, targets) -> None:
+def add_lora(module, rank: int, targets, ranks: dict[str, int] | None = None) -> None:
     """A peft LoRA adapter ("default") on `module`'s `targets`, alpha = rank; peft's own
-    injection, so it works on diffusers and transformers modules alike."""
+    injection, so it works on diffusers and transformers modules alike. `ranks` gives some
+    modules (by name) a rank of their own (peft's rank_pattern), alpha again equal to it."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    ranks = dict(ranks or {})
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                       target_modules=targets), module)
+                                       target_modules=targets, rank_pattern=ranks,
+                                       alpha_pattern=ranks), module)
 
 
 def lora_state(module) -> dict:
@@ -105,9 +108,9 @@ def to_kohya(parts: dict[str, dict], rank: int, sdxl: bool) -> dict:
     """peft LoRA weights by part ({"unet": ..., "text_encoder": ..., "text_encoder_2": ...}) ->
     kohya/A1111 keys with diffusers' `convert_state_dict_to_kohya`: `lora_unet_<module>`,
     `lora_te_` (SD 1.x/2.x) or `lora_te1_` / `lora_te2_` (SDXL), `.lora_down` / `.lora_up`,
-    `.alpha` = rank (scale 1, as trained). The UNet keeps diffusers' module names, as diffusers'
-    own SDXL script writes them; A1111, ComfyUI and diffusers map those names."""
-    import torch
+    `.alpha` = each module's rank (scale 1, as trained). The UNet keeps diffusers' module
+    names, as diffusers' own SDXL script writes them; A1111, ComfyUI and diffusers map those
+    names."""
     from diffusers.utils import convert_state_dict_to_kohya
 
     merged = {}
@@ -120,6 +123,7 @@ def to_kohya(parts: dict[str, dict], rank: int, sdxl: bool) -> dict:
     for key, value in convert_state_dict_to_kohya(merged).items():
         if not sdxl and key.startswith("lora_te1_"):
             key = "lora_te_" + key[len("lora_te1_"):]  # kohya's SD 1.x/2.x prefix
-        out[key] = (torch.tensor(float(rank)) if key.endswith(".alpha")
-                    else value.detach().float().cpu().contiguous())
+        # alpha: the module's own rank (diffusers counts lora_down's rows), which is `rank`
+        # unless some modules had a rank of their own
+        out[key] = value.detach().float().cpu().contiguous()
     return out
