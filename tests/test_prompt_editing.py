@@ -63,6 +63,49 @@ def test_hires_pass_counts_on_from_the_first_pass():
     assert prompt_schedule("a [b:15] c", 10, hires_base=10) == [(5, "a  c"), (10, "a b c")]
 
 
+# A1111's use_old_scheduling ("Use old prompt editing timelines"), from its collect_steps:
+# v = v * steps if v < 1 else v; no hires offsets, the first pass's steps; then min(steps, int(v)).
+@pytest.mark.parametrize("prompt, new, old", [
+    ("a [b:c:1.0] d", [(10, "a b d")], [(1, "a b d"), (10, "a c d")]),  # 1.0: all vs step 1
+    ("a [b:c:2.5] d", [(10, "a b d")], [(2, "a b d"), (10, "a c d")]),  # 25 -> 10 vs int(2.5)
+    ("a [b:c:0.5] d", [(5, "a b d"), (10, "a c d")], [(5, "a b d"), (10, "a c d")]),
+    ("a [b:c:.25] d", [(2, "a b d"), (10, "a c d")], [(2, "a b d"), (10, "a c d")]),
+    ("a [b:c:3] d", [(3, "a b d"), (10, "a c d")], [(3, "a b d"), (10, "a c d")]),
+    ("a [b:c:0] d", [(10, "a c d")], [(10, "a c d")]),
+    ("a [b:c:30] d", [(10, "a b d")], [(10, "a b d")]),
+    ("a [b:[c:d:0.2]:1.0]e", [(2, "a be"), (10, "a be")],  # new: the inner edit never shows
+     [(1, "a be"), (2, "a ce"), (10, "a de")]),
+])
+def test_old_prompt_editing_timelines(prompt, new, old):
+    assert prompt_schedule(prompt, 10) == new
+    assert prompt_schedule(prompt, 10, old=True) == old
+
+
+def test_old_timelines_in_a_hires_pass_read_the_first_pass_steps():
+    # first pass 10 steps, second pass 10: the new clock counts on (1.5 = half the second
+    # pass, 15 = its step 5); the old one reads every `when` on the first pass's 10, from 0
+    assert prompt_schedule("a [b:.5] c", 10, hires_base=10, old=True) == [
+        (5, "a  c"), (10, "a b c")]
+    assert prompt_schedule("a [b:1.5] c", 10, hires_base=10, old=True) == [
+        (1, "a  c"), (10, "a b c")]
+    assert prompt_schedule("a [b:15] c", 10, hires_base=10, old=True) == [(10, "a  c")]
+    # a 20-step first pass, a 5-step second: the schedule ends at 20, every step reads entry 0
+    schedule = prompt_schedule("a [b:c:0.5]", 5, hires_base=20, old=True)
+    assert schedule == [(10, "a b"), (20, "a c")]
+    assert [text_at(schedule, s) for s in range(5)] == [0] * 5
+    assert prompt_schedule("a [b|c", 5, hires_base=20, old=True) == [(20, "a [b|c")]  # no parse
+
+
+def test_old_timelines_are_recorded_only_when_they_change_something():
+    from engines.diffusion.prompt_schedule import old_timelines_differ
+
+    # A1111 writes "Old prompt editing timelines: True" only when the schedules differ
+    assert old_timelines_differ(["a [b:c:1.0] d", ""], 10)
+    assert old_timelines_differ(["x", "[ugly:2.0]"], 10)  # the negative prompt counts too
+    assert not old_timelines_differ(["a [b:c:0.5] d", "a [b|c]", "plain"], 10)
+    assert old_timelines_differ(["a [b:c:0.5] d"], 10, hires_base=10)
+
+
 def test_steps_use_the_entry_a1111s_denoiser_picks():
     schedule = prompt_schedule("a [fantasy:cyberpunk:16] landscape", 20)
     # 0-based steps 0..16 (17 steps, as A1111 counts) read the first prompt, 17..19 the second
@@ -182,6 +225,38 @@ def test_hires_second_pass_is_already_switched(engine):
     edited = f"[{A}:{B}:0.5]"  # switched halfway through the first pass
     assert np.array_equal(second_pass(edited, 4), second_pass(B, 4))
     assert not np.array_equal(second_pass(edited, 0), second_pass(B, 0))  # plain img2img
+
+
+def test_old_timelines_in_generations(engine):
+    from PIL import Image
+
+    from engines.diffusion.engine import Img2ImgParams
+
+    # `1.0`: the new timelines read it as the whole run (never switches), the old as step 1
+    first, _ = _image(engine, A)
+    new, info = _image(engine, f"[{A}:{B}:1.0]")
+    assert np.array_equal(new, first) and "old_prompt_editing" not in info
+    old, info = _image(engine, f"[{A}:{B}:1.0]", use_old_scheduling=True)
+    assert np.array_equal(old, _diffusers_swap(engine, A, B, after_step=1))
+    assert info["old_prompt_editing"] is True
+    same, info = _image(engine, f"[{A}:{B}:2]", use_old_scheduling=True)  # nothing changes
+    assert np.array_equal(same, _image(engine, f"[{A}:{B}:2]")[0])
+    assert "old_prompt_editing" not in info
+    with pytest.raises(ParamError, match="use_old_scheduling"):
+        _image(engine, A, use_old_scheduling="yes")
+
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+
+    def second_pass(prompt, old=False):  # a hires second pass of 4 steps after 4
+        return np.asarray(engine.generate(Img2ImgParams(
+            prompt=prompt, seed=1, steps=8, init_image=init, strength=0.5, hires_base_steps=4,
+            use_old_scheduling=old)).images[0]).astype(int)
+
+    # `5` on the old clock: step 5 of the first pass's 4, so the second pass never switches
+    assert np.array_equal(second_pass(f"[{A}:{B}:5]", old=True), second_pass(A))
+    assert not np.array_equal(second_pass(f"[{A}:{B}:5]"), second_pass(A))  # new: its step 1
+    # `0.5` on the old clock: step 2 of 4, read again in the second pass (not already switched)
+    assert not np.array_equal(second_pass(f"[{A}:{B}:0.5]", old=True), second_pass(B))
 
 
 def test_and_combines_as_a1111(engine):

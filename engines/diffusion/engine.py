@@ -259,6 +259,7 @@ class DiffusionEngine:
             batch_count=params.batch_count, scheduler=params.scheduler,
             preview_every=params.preview_every, token_merging=params.token_merging,
             step_cache=params.step_cache, clip_skip=params.clip_skip, lora_dirs=params.lora_dirs,
+            sdxl_clip_l_skip=params.sdxl_clip_l_skip, use_old_scheduling=params.use_old_scheduling,
             embedding_dirs=params.embedding_dirs, vae=params.vae, init_image=canvas,
             strength=params.strength,
             mask=Image.fromarray(painted.astype(np.uint8) * 255), mask_blur=params.mask_blur,

@@ -26,7 +26,7 @@ from engines.base import EngineError, ParamError
 IMAGE_MODES = ("txt2img", "img2img", "inpaint", "outpaint")
 # The Stable Diffusion path's own fields (engine.py, extras.py, speed.py); no other family has them.
 SD_ONLY = ("scheduler", "token_merging", "step_cache", "vae", "candidates", "keep", "controlnet",
-           "clip_skip")
+           "clip_skip", "sdxl_clip_l_skip", "use_old_scheduling")
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,8 @@ def _hub_index(repo_id: str) -> Path | None:
 # ------------------------------------------------------------------ request checks
 _NEUTRAL: dict[str, Any] = {"negative_prompt": "", "token_merging": 0, "step_cache": 0,
                             "candidates": 0, "keep": 1, "vae": ("Automatic", "None", ""),
-                            "clip_skip": 1}
+                            "clip_skip": 1, "sdxl_clip_l_skip": False,
+                            "use_old_scheduling": False}
 
 
 def check_fields(family: Family, task: str, params: dict) -> None:

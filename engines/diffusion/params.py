@@ -158,6 +158,12 @@ class Txt2ImgParams:
     # DeepCache-style: run the whole UNet every `step_cache` steps and only its shallowest level
     # in between, reusing the deep blocks' features; faster, slightly different. 0 = exact.
     step_cache: int = 0
+    # A1111's "Clip skip SDXL" (sdxl_clip_l_skip): SDXL's CLIP-L reads layer `clip_skip` from the
+    # end instead of its penultimate (1 too: the last layer, before the final norm). SDXL only.
+    sdxl_clip_l_skip: bool = False
+    # A1111's "Use old prompt editing timelines" (use_old_scheduling): in [from:to:when], `when`
+    # below 1 is a fraction of the steps, any other a step (prompt_schedule.py).
+    use_old_scheduling: bool = False
     # A1111 "Clip skip" (its CLIP_stop_at_last_layers option): the prompt is read from the text
     # encoder's layer this many from the end; 1 = the last. SD 1.x only, as in A1111.
     clip_skip: int = 1
@@ -205,6 +211,10 @@ class Txt2ImgParams:
             raise ParamError("keep", f"`keep` ({self.keep}) must not exceed `candidates` "
                              f"({self.candidates})")
         check_int("preview_every", self.preview_every, 0, 1000)
+        for name in ("sdxl_clip_l_skip", "use_old_scheduling"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamError(name, f"`{name}` must be true or false, got "
+                                 f"{getattr(self, name)!r}")
         check_range("token_merging", self.token_merging, 0.0, 0.75)
         check_int("step_cache", self.step_cache, 0, 5)
         check_int("clip_skip", self.clip_skip, 1, 12)

@@ -85,14 +85,14 @@ def _pad(states, length: int, empty):
 
 
 def step_prompts(pipe, prompt: str, negative: str, steps: int,
-                 encode: Callable[[str], tuple[Any, Any, int]], hires_base: int | None = None
-                 ) -> tuple[StepPrompts | None, str, str]:
+                 encode: Callable[[str], tuple[Any, Any, int]], hires_base: int | None = None,
+                 old: bool = False) -> tuple[StepPrompts | None, str, str]:
     """(StepPrompts, "", "") when the prompts edit, alternate or use AND; otherwise (None,
     prompt, negative prompt) as plain texts for the usual single encoding.
-    encode(text) -> (states, pooled, token count); hires_base: see prompt_schedule."""
-    parts = [(prompt_schedule(text, steps, hires_base), weight)
+    encode(text) -> (states, pooled, token count); hires_base, old: see prompt_schedule."""
+    parts = [(prompt_schedule(text, steps, hires_base, old), weight)
              for text, weight in split_and(prompt)]
-    negative_schedule = prompt_schedule(negative, steps, hires_base)
+    negative_schedule = prompt_schedule(negative, steps, hires_base, old)
     if len(parts) == 1 and parts[0][1] == 1.0 and len(parts[0][0]) == 1 \
             and len(negative_schedule) == 1:
         return None, parts[0][0][0][1], negative_schedule[0][1]

@@ -9,7 +9,10 @@ each denoising step reads. No torch here (engines/diffusion/prompt_editing.py en
 
 `when` as A1111 (>= 1.6) reads it: written with a decimal point it is a fraction of the steps
 (`0.5`, `.25`), otherwise a step number (`16`); beyond the last step it never switches. Nested
-and combined with weights: `[(red:1.3):[blue:green:0.8]:5]`.
+and combined with weights: `[(red:1.3):[blue:green:0.8]:5]`. With A1111's "Use old prompt
+editing timelines" (its `use_old_scheduling` option, `old=True` here) a number below 1 is a
+fraction and any other a step (`1.0` is step 1, `2.5` step 2), and a hires fix's second pass
+reads `when` on the first pass's steps, from 0.
 
 A schedule is [(end step, text), ...]: denoising step s (0-based, as A1111's CFG denoiser counts)
 uses the first entry with s <= end step. This follows A1111's `get_learned_conditioning_prompt_
@@ -176,13 +179,25 @@ def parse(text: str) -> list:
 class Clock:
     steps: int  # steps of this pass
     hires_base: int | None = None  # a hires fix's second pass: the first pass's steps
+    old: bool = False  # A1111's use_old_scheduling (see the module docstring)
+
+    @classmethod
+    def for_pass(cls, steps: int, hires_base: int | None, old: bool) -> "Clock":
+        """The old timelines ignore the hires pass: every `when` is read on the first pass's
+        steps (A1111 schedules over base_steps, with no offsets)."""
+        if old:
+            return cls(hires_base or steps, None, True)
+        return cls(steps, hires_base)
 
     def when(self, number: str) -> int:
         """A1111's switch step: "0.5" a fraction of the steps, "16" a step; at most `steps`.
         In a hires pass A1111 counts on from the first pass: "16" is step 16 - base steps of
-        this pass, "1.5" half of this pass (1.0 being the first pass's end)."""
+        this pass, "1.5" half of this pass (1.0 being the first pass's end). Old timelines:
+        below 1 a fraction, otherwise a step, whatever the decimal point."""
         value = float(number)
-        if "." in number:
+        if self.old:
+            value = value * self.steps if value < 1 else value
+        elif "." in number:
             value = (value - (1.0 if self.hires_base is not None else 0.0)) * self.steps
         else:
             value -= self.hires_base or 0
@@ -222,22 +237,29 @@ def _render(nodes: list, step: int, clock: Clock) -> str:
     return "".join(out)
 
 
-def prompt_schedule(prompt: str, steps: int, hires_base: int | None = None
-                    ) -> list[tuple[int, str]]:
+def prompt_schedule(prompt: str, steps: int, hires_base: int | None = None,
+                    old: bool = False) -> list[tuple[int, str]]:
     """[(end step, text), ...] for `steps` steps (of a hires fix's second pass after a first
-    pass of `hires_base` steps, when given).
+    pass of `hires_base` steps, when given); `old`: A1111's old prompt editing timelines.
 
     >>> prompt_schedule("a [fantasy:cyberpunk:16] landscape", 20)
     [(16, 'a fantasy landscape'), (20, 'a cyberpunk landscape')]
     """
+    clock = Clock.for_pass(steps, hires_base, old)
     try:
         tree = parse(prompt)
     except ParseError:
-        return [(steps, prompt)]
-    clock = Clock(steps, hires_base)
-    found = {steps}
+        return [(clock.steps, prompt)]
+    found = {clock.steps}
     _switch_steps(tree, clock, found)
     return [(end, _render(tree, end, clock)) for end in sorted(found)]
+
+
+def old_timelines_differ(texts: list[str], steps: int, hires_base: int | None = None) -> bool:
+    """Whether the old timelines schedule any of these texts differently from the new ones:
+    A1111 writes "Old prompt editing timelines: True" into the infotext only then."""
+    return any(prompt_schedule(text, steps, hires_base, old=True)
+               != prompt_schedule(text, steps, hires_base) for text in texts)
 
 
 def text_at(schedule: list[tuple[int, str]], step: int) -> int:

@@ -192,11 +192,14 @@ def _chunk_ids(chunk: Chunk, tokenizer):
     return torch.tensor([ids])
 
 
-def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool, clip_skip: int = 1):
+def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool, clip_skip: int = 1,
+                  sdxl_layer: int = 2):
     """Hidden states of one chunk, with textual-inversion vectors put in through a hook on the
     token embedding (the way A1111 does it: no tokenizer or vocabulary is changed).
-    clip_skip > 1 (SD 1.x only, A1111's "Clip skip"): the output of the layer that many from
-    the end, through the final layer norm, as A1111 does it."""
+    clip_skip > 1 (SD 1.x, A1111's "Clip skip"): the output of the layer that many from the
+    end, through the final layer norm, as A1111 does it. `penultimate` (SDXL): the output of
+    layer `sdxl_layer` from the end as it is, no final norm: 2, the penultimate, unless A1111's
+    "Clip skip SDXL" moves CLIP-L's (its hidden_states[-CLIP_stop_at_last_layers])."""
     import torch
 
     embedding = text_encoder.get_input_embeddings()
@@ -215,7 +218,7 @@ def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool, clip_skip:
         if hook is not None:
             hook.remove()
     if penultimate:
-        states = out.hidden_states[-2]
+        states = out.hidden_states[-sdxl_layer]
     elif clip_skip > 1:
         model = getattr(text_encoder, "text_model", text_encoder)  # transformers < 5 nests it
         states = model.final_layer_norm(out.hidden_states[-clip_skip])
@@ -232,14 +235,14 @@ def _encode_chunk(text_encoder, ids, chunk: Chunk, penultimate: bool, clip_skip:
 
 
 def encode_chunks(chunks: list[Chunk], tokenizer, text_encoder, penultimate: bool = False,
-                  clip_skip: int = 1):
+                  clip_skip: int = 1, sdxl_layer: int = 2):
     """(1 x 77k x dim hidden states, pooled output of the first chunk or None)."""
     import torch
 
     states, pooled = [], None
     for i, chunk in enumerate(chunks):
         chunk_states, chunk_pooled = _encode_chunk(text_encoder, _chunk_ids(chunk, tokenizer),
-                                                   chunk, penultimate, clip_skip)
+                                                   chunk, penultimate, clip_skip, sdxl_layer)
         states.append(chunk_states)
         if i == 0:
             pooled = chunk_pooled

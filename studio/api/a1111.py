@@ -33,7 +33,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
-from studio.api.a1111_names import CLIP_SKIP_OPTION, SCHEDULE_TYPES, a1111_field, schedulers_table
+from studio.api.a1111_names import SCHEDULE_TYPES, a1111_field, schedulers_table
 from studio.api.a1111_options import Checkpoints, Options
 from studio.api.a1111_requests import _decode, _encode_png, build_run, unprocessable
 from studio.api.a1111_runs import QueueUnavailable, Run, RunFailed, Runs
@@ -80,7 +80,7 @@ def _generation_routes(api: APIRouter, ctx, checkpoints: Checkpoints, options: O
         model_id = model_for(request)
         settings = {**options.get(), **(request.override_settings or {})}
         run = await asyncio.to_thread(build_run, ctx, request, kind, model_id,
-                                      settings.get("sd_vae"), settings.get(CLIP_SKIP_OPTION),
+                                      settings.get("sd_vae"), settings,
                                       refiner_for(request))
         try:
             outcomes = await runs.execute(run, http.is_disconnected)

@@ -16,7 +16,11 @@ from engines.base import ParamError
 PARAM_NAMES = {"cfg_scale": "guidance_scale", "denoising_strength": "strength",
                "sampler_name": "scheduler", "n_iter": "batch_count", "sd_vae": "vae",
                "CLIP_stop_at_last_layers": "clip_skip"}  # an A1111 option: override_settings
-CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's "Clip skip" setting
+# A1111 options (its /sdapi/v1/options, or a request's override_settings) that are image task
+# params -> (the task's name, A1111's default); an option at its default is not sent.
+OPTION_PARAMS = {"CLIP_stop_at_last_layers": ("clip_skip", 1),  # "Clip skip"
+                 "sdxl_clip_l_skip": ("sdxl_clip_l_skip", False),  # "Clip skip SDXL"
+                 "use_old_scheduling": ("use_old_scheduling", False)}  # old prompt editing
 # A1111's Extras (upscale) names -> the upscale task's
 EXTRAS_PARAM_NAMES = {"upscaler_1": "upscaler", "upscaling_resize": "scale",
                       "upscaling_resize_w": "width", "upscaling_resize_h": "height",

@@ -29,6 +29,8 @@ OPTIONS_FILE = "a1111-options.json"
 DEFAULT_OPTIONS: dict[str, Any] = {
     "samples_format": "png",
     "CLIP_stop_at_last_layers": 1,
+    "sdxl_clip_l_skip": False,  # "Clip skip SDXL": SDXL's CLIP-L follows Clip skip
+    "use_old_scheduling": False,  # "Use old prompt editing timelines"
     "sd_vae": "Automatic",
     "live_previews_enable": True,
     "show_progress_every_n_steps": 5,
@@ -187,6 +189,9 @@ class Options:
         changes.pop("sd_checkpoint_hash", None)
         if "CLIP_stop_at_last_layers" in changes:  # A1111's "Clip skip" slider: 1..12
             check_int("CLIP_stop_at_last_layers", changes["CLIP_stop_at_last_layers"], 1, 12)
+        for name in ("sdxl_clip_l_skip", "use_old_scheduling"):  # A1111's checkboxes
+            if name in changes and not isinstance(changes[name], bool):
+                raise ParamError(name, f"`{name}` must be true or false, got {changes[name]!r}")
         if changes.get("sd_vae") is not None:  # a listed VAE only, never a path to anywhere
             from engines.diffusion.vae import resolve_vae
 

@@ -16,7 +16,7 @@ from engines.base import ParamError
 from studio.api.a1111_controlnet import controlnet_units
 from studio.api.a1111_extras import hires_params
 from studio.api.a1111_models import Img2ImgRequest, Txt2ImgRequest
-from studio.api.a1111_names import FILL_CODES, a1111_field, scheduler_name
+from studio.api.a1111_names import FILL_CODES, OPTION_PARAMS, a1111_field, scheduler_name
 from studio.api.a1111_runs import Run
 
 
@@ -43,8 +43,10 @@ def _encode_png(image) -> str:
 
 
 def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
-              vae: str | None = None, clip_skip: Any = None, refiner_id: str | None = None) -> Run:
-    """The task and per-iteration params of a request; raises 422s naming A1111 fields."""
+              vae: str | None = None, options: dict | None = None,
+              refiner_id: str | None = None) -> Run:
+    """The task and per-iteration params of a request; raises 422s naming A1111 fields.
+    options: the A1111 options in effect (/sdapi/v1/options, override_settings over them)."""
     if request.n_iter < 1:
         raise unprocessable("n_iter", "n_iter must be at least 1", request.n_iter)
     if request.batch_size < 1:
@@ -77,8 +79,10 @@ def build_run(ctx, request: Txt2ImgRequest, kind: str, model_id: str | None,
         params["model"] = model_id
     if vae not in (None, "Automatic", "None"):  # A1111's sd_vae: a file in models/VAE
         params["vae"] = vae
-    if clip_skip not in (None, 1):  # A1111's CLIP_stop_at_last_layers option
-        params["clip_skip"] = clip_skip
+    for option, (name, default) in OPTION_PARAMS.items():  # clip skip, old timelines...
+        value = (options or {}).get(option)
+        if value is not None and not (type(value) is type(default) and value == default):
+            params[name] = value
     try:  # sd-webui-controlnet units (studio/api/a1111_controlnet.py)
         units = controlnet_units(ctx, request.alwayson_scripts)
     except ParamError as error:

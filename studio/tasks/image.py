@@ -22,6 +22,11 @@ Common to all four:
                                steps, its shallowest level in between; faster, approximate
   clip_skip                    A1111 "Clip skip" 1..12, default 1 (the last CLIP layer); SD 1.x
                                only, as in A1111 (SD 2.x and SDXL ignore it, with a warning)
+  sdxl_clip_l_skip             A1111 "Clip skip SDXL" (option sdxl_clip_l_skip), default false:
+                               SDXL's CLIP-L reads layer `clip_skip` from the end (not its
+                               penultimate); no effect on SD 1.x / 2.x
+  use_old_scheduling           A1111 "Use old prompt editing timelines", default false: in
+                               [from:to:when] a `when` below 1 is a fraction, any other a step
   vae                          a VAE from <data>/models/VAE by file name (A1111's `sd_vae`),
                                or "Automatic" / "None" / absent: the model's own
   <lora:name:weight> in the prompt   a LoRA from <data>/models/Lora (subfolders too); an unknown
@@ -80,7 +85,7 @@ from studio.uploads import is_upload_ref, open_upload
 ENGINE = "diffusion"
 COMMON = ("prompt", "negative_prompt", "steps", "guidance_scale", "width", "height", "seed",
           "batch_size", "batch_count", "scheduler", "preview_every", "token_merging",
-          "step_cache", "vae", "clip_skip")
+          "step_cache", "vae", "clip_skip", "sdxl_clip_l_skip", "use_old_scheduling")
 FIELDS = {
     "txt2img": COMMON + ("candidates", "keep", "controlnet"),
     "img2img": COMMON + ("strength", "controlnet"),
@@ -306,6 +311,8 @@ def infotext(engine_info: dict, params, seed: int, width: int, height: int, task
              for r in engine_info.get("loras") or ()]
     if loras:
         settings["Lora hashes"] = ", ".join(loras)
+    if engine_info.get("old_prompt_editing"):  # on, and it changed a schedule (as A1111)
+        settings["Old prompt editing timelines"] = True
     embeddings = [f"{r['name']}: {r['hash']}" for r in engine_info.get("embeddings") or ()]
     if embeddings:
         settings["TI hashes"] = ", ".join(embeddings)

@@ -26,7 +26,8 @@ TAB_ID = "inpaint"
 TITLE = "Inpaint & outpaint"
 FILLS = ["original", "fill", "latent noise", "latent nothing"]
 SETTINGS = ("source_id", "prompt", "negative", "steps", "cfg", "scheduler", "seed", "strength",
-            "mask_blur", "fill", "only_masked", "padding", "batch_size", "model", "sides", "pixels")
+            "mask_blur", "fill", "only_masked", "padding", "batch_size", "model", "sides", "pixels",
+            "clip_skip")
 
 
 def _open_upload(path) -> Image.Image:
@@ -64,7 +65,7 @@ def pixel_digest(image: Image.Image) -> str:
 
 
 def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed, strength,
-            mask_blur, fill, only_masked, padding, batch_size, model, sides, pixels):
+            mask_blur, fill, only_masked, padding, batch_size, model, sides, pixels, clip_skip=1):
     image, mask = editor_image_and_mask(value)
     params: dict[str, Any] = {
         "prompt": prompt or "", "negative_prompt": negative or "", "steps": int(steps),
@@ -73,6 +74,8 @@ def _params(action, value, source, prompt, negative, steps, cfg, scheduler, seed
         "mask_blur": int(mask_blur), "inpainting_fill": fill, "batch_size": int(batch_size)}
     if model and model != DEFAULT_MODEL:
         params["model"] = model
+    if int(clip_skip or 1) > 1:  # A1111's "Clip skip", as the txt2img tab sends it
+        params["clip_skip"] = int(clip_skip)
     # The editor's background is the gallery item it came from only if its pixels still match
     # (a later upload replaces the background without telling us).
     if source and source.get("digest") == pixel_digest(image):
@@ -166,6 +169,9 @@ def _controls(ctx) -> dict[str, Any]:
         c["only_masked"] = gr.Checkbox(label="Only masked (work on the mask's box)", value=False)
         c["padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding")
     c["model"] = model_dropdown(ctx, "inpaint-model")
+    c["clip_skip"] = gr.Slider(1, 12, value=1, step=1, elem_id="inpaint-clip-skip",
+                               label="Clip skip (A1111: the prompt from CLIP's Nth layer from the "
+                                     "end; SD 1.x models)")
     c["controlnet"] = controlnet_panel.build(ctx, "inpaint")
     with gr.Accordion("Outpaint", open=True):
         with gr.Row():
