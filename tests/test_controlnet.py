@@ -134,8 +134,9 @@ def test_unit_values_are_checked_up_front():
         unit(resize_mode="Stretch")
     with pytest.raises(ParamError, match="threshold_a"):
         unit(threshold_a=999)
-    with pytest.raises(ParamError, match="My prompt is more important"):
-        unit(control_mode="My prompt is more important")
+    with pytest.raises(ParamError, match="'Prompt first'") as error:
+        unit(control_mode="Prompt first")
+    assert error.value.field == "control_mode" and "My prompt is more important" in str(error.value)
 
 
 def test_params_refuse_unknown_and_corrupt_models(cn_dir, tmp_path):

@@ -150,6 +150,8 @@ def test_img2img_inpaint_with_units_by_int_codes(server):
     ({"image": "not base64 at all!"}, "not valid base64"),
     ({"model": "openpose"}, "unknown ControlNet model 'openpose'"),
     ({"weight": 5}, "weight"),
+    ({"control_mode": "Louder"}, "unknown `control_mode` 'Louder'"),
+    ({"control_mode": 3}, "unknown `control_mode` 3"),
 ])
 def test_bad_units_get_422_naming_alwayson_scripts(server, unit, words):
     response = call(server, "POST", "/sdapi/v1/txt2img", json=readme_payload(server, **unit))
@@ -157,3 +159,37 @@ def test_bad_units_get_422_naming_alwayson_scripts(server, unit, words):
     detail = response.json()["detail"]
     assert detail[0]["loc"] == ["body", "alwayson_scripts"]
     assert words in detail[0]["msg"] and "ControlNet" in detail[0]["msg"]
+
+
+def test_detected_maps_follow_the_images_unless_asked_not_to(server):
+    """The extension appends each unit's detected map to `images`, once, after the results."""
+    payload = readme_payload(server, module="canny", threshold_a=100, threshold_b=200,
+                             control_mode="My prompt is more important")
+    payload["n_iter"] = 2
+    body = call(server, "POST", "/sdapi/v1/txt2img", json=payload).json()
+    assert len(body["images"]) == 3  # two results, then the map
+    detect = call(server, "POST", "/controlnet/detect", json={
+        "controlnet_module": "canny", "controlnet_input_images": [encode(control_picture())],
+        "controlnet_processor_res": 64, "controlnet_threshold_a": 100,
+        "controlnet_threshold_b": 200}).json()
+    assert np.array_equal(np.asarray(decode(body["images"][-1])),
+                          np.asarray(decode(detect["images"][0])))  # the canny map itself
+    assert "Control Mode: My prompt is more important" in json.loads(body["info"])["infotexts"][0]
+    payload["n_iter"] = 1
+    quiet = readme_payload(server, save_detected_map=False)
+    assert len(call(server, "POST", "/sdapi/v1/txt2img", json=quiet).json()["images"]) == 1
+    none = call(server, "POST", "/sdapi/v1/txt2img", json=dict(payload, send_images=False))
+    assert none.json()["images"] == []
+    assert call(server, "POST", "/sdapi/v1/options",
+                json={"control_net_no_detectmap": True}).status_code == 200
+    try:
+        assert len(call(server, "POST", "/sdapi/v1/txt2img", json=payload).json()["images"]) == 1
+    finally:
+        call(server, "POST", "/sdapi/v1/options", json={"control_net_no_detectmap": False})
+    # Hires fix: the final size's map, then the first pass's (the extension's order).
+    hires = dict(payload, enable_hr=True, hr_scale=2, hr_upscaler="Lanczos",
+                 hr_second_pass_steps=2, denoising_strength=0.5)
+    images = [decode(b) for b in call(server, "POST", "/sdapi/v1/txt2img", json=hires).json()[
+        "images"]]
+    w, h = decode(body["images"][0]).size
+    assert [im.size for im in images] == [(2 * w, 2 * h), (2 * w, 2 * h), (w, h)]

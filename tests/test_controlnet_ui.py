@@ -40,9 +40,11 @@ def picture(tmp_path) -> str:
     return str(path)
 
 
-def unit_values(enabled=True, image=None, module="canny", model="tiny-canny") -> list:
-    first = [enabled, image, module, model, 1.0, 0.0, 1.0, "Crop and Resize", True]
-    return first + [False, None, "canny", model, 1.0, 0.0, 1.0, "Crop and Resize", True]
+def unit_values(enabled=True, image=None, module="canny", model="tiny-canny",
+                control_mode="Balanced") -> list:
+    first = [enabled, image, module, model, 1.0, 0.0, 1.0, "Crop and Resize", True, control_mode]
+    return first + [False, None, "canny", model, 1.0, 0.0, 1.0, "Crop and Resize", True,
+                    "Balanced"]
 
 
 def test_panel_builds_with_the_folder_models(ctx):
@@ -88,3 +90,61 @@ def test_missing_image_or_model_is_a_clear_error(ctx, picture):
                                    unit_values(image=picture, module="hed"))
     with pytest.raises(gr.Error, match="unknown ControlNet module 'hed'"):
         next(stream_images(ctx, task, params))
+
+
+def test_reuse_parameters_fills_the_panel_from_the_item(ctx, picture, tmp_path):
+    """"Reuse parameters": the panel gets the item's units back (image included), and what it
+    then sends is the same unit, so the same seed gives the same pixels."""
+    values = unit_values(image=picture, control_mode="My prompt is more important")
+    values[4:9] = [0.7, 0.1, 0.8, "Just Resize", False]  # weight, start, end, resize, perfect
+    task, params = panel.add_units(ctx, "txt2img", {"prompt": "a red star", "steps": 3,
+                                                    "seed": 4}, values)
+    *_, (_, status, _, _, ids) = stream_images(ctx, task, params)
+    item = ctx.gallery.get(ids[0])
+    assert "Control Mode: My prompt is more important" in read_png_metadata(
+        str(item.file_path))["parsed"]["ControlNet 0"]
+    filled = panel.item_units(ctx, item.id)
+    n = len(panel.FIELDS)
+    first = dict(zip(panel.FIELDS, filled[:n]))
+    assert first["enabled"] is True and first["module"] == "canny"
+    assert first["model"] == "tiny-canny" and first["control_mode"] == "My prompt is more important"
+    assert [first[f] for f in ("weight", "guidance_start", "guidance_end", "resize_mode",
+                               "pixel_perfect")] == [0.7, 0.1, 0.8, "Just Resize", False]
+    assert np.array_equal(np.asarray(first["image"].convert("RGB")),
+                          np.asarray(Image.open(picture).convert("RGB")))
+    assert filled[n] is False  # unit 1: the item had one unit
+    # The filled panel sends the same unit again (the image as Gradio hands it back: a file).
+    first["image"].save(tmp_path / "back.png")
+    again = [first[f] for f in panel.FIELDS] + filled[n:]
+    again[1] = str(tmp_path / "back.png")
+    again[n + 1:] = values[n + 1:]
+    _, params_again = panel.add_units(ctx, "txt2img", {"prompt": "a red star", "steps": 3,
+                                                       "seed": 4}, again)
+    assert params_again["controlnet"] == params["controlnet"]
+    # An item without units turns the panel's units off; an unknown item changes nothing.
+    plain = ctx.gallery.add_image(Image.open(picture), task="txt2img", engine="diffusion",
+                                  prompt="no units", params={"steps": 3})
+    assert [panel.item_units(ctx, plain.id)[i * n] for i in range(panel.UNITS)] == [False] * 2
+    skipped = panel.item_units(ctx, 99999)
+    assert len(skipped) == panel.CONTROL_INPUTS and all(v == gr.skip() for v in skipped)
+
+
+def test_reuse_button_is_wired_to_the_panel(ctx):
+    with gr.Blocks() as demo:
+        inputs = panel.build(ctx, "test")
+        button, item = gr.Button("Reuse"), gr.Number()
+        panel.wire_fill(ctx, button, [item], inputs)
+    fills = [d for d in demo.config["dependencies"]
+             if d["targets"][0][0] == button._id]
+    assert len(fills) == 1 and fills[0]["outputs"] == [c._id for c in inputs]
+
+
+def test_txt2img_reuse_and_open_fill_the_panel(ctx):
+    from studio.app import build_ui
+
+    demo = build_ui(ctx)
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    mode = ids["txt2img-cn0-control-mode"]
+    buttons = {getattr(demo.blocks[d["targets"][0][0]], "value", None)
+               for d in demo.config["dependencies"] if mode in d["outputs"]}
+    assert {"Reuse parameters", "Open from gallery"} <= buttons

@@ -17,7 +17,8 @@ norm groups), written to the model cache, and handed to diffusers' `from_single_
 A ControlNet made for another family (its cross-attention width or block widths differ from
 the UNet's) is refused with a ParamError naming it, before anything runs; loaded models are
 cached on the engine (a few), and the ControlNet pipeline is built per generation from the
-engine's own (shared weights), so nothing of it stays on the next job's pipeline.
+engine's own (shared weights), so nothing of it stays on the next job's pipeline. The units'
+control modes (sd-webui-controlnet's three) are applied by control_modes.py.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from PIL import Image
 
 from engines.base import (EngineError, ParamError, file_sha256, files_below, models_cache_dir,
                           safetensors_header)
+from engines.diffusion.control_modes import controlnet_for_modes
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "assets" / "controlnet"
 CONFIGS = Path(__file__).resolve().parents[2] / "assets" / "sd-configs"
@@ -330,16 +332,17 @@ def control_run(engine, pipe, mode: str, params, width: int, height: int,
         maps.append(control_image(unit, width, height, region))
         records.append({"model": entry.title, "module": unit.module, "weight": unit.weight,
                         "resize_mode": unit.resize_mode, "guidance_start": unit.guidance_start,
-                        "guidance_end": unit.guidance_end})
-    # One unit: the plain ControlNet; several: diffusers wraps them in a MultiControlNetModel.
-    single = len(models) == 1
-    control = _pipeline_class(pipe, mode).from_pipe(pipe,
-                                                    controlnet=models[0] if single else models)
+                        "guidance_end": unit.guidance_end, "control_mode": unit.control_mode})
+    # The units' control modes (control_modes.py): one unit is the plain ControlNet, several a
+    # MultiControlNetModel; a mix of modes, or "My prompt is more important", a ModeControlNets.
+    cfg = params.guidance_scale > 1 and pipe.unet.config.get("time_cond_proj_dim") is None
+    guess, controlnet = controlnet_for_modes(models, [u.control_mode for u in units], cfg)
+    single = controlnet is models[0]
+    control = _pipeline_class(pipe, mode).from_pipe(pipe, controlnet=controlnet)
     control.set_progress_bar_config(disable=True)
     extra["image" if mode == "txt2img" else "control_image"] = maps[0] if single else maps
     weights = [u.weight for u in units]
     extra.update(controlnet_conditioning_scale=weights[0] if single else weights,
                  control_guidance_start=[u.guidance_start for u in units],
-                 control_guidance_end=[u.guidance_end for u in units],
-                 guess_mode=units[0].control_mode == "ControlNet is more important")
+                 control_guidance_end=[u.guidance_end for u in units], guess_mode=guess)
     return control, extra, {"controlnet": records}

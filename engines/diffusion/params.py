@@ -15,6 +15,7 @@ from typing import Any
 
 import engines.base
 from engines.base import ParamError, check_int, check_range
+from engines.diffusion.control_modes import CONTROL_MODES  # sd-webui-controlnet's three
 
 # Scheduler names as A1111 shows them -> (diffusers class, extra config, A1111 sampler, schedule).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str, str | None]] = {
@@ -68,7 +69,6 @@ def check_image(name: str, value: Any) -> None:
 
 
 # ControlNet (engines/diffusion/controlnet.py): sd-webui-controlnet's names and meanings.
-CONTROL_MODES = ("Balanced", "ControlNet is more important")  # the latter = diffusers' guess mode
 MAX_CONTROL_UNITS = 4
 
 
@@ -125,9 +125,6 @@ def check_control_units(units: Any, folders: tuple[str, ...], step_cache: int) -
                          f"{len(units)}")
     if not units:
         return
-    if len({u.control_mode for u in units}) > 1:
-        raise ParamError("controlnet", "every ControlNet unit of a request needs the same "
-                         "`control_mode` (diffusers applies one to all)")
     if step_cache > 1:
         raise ParamError("step_cache", "`step_cache` does not combine with ControlNet (the "
                          "cached deep blocks would skip the ControlNet's residuals)")

@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 
+from studio.api.a1111_controlnet import detected_maps
 from studio.api.a1111_models import (GenerationResponse, Img2ImgRequest, PNGInfoRequest,
                                      PNGInfoResponse, ProgressResponse, ProgressState, Sampler,
                                      Scheduler, SDModel, Txt2ImgRequest)
@@ -96,7 +97,8 @@ def _generation_routes(api: APIRouter, ctx, checkpoints: Checkpoints, options: O
             if error.field:
                 raise unprocessable(a1111_field(error.field), str(error)) from None
             raise HTTPException(500, detail=str(error)) from None
-        return await asyncio.to_thread(_response, ctx, checkpoints, request, run, outcomes, model_id)
+        return await asyncio.to_thread(_response, ctx, checkpoints, request, run, outcomes, model_id,
+                                       settings)
 
     @api.post("/txt2img", response_model=GenerationResponse)
     async def txt2img(request: Txt2ImgRequest, http: Request) -> GenerationResponse:
@@ -210,13 +212,15 @@ def _forget_uploads(ctx, run: Run) -> None:
 
 
 def _response(ctx, checkpoints, request: Txt2ImgRequest, run: Run, outcomes,
-              model_id: str | None) -> GenerationResponse:
+              model_id: str | None, settings: dict) -> GenerationResponse:
     item_ids = [i for outcome in outcomes for i in outcome.item_ids]
     images = []
     if request.send_images:
         for item_id in item_ids:  # the gallery files themselves: they carry the infotext
             images.append(base64.b64encode(ctx.gallery.get(item_id).file_path.read_bytes())
                           .decode("ascii"))
+        images += detected_maps(ctx, request.alwayson_scripts, run.task, run.iterations[0],
+                                item_ids, settings)  # sd-webui-controlnet's maps come last
     for outcome in outcomes:
         checkpoints.remember_hash(model_id or checkpoints.default_id(),
                                   outcome.info.get("model_hash"))

@@ -11,11 +11,17 @@ A unit dict (the extension's names): `image` or `input_image` (base64, or {"imag
 `module`, `model` ("name", "name [hash]", or a part of a name: the shortest model containing it,
 as the extension matches), `weight`, `resize_mode` (0/1/2 or "Just Resize", "Crop and Resize",
 "Resize and Fill" and their old aliases), `guidance_start`, `guidance_end`, `processor_res`,
-`threshold_a`, `threshold_b`, `pixel_perfect`, `control_mode` (0/1/2 or its names), `enabled`
-(false: skipped). Fields the studio has no use for (low_vram, guess_mode, hr_option,
-save_detected_map...) are ignored. Units become the image tasks' `controlnet` params
-(studio/tasks/controlnet.py); the A1111 router stores their images once, outside the gallery
-(studio/uploads.py), and the jobs refer to them by upload id.
+`threshold_a`, `threshold_b`, `pixel_perfect`, `control_mode` (0/1/2 or its names: "Balanced",
+"My prompt is more important", "ControlNet is more important"), `enabled` (false: skipped),
+`save_detected_map` (false: its map is not sent back). Fields the studio has no use for
+(low_vram, guess_mode, hr_option...) are ignored. Units become the image tasks' `controlnet`
+params (studio/tasks/controlnet.py); the A1111 router stores their images once, outside the
+gallery (studio/uploads.py), and the jobs refer to them by upload id.
+
+Detected maps: as the extension does, a txt2img / img2img response's `images` end with each
+unit's control map (after all generated images, once per request; with hires fix the final
+size's map, then the first pass's), unless the unit says `save_detected_map: false`, the
+request `send_images: false`, or the option `control_net_no_detectmap` is true.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends
 
 from engines.base import ParamError
+from engines.diffusion.control_modes import CONTROL_MODES
 from studio.api.auth import require_auth
 
 API_VERSION = 3  # the extension's /controlnet/version
@@ -33,7 +40,6 @@ RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize",
                   "Outer Fit (Shrink to Fit)": "Resize and Fill",
                   "Scale to Fit (Inner Fit)": "Crop and Resize",
                   "Envelope (Outer Fit)": "Resize and Fill"}
-CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 # extension name -> the task's unit field
 UNIT_NAMES = {"model": "model", "module": "module", "weight": "weight",
               "guidance_start": "guidance_start", "guidance_end": "guidance_end",
@@ -74,10 +80,14 @@ def _resize_mode(value: Any) -> str:
     return RESIZE_ALIASES.get(value, value)
 
 
-def _control_mode(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 3:
+def _control_mode(value: Any, index: int) -> str:
+    """The extension's control mode from its name or its number (0, 1, 2)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CONTROL_MODES):
         return CONTROL_MODES[value]
-    return value
+    if value in CONTROL_MODES:
+        return value
+    raise ParamError("controlnet", f"ControlNet unit {index}: unknown `control_mode` {value!r}; "
+                     f"use one of {', '.join(CONTROL_MODES)} (or 0, 1, 2)")
 
 
 def _unit_image(unit: dict, index: int):
@@ -95,9 +105,8 @@ def _unit_image(unit: dict, index: int):
         raise ParamError("controlnet", f"ControlNet unit {index}: {error}") from None
 
 
-def controlnet_units(ctx, alwayson_scripts: Any) -> list[dict]:
-    """The task's `controlnet` units (images as PIL, stored later) from a request's
-    `alwayson_scripts`; [] when it has none. ParamError("controlnet", ...) otherwise."""
+def _unit_args(alwayson_scripts: Any) -> list[tuple[int, dict]]:
+    """(index, unit) of the enabled units in `alwayson_scripts.controlnet.args`."""
     if not alwayson_scripts:
         return []
     if not isinstance(alwayson_scripts, dict):
@@ -109,23 +118,52 @@ def controlnet_units(ctx, alwayson_scripts: Any) -> list[dict]:
     if not isinstance(args, list):
         raise ParamError("controlnet", "`alwayson_scripts.controlnet.args` must be a list of "
                          "unit objects")
-    units = []
     for index, unit in enumerate(args):
         if not isinstance(unit, dict):
             raise ParamError("controlnet", f"ControlNet unit {index} must be an object")
-        if unit.get("enabled", True) is False:
-            continue
+    return [(i, u) for i, u in enumerate(args) if u.get("enabled", True) is not False]
+
+
+def controlnet_units(ctx, alwayson_scripts: Any) -> list[dict]:
+    """The task's `controlnet` units (images as PIL, stored later) from a request's
+    `alwayson_scripts`; [] when it has none. ParamError("controlnet", ...) otherwise."""
+    units = []
+    for index, unit in _unit_args(alwayson_scripts):
         out = {name: unit[key] for key, name in UNIT_NAMES.items() if unit.get(key) is not None}
         out["model"] = closest_model(ctx, unit.get("model"))
         if unit.get("resize_mode") is not None:
             out["resize_mode"] = _resize_mode(unit["resize_mode"])
         if unit.get("control_mode") is not None:
-            out["control_mode"] = _control_mode(unit["control_mode"])
+            out["control_mode"] = _control_mode(unit["control_mode"], index)
         out["image"] = _unit_image(unit, index)
         units.append(out)
     if len(units) > MAX_UNITS:
         raise ParamError("controlnet", f"at most {MAX_UNITS} enabled ControlNet units")
     return units
+
+
+def detected_maps(ctx, alwayson_scripts: Any, task: str, params: dict, item_ids: list[int],
+                  options: dict) -> list[str]:
+    """The control maps the extension appends to a response's `images` (base64 PNGs): one per
+    unit with `save_detected_map` (default true) at the results' size, then, with hires fix, at
+    the first pass's; none with the option `control_net_no_detectmap`. `params`: one run's
+    task params (the units' images stored as uploads)."""
+    from engines.diffusion.controlnet import control_image
+    from studio.tasks.controlnet import control_units
+    from studio.tasks.image import encode_image
+
+    stored = params.get("controlnet") or []
+    if options.get("control_net_no_detectmap") or not stored or not item_ids:
+        return []
+    wanted = [u.get("save_detected_map", True) is not False
+              for _, u in _unit_args(alwayson_scripts)]
+    units, _ = control_units(ctx, stored)
+    item = ctx.gallery.get(item_ids[0])
+    sizes = [(item.width, item.height)]
+    if task == "hires" and item.params.get("first_pass_width"):  # the extension: hr map first
+        sizes.append((item.params["first_pass_width"], item.params["first_pass_height"]))
+    return [encode_image(control_image(unit, *size)) for unit, keep in zip(units, wanted)
+            if keep for size in sizes]
 
 
 # ------------------------------------------------------------------ the extension's routes

@@ -1,9 +1,10 @@
 """The ControlNet accordion of the Text to image and Inpaint tabs: a few units, each with a
-control image, a preprocessor (module), a model, weight, start/end and resize mode, and a
-"Preview map" button that shows the preprocessed map before generating.
+control image, a preprocessor (module), a model, weight, start/end, resize mode and control
+mode, and a "Preview map" button that shows the preprocessed map before generating.
 
     inputs = controlnet_panel.build(ctx, "txt2img")          # inside the tab's layout
     task, params = controlnet_panel.add_units(ctx, task, params, values)   # in the handler
+    controlnet_panel.wire_fill(ctx, reuse_button, [ids, chosen], inputs)   # "Reuse parameters"
 
 Thin: the map is made by engines/diffusion/control_modules.py (numpy and PIL, no torch); a
 control image is stored once as an upload (studio/uploads.py) and the job refers to it by id.
@@ -15,12 +16,17 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from engines.diffusion.control_modes import CONTROL_MODES  # sd-webui-controlnet's (no torch)
 from studio.ui.widgets import PRIVATE
 
 UNITS = 2  # units shown; the engine and the A1111 API take up to four
 FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end",
-          "resize_mode", "pixel_perfect")
+          "resize_mode", "pixel_perfect", "control_mode")
 RESIZE_MODES = ["Just Resize", "Crop and Resize", "Resize and Fill"]
+# What a stored unit means when it leaves a field out (engines/diffusion/params.py ControlUnit).
+UNIT_DEFAULTS = {"module": "none", "weight": 1.0, "guidance_start": 0.0, "guidance_end": 1.0,
+                 "resize_mode": "Crop and Resize", "pixel_perfect": False,
+                 "control_mode": "Balanced"}
 CONTROL_INPUTS = UNITS * len(FIELDS)
 
 
@@ -88,6 +94,67 @@ def add_units(ctx, task: str, params: dict, values: Sequence[Any]) -> tuple[str,
     return task, (dict(params, controlnet=units) if units else params)
 
 
+def _stored_image(ctx, unit: dict, index: int):
+    """A stored unit's control image (a gallery item or an upload), or None with a warning when
+    it is no longer kept."""
+    from studio.uploads import is_upload_ref, open_upload
+
+    try:
+        if unit.get("image_id") is not None:
+            return ctx.gallery.open_image(int(unit["image_id"]))
+        if is_upload_ref(unit.get("image")):
+            return open_upload(ctx, unit["image"])
+    except (LookupError, OSError, ValueError):
+        pass
+    gr.Warning(f"ControlNet unit {index}: its control image is no longer stored; upload it "
+               f"again.")
+    return None
+
+
+def item_units(ctx, item_id) -> list:
+    """The panel's values (`FIELDS` per unit) from a gallery item's stored ControlNet units: each
+    unit filled and enabled, the others disabled; gr.skip() where the item says nothing usable
+    (no such item, a model or module not here any more)."""
+    from engines.diffusion.control_modules import ALIASES, MODULES
+
+    try:
+        item = ctx.gallery.get(int(item_id))
+    except (LookupError, TypeError, ValueError):
+        return [gr.skip()] * CONTROL_INPUTS  # the tab's own handler says so
+    stored = [u for u in (item.params or {}).get("controlnet") or [] if isinstance(u, dict)]
+    if len(stored) > UNITS:
+        gr.Warning(f"Item #{item.id} used {len(stored)} ControlNet units; the panel shows the "
+                   f"first {UNITS}.")
+    models = model_names(ctx)
+    values: list = []
+    for index in range(UNITS):
+        if index >= len(stored):
+            values += [False] + [gr.skip()] * (len(FIELDS) - 1)
+            continue
+        unit = dict(UNIT_DEFAULTS, **stored[index])
+        module = ALIASES.get(unit["module"], unit["module"])
+        model = str(unit.get("model", "")).split(" [")[0]
+        if model not in models:
+            gr.Warning(f"ControlNet unit {index}: model {model!r} is not in models/ControlNet.")
+        filled = {"enabled": True, "image": _stored_image(ctx, unit, index),
+                  "module": module if module in MODULES else gr.skip(),
+                  "model": model if model in models else gr.skip()}
+        values += [filled[f] if f in filled else unit[f] for f in FIELDS]
+    return values
+
+
+def wire_fill(ctx, button, inputs: list, units: list) -> None:
+    """`button` fills the panel (`units`, build()'s inputs) from a gallery item: `inputs` are
+    the results strip's [ids, chosen] ("Reuse parameters") or [a gallery id] ("Open")."""
+    def fill(*values):
+        from studio.ui.widgets import selected_item
+
+        item_id = selected_item(*values) if len(values) == 2 else values[0]
+        return item_units(ctx, item_id)
+
+    button.click(fill, inputs, units, **PRIVATE)
+
+
 def split(values: Sequence[Any]) -> tuple[tuple, tuple]:
     """(the tab's own values, the panel's) from one handler's inputs (the panel's come last)."""
     values = tuple(values)
@@ -122,6 +189,8 @@ def _unit(ctx, prefix: str, index: int, names: list[str]) -> list[gr.components.
         c["resize_mode"] = gr.Radio(RESIZE_MODES, value="Crop and Resize", label="Resize mode")
         c["pixel_perfect"] = gr.Checkbox(label="Pixel perfect (preprocess at the image size)",
                                          value=True)
+    c["control_mode"] = gr.Radio(list(CONTROL_MODES), value="Balanced", label="Control mode",
+                                 elem_id=f"{prefix}-cn{index}-control-mode")
     show.click(preview_map, [c["image"], c["module"], c["pixel_perfect"]], preview, **PRIVATE)
     c["image"].upload(lambda _: True, c["image"], c["enabled"], **PRIVATE)  # an upload enables
     return [c[f] for f in FIELDS]

@@ -192,6 +192,10 @@ def build(ctx) -> dict[str, Any]:
     panel.extra["Reuse parameters"].click(partial(reuse, ctx), [panel.ids, panel.chosen],
                                           applied, **PRIVATE)
     c["open"].click(partial(open_item, ctx), c["open_id"], applied + [c["init_image"]], **PRIVATE)
+    # the item's ControlNet units back into the panel (controlnet_panel.py), on both buttons
+    controlnet_panel.wire_fill(ctx, panel.extra["Reuse parameters"], [panel.ids, panel.chosen],
+                               c["controlnet"])
+    controlnet_panel.wire_fill(ctx, c["open"], [c["open_id"]], c["controlnet"])
     return {"prompt": c["prompt"], "negative_prompt": c["negative"],
             "init_image": c["init_image"], "_panel": panel}
 
