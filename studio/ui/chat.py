@@ -19,7 +19,7 @@ from studio.chat.service import ChatService, as_dicts, for_display
 from studio.ui import chat_transfer as files
 from studio.ui.chat_documents import controls as doc_controls
 from studio.ui.chat_documents import sources_markdown
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job, llm_sampling_panel
+from studio.ui.widgets import PRIVATE, wire_cancel, follow_job, llm_sampling_panel
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -327,7 +327,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                              (c["continue"].click, continue_reply)):
         trigger(partial(handler, ctx, chats), reply_inputs, reply_outputs,
                 concurrency_limit=None, **PRIVATE)
-    c["stop"].click(partial(cancel_job, ctx), job, c["notice"], queue=False, **PRIVATE)
+    wire_cancel(ctx, c["stop"], job, queue=False)
     c["edit"].click(edit_last, [history], [c["chatbot"], history, c["message"]], **PRIVATE)
     c["add"].click(partial(queue_from_tab, ctx, chats), [c["message"], history, conv_id, c["use_docs"],
                                                      *sampling], [c["notice"]], **PRIVATE)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job, llm_sampling_panel
+from studio.ui.widgets import PRIVATE, wire_cancel, follow_job, llm_sampling_panel
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -192,5 +192,5 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
                         [job, c["output"], c["explanation"], c["log"], c["status"]],
                         concurrency_limit=None, **PRIVATE)
     c["add_queue"].click(partial(queue_code, ctx), controls, [c["status"]], **PRIVATE)
-    c["stop"].click(partial(cancel_job, ctx), job, c["status"], queue=False, **PRIVATE)
+    wire_cancel(ctx, c["stop"], job, queue=False)
     return {"code": c["code"], "description": c["description"], "output": c["output"]}

@@ -18,7 +18,7 @@ from PIL import Image
 
 from studio.ui import controlnet_panel
 from studio.ui.add_to_queue import add_job
-from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
+from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, wire_cancel, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
                                run_strip, sampling_panel, selected_item, stream_images)
 
@@ -192,7 +192,7 @@ def build(ctx) -> dict[str, Any]:
                    concurrency_limit=None, **PRIVATE)
     c["run_outpaint"].click(partial(generate, ctx, "outpaint"), inputs, panel.outputs,
                             concurrency_limit=None, **PRIVATE)
-    c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
+    wire_cancel(ctx, c["cancel"], panel.job)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
     c["model"].input(model_cfg, c["model"], c["cfg"], **PRIVATE)
     receiver.change(partial(arrived, ctx), receiver, [c["editor"], c["source_id"]], **PRIVATE)

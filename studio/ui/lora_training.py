@@ -11,7 +11,7 @@ from functools import partial
 
 import gradio as gr
 
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, wire_cancel, follow_job
 
 
 def _save_uploads(ctx, files) -> list[int]:
@@ -96,7 +96,7 @@ def build(ctx) -> dict:
                 c["status"] = gr.Markdown("*No training running.*", elem_id="lora-train-status")
                 c["samples"] = gr.Image(label="Samples", interactive=False, height=260)
     job = gr.State(None)
-    c["cancel"].click(partial(cancel_job, ctx), job, c["status"], **PRIVATE)
+    wire_cancel(ctx, c["cancel"], job)
     c["start"].click(partial(start_training, ctx),
                      [c["name"], c["trigger"], c["files"], c["captions"], c["rank"], c["steps"],
                       c["lr"], c["start_word"]], [job, c["status"], c["samples"]],

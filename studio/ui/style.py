@@ -17,7 +17,7 @@ import gradio as gr
 
 from studio.ui import style_train
 from studio.ui.add_to_queue import refuse, try_enqueue
-from studio.ui.widgets import PRIVATE, action_row, before_after, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, action_row, before_after, wire_cancel, follow_job
 
 if TYPE_CHECKING:
     from studio.context import StudioContext
@@ -219,7 +219,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     values = [c["image"], parent_id, c["style"], c["strength"], c["output_size"], c["style_image"]]
     c["apply"].click(partial(apply_style, ctx), values, [job, c["result"], c["status"], parent_id],
                      concurrency_limit=None, **PRIVATE)
-    c["stop"].click(partial(cancel_job, ctx), job, c["status"], **PRIVATE)
+    wire_cancel(ctx, c["stop"], job)
     c["add_queue"].click(partial(queue_style, ctx), values, [c["status"], parent_id], **PRIVATE)
     trained = style_train.build(ctx)
     trained.then(partial(refresh_styles, ctx), [c["style"]], style_outputs, **PRIVATE)

@@ -12,7 +12,7 @@ from functools import partial
 
 import gradio as gr
 
-from studio.ui.widgets import PRIVATE, cancel_job, follow_job
+from studio.ui.widgets import PRIVATE, wire_cancel, follow_job
 
 CURVE_EVERY_S = 2.0  # the loss plot is re-read at most this often
 LOSS_NAMES = ("G_gan", "G_cycle", "G_identity", "D_A", "D_B")
@@ -121,7 +121,7 @@ def build(ctx):
                                   interactive=False, height=260)
     job = gr.State(None)
     refresh.click(partial(gallery_choices, ctx), None, [content_items], **PRIVATE)
-    cancel.click(partial(cancel_job, ctx), job, status, **PRIVATE)
+    wire_cancel(ctx, cancel, job)
     return start.click(partial(start_training, ctx),
                        [name, style_files, content_files, content_items, size, iterations],
                        [job, status, plot, sample], concurrency_limit=None, **PRIVATE)

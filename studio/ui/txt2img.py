@@ -15,7 +15,7 @@ from studio.ui.add_to_queue import add_job
 from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
 from studio.ui.family_controls import wire_family_controls
 from studio.ui.variations import variations_for_results
-from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, cancel_job, connect_send_buttons,
+from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, wire_cancel, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
                                run_strip, sampling_panel, selected_item, stream_images)
 
@@ -181,7 +181,7 @@ def build(ctx) -> dict[str, Any]:
         + [c["token_merging"], c["step_cache"], c["clip_skip"]] + [c[n] for n in HIRES_FIELDS] \
         + c["controlnet"]
     c["run"].click(partial(generate, ctx), inputs, panel.outputs, concurrency_limit=None, **PRIVATE)
-    c["cancel"].click(partial(cancel_job, ctx), panel.job, panel.status, **PRIVATE)
+    wire_cancel(ctx, c["cancel"], panel.job)
     c["add_queue"].click(partial(add_to_queue, ctx), inputs, panel.status, **PRIVATE)
     c["init_image"].change(partial(image_arrived, ctx), c["init_image"],
                            [c["mode"], source_id, c["img2img_box"]], **PRIVATE)

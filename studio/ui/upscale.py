@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from studio.ui.add_to_queue import refuse, try_enqueue
-from studio.ui.widgets import (PRIVATE, action_row, before_after, cancel_job, follow_job,
+from studio.ui.widgets import (PRIVATE, action_row, before_after, wire_cancel, follow_job,
                                update_status)
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def build(ctx: "StudioContext") -> dict[str, gr.Component]:
     c["run"].click(partial(run_upscale, ctx), values,
                    [job, c["result"], c["results"], c["status"]], concurrency_limit=None,
                    **PRIVATE)
-    c["stop"].click(partial(cancel_job, ctx), job, c["status"], **PRIVATE)
+    wire_cancel(ctx, c["stop"], job)
     c["add_queue"].click(partial(queue_upscale, ctx), values, [c["status"]], **PRIVATE)
     return {"image": c["source_path"],
             "_refresh": (partial(refresh, ctx), [c["upscaler"], c["second"], c["batch"]],

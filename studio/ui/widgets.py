@@ -73,6 +73,13 @@ def cancel_job(ctx, job_id: int | None) -> str:
     return "Cancelling after the current step…"
 
 
+def wire_cancel(ctx, button, job, **events) -> None:
+    """Cancel/Stop: the answer is a toast, never the status line, because the job's own stream
+    writes its last word there ("Cancelled: nothing was saved.") and a late reply of this click
+    must not overwrite it."""
+    button.click(lambda job_id: gr.Info(cancel_job(ctx, job_id)), job, None, **events, **PRIVATE)
+
+
 def progress_html(step: int, total: int, message: str) -> str:
     percent = int(100 * step / total) if total else 0
     return (f'<div class="gs-progress"><progress value="{step}" max="{max(total, 1)}" '
