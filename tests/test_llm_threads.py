@@ -44,7 +44,8 @@ def test_idle_machine_gets_every_thread_and_busy_machine_one(monkeypatch) -> Non
     chooser.tick()  # the first token opens the window
     chooser._checked = 0.0
     chooser.tick()
-    assert chooser.current == (1, 2) and lib.calls[-1] == ("ctx", 1, 2)
+    # one thread for decoding and for the few-token batches of forced text alike
+    assert chooser.current == (1, 1) and lib.calls[-1] == ("ctx", 1, 1)
 
 
 def test_busy_at_the_start_stays_on_one_thread_until_the_cores_are_free(monkeypatch) -> None:
@@ -53,7 +54,10 @@ def test_busy_at_the_start_stays_on_one_thread_until_the_cores_are_free(monkeypa
     chooser.tick()
     chooser._checked = 0.0
     chooser.tick()
-    assert chooser.current == (1, 2) and lib.calls == []
+    assert chooser.current == (1, 1) and lib.calls == [("ctx", 1, 1)]
+    chooser.before_prompt()  # the next prompt on a busy machine: every thread for its batches
+    assert chooser.current == (1, 2)
+    chooser.tick()
     monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self, own_threads=1: (0.3, 0.0))
     chooser._checked = 0.0
     chooser.tick()
@@ -67,7 +71,7 @@ def test_a_training_job_in_this_process_counts_as_load(monkeypatch) -> None:
         chooser.tick()
         chooser._checked = 0.0
         chooser.tick()
-        assert chooser.current == (1, 2) and lib.calls == []
+        assert chooser.current == (1, 1) and lib.calls == [("ctx", 1, 1)]
     chooser.tick()
     chooser._checked = 0.0
     chooser.tick()

@@ -12,6 +12,7 @@ reply always parses. Seeds give the same text (numpy's generator; not the same a
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -117,67 +118,122 @@ def penalize(logits: np.ndarray, history: list[int], penalty: float) -> np.ndarr
 
 
 def _ranked(logits: np.ndarray, pool: np.ndarray | None) -> Iterator[int]:
-    """Token ids of `pool` (all when None), likeliest first, ranking only as far as needed."""
-    ids = np.arange(len(logits)) if pool is None else pool
-    values = logits[ids]
-    if len(ids) > FIRST_CHUNK:
-        part = np.argpartition(-values, FIRST_CHUNK)[:FIRST_CHUNK]
-        part = part[np.argsort(-values[part], kind="stable")]
-        yield from ids[part].tolist()
-        rest = np.ones(len(ids), dtype=bool)
-        rest[part] = False
+    """Token ids of `pool` (all when None), likeliest first, ranking only as far as needed: the
+    FIRST_CHUNK likeliest (found by one partition, no copy of the logits), then the rest."""
+    values = logits if pool is None else logits[pool]
+    ids = np.arange(len(values)) if pool is None else pool
+    if len(values) > FIRST_CHUNK:
+        threshold = np.partition(values, len(values) - FIRST_CHUNK)[len(values) - FIRST_CHUNK]
+        part = np.flatnonzero(values >= threshold)  # a tie may add a few
+        yield from ids[part[np.argsort(-values[part], kind="stable")]].tolist()
+        rest = np.flatnonzero(values < threshold)
         ids, values = ids[rest], values[rest]
     yield from ids[np.argsort(-values, kind="stable")].tolist()
 
 
-def allowed(logits: np.ndarray, vocab: Vocab, matcher: "Matcher", k: int, budget: int,
-            ends: list[int], backend: "Backend") -> list[int]:
-    """The k likeliest tokens the grammar allows next whose completion still fits in `budget`
-    tokens after them (or fewer, when the SCAN_LIMIT likeliest candidates hold fewer)."""
+def allowed(logits: np.ndarray, vocab: Vocab, matcher: "Matcher", sampling: "Sampling",
+            budget: int, ends: list[int], backend: "Backend") -> list[int]:
+    """What `choose` samples from under a grammar, likeliest first: llama.cpp's top-k, then
+    top-p, over the tokens the grammar allows next whose completion still fits in `budget`
+    tokens after them (end tokens count as allowed where the value may end). Candidates are
+    checked lazily, likeliest first, and the scan stops as soon as the top-p cut is certain:
+    the tokens not yet checked cannot weigh more than min(what is left of the whole pool,
+    (k - found) x the last one found), so a confident step checks a few tokens, not k."""
+    k = 1 if sampling.temperature == 0 else (sampling.top_k or UNBOUNDED_TOP_K)
     first = matcher.first_chars()
     pool = None
     if first is not None:
         groups = [vocab.by_first[c] for c in first if c in vocab.by_first]
         pool = np.concatenate(groups) if groups else np.array([], dtype=int)
-    found = [e for e in ends] if matcher.complete else []
+    complete = matcher.complete
+    pending_ends = sorted(ends, key=lambda e: -logits[e]) if complete else []
+    top = float(logits.max())  # the weights' common scale; only their ratios matter
+    lazy = sampling.top_p < 1.0 and k > 1  # else the scan runs to k: nothing to bound
+    seen = {"weight": 0.0, "total": None}  # weight checked so far; the pool's, when needed
+    found: list[int] = []
+    sums: list[float] = []  # cumulative weights of `found`
     room = matcher.plain_room()
+
+    def accept(token: int, weight: float) -> bool:
+        """Add an allowed token; True when the kept set is decided."""
+        found.append(token)
+        sums.append((sums[-1] if sums else 0.0) + weight)
+        if len(found) >= k:
+            return True
+        if not lazy:
+            return False
+        most_left = (k - len(found)) * weight  # a bound that costs nothing; then the pool's
+        if _cut_is_certain(sums, sampling.top_p, most_left):
+            return True
+        if seen["total"] is None:  # float32 is enough for a bound with 0.1% to spare
+            seen["total"] = 1.001 * float(np.exp((logits if pool is None else logits[pool]) - top, dtype=np.float32).sum()) + sum(
+                np.exp(np.float64(logits[e]) - top) for e in ends if pool is not None)  # no text: not in a pool
+        return _cut_is_certain(sums, sampling.top_p, min(most_left, seen["total"] - seen["weight"]))
+
     for checked, token in enumerate(_ranked(logits, pool)):
-        if checked >= SCAN_LIMIT and len(found) > (len(ends) if matcher.complete else 0):
+        if checked >= SCAN_LIMIT and len(found) > len([e for e in found if e in ends]):
             break
+        weight = float(np.exp(np.float64(logits[token]) - top))
+        while pending_ends and logits[pending_ends[0]] >= logits[token]:
+            end = pending_ends.pop(0)
+            end_weight = float(np.exp(np.float64(logits[end]) - top))
+            seen["weight"] += end_weight if pool is not None else 0.0
+            if accept(end, end_weight):
+                return _cut(found, logits, sampling)
+        seen["weight"] += weight
         text = vocab.texts[token]
         if not text:
             continue
         if vocab.plain[token] and len(text) <= room:
-            found.append(token)  # inside a string, no quote: allowed, and the completion only shrinks
+            ok = True  # inside a string, no quote: allowed, and the completion only shrinks
         else:
             after = matcher.advance(text)
-            if after is not None and vocab.cost(after.min_text(), backend, budget - 1) <= budget - 1:
-                found.append(token)
-        if len(found) >= k + (len(ends) if matcher.complete else 0):
+            ok = after is not None and vocab.cost(after.min_text(), backend, budget - 1) <= budget - 1
+        if ok and accept(token, weight):
+            return _cut(found, logits, sampling)
+    for end in pending_ends:  # ends less likely than every token checked
+        if accept(end, float(np.exp(np.float64(logits[end]) - top))):
             break
-    return found
+    return _cut(found, logits, sampling)
+
+
+def _cut_is_certain(sums: list[float], top_p: float, most_left: float) -> bool:
+    """Whatever the unchecked tokens weigh (0 to `most_left`), the same prefix of `found` passes
+    top-p: the first whose share reaches top_p at the lowest total also does at the highest."""
+    first = bisect.bisect_left(sums, top_p * sums[-1])  # sums only grow
+    return first < len(sums) and sums[first] >= top_p * (sums[-1] + most_left)
+
+
+def _cut(found: list[int], logits: np.ndarray, sampling: "Sampling") -> list[int]:
+    """top-k then top-p over the allowed tokens found, as `choose` does over all tokens."""
+    found = sorted(found, key=lambda t: -logits[t])[:sampling.top_k or UNBOUNDED_TOP_K]
+    if sampling.temperature == 0 or sampling.top_p >= 1.0 or not found:
+        return found
+    values = logits[found].astype(np.float64)
+    probs = np.exp(values - values.max())
+    probs /= probs.sum()
+    return found[:int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)]
 
 
 def choose(logits: np.ndarray, candidates: list[int] | None, sampling: "Sampling",
            rng: np.random.Generator) -> int:
-    """llama.cpp's order over the candidates (None: every token): top-k, top-p, temperature."""
+    """llama.cpp's order (None: every token): top-k, top-p, temperature. `candidates` from
+    `allowed` are already cut by top-k and top-p, likeliest first."""
     if candidates is None:
         if sampling.temperature == 0:
             return int(np.argmax(logits))
         k = min(sampling.top_k or UNBOUNDED_TOP_K, len(logits) - 1)
         top = np.argpartition(-logits, k)[:k]
         candidates = top[np.argsort(-logits[top], kind="stable")].tolist()
+        values = logits[candidates].astype(np.float64)
+        if sampling.top_p < 1.0:
+            probs = np.exp(values - values.max())
+            probs /= probs.sum()
+            values = values[:int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)]
+    elif sampling.temperature == 0:
+        return candidates[0]
     else:
-        candidates = sorted(candidates, key=lambda t: -logits[t])
-        if sampling.temperature == 0:
-            return candidates[0]
-        candidates = candidates[:sampling.top_k or UNBOUNDED_TOP_K]
-    values = logits[candidates].astype(np.float64)
-    probs = np.exp(values - values.max())
-    probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
-        values = values[:keep]
+        values = logits[candidates].astype(np.float64)
     scaled = np.exp((values - values.max()) / sampling.temperature)
     return int(candidates[rng.choice(len(values), p=scaled / scaled.sum())])
 
@@ -239,15 +295,14 @@ def guided_tokens(backend: "Backend", prompt: list[int], sampling: "Sampling", c
                 return
             if forced:  # 2. Nothing to choose: write it.
                 matcher = after
-                yield from emit(forced_ids)
+                yield from emit(forced_ids, final=matcher.finished)
                 cancel.raise_if_cancelled()
                 continue
         # 3. Sample one token (from the allowed ones under a grammar).
         logits = penalize(stepper.logits.copy(), history, sampling.repetition_penalty)
         candidates = None
         if matcher is not None and not matcher.free:
-            k = 1 if sampling.temperature == 0 else (sampling.top_k or UNBOUNDED_TOP_K)
-            candidates = allowed(logits, vocab, matcher, k, budget, ends, backend)
+            candidates = allowed(logits, vocab, matcher, sampling, budget, ends, backend)
         token = choose(logits, candidates, sampling, rng)
         if backend.is_end(token):
             outcome["complete"] = matcher is not None and not matcher.free
@@ -255,5 +310,5 @@ def guided_tokens(backend: "Backend", prompt: list[int], sampling: "Sampling", c
             return
         if candidates is not None:
             matcher = matcher.advance(vocab.texts[token])
-        yield from emit([token])
+        yield from emit([token], final=candidates is not None and matcher.finished)
         cancel.raise_if_cancelled()
