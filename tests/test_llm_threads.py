@@ -152,3 +152,12 @@ def test_the_same_seed_gives_the_same_text_on_one_or_two_threads(monkeypatch) ->
         finally:
             engine.unload()
     assert texts[0] == texts[1] and texts[0].strip()
+
+
+def test_a_prompt_right_after_a_reply_trusts_the_load_since_then(monkeypatch) -> None:
+    chooser, lib = adaptive(monkeypatch, others_running=0, others_busy=1.5)  # idle this instant
+    chooser.before_prompt()  # but others used 1.5 cores in the 0.3 s since the last reply
+    assert chooser.current == (1, 2) and lib.calls == []
+    monkeypatch.setattr(threads.OtherLoad, "since_last", lambda self: (30.0, 1.5))
+    chooser.before_prompt()  # half a minute ago says little about now: the instant decides
+    assert chooser.current == (2, 2) and lib.calls == [("ctx", 2, 2)]

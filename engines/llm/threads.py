@@ -27,6 +27,7 @@ from pathlib import Path
 PRIVATE_RUNTIME = "libgomp-llama.so.1"  # written next to llama.cpp's libraries by the installer
 SMALL_MODEL_BYTES = 300 << 20  # GGUF files under this decode on one thread on a busy machine
 RECHECK_SECONDS = 0.25  # how often decoding looks at the machine's load again
+RECENT_SECONDS = 1.0  # a prompt right after a reply (an agent's next call) trusts the load since
 
 
 def cpu_threads() -> int:
@@ -185,11 +186,14 @@ class AdaptiveThreads:
             return
         self._window_open = False  # the first decoded token opens it (tick)
         idle = others_running_now() == 0 and _lane_jobs == 0
-        if idle:  # nothing runnable this instant; and since the last look (the last reply)?
-            window = self._load.since_last()  # a busy machine is often idle for an instant,
-            idle = window is None or window[0] < 0.05 or not self._others_busy(window[1])
-        self._set((self._all, self._all) if idle else self._busy)  # and 2 spinning threads
-        # on busy cores are 10x slower until the first check while decoding (RECHECK_SECONDS)
+        if idle:  # nothing runnable this instant; and since the last reply, if it just ended?
+            # A busy machine is often idle for an instant, and 2 spinning threads on busy cores
+            # are 10x slower until the first check while decoding (RECHECK_SECONDS). A longer
+            # gap (a user typing; another program's short burst) says little about now.
+            window = self._load.since_last()
+            if window is not None and 0.05 <= window[0] <= RECENT_SECONDS:
+                idle = not self._others_busy(window[1])
+        self._set((self._all, self._all) if idle else self._busy)
 
     def _others_busy(self, others: float) -> bool:
         """Other processes used half a core or more (of the time measured)."""
