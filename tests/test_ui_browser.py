@@ -33,10 +33,14 @@ def started(job: dict) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def set_steps(page, steps: int) -> None:
-    box = page.locator("#txt2img-steps input[type=number]")
-    box.fill(str(steps))
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
     box.press("Enter")
+
+
+def set_steps(page, steps: int) -> None:
+    set_number(page, "txt2img-steps", steps)
 
 
 def generate(page, prompt: str, steps: int = 4) -> None:
@@ -153,6 +157,9 @@ def test_the_gallery_is_a_grid_of_cells_small_images_crisp_large_ones_smooth(bro
 
 
 def test_cancel_in_the_tab_stops_the_running_job_and_saves_nothing(page, studio_server):
+    open_tab(page, "Text to image")
+    for side in ("width", "height"):  # 16x the work per step: 150 steps outlast the click
+        set_number(page, f"txt2img-{side}", 256)
     generate(page, "a long one", steps=150)
     page.locator("#txt2img-preview img").first.wait_for(timeout=120_000)  # it is running
     page.locator("#txt2img-cancel").click()
@@ -160,5 +167,6 @@ def test_cancel_in_the_tab_stops_the_running_job_and_saves_nothing(page, studio_
         timeout=60_000)
     [job] = jobs(studio_server)
     assert job["status"] == "canceled" and job["item_ids"] == []
+    assert job["params"]["width"] == job["params"]["height"] == 256
     assert job["progress"] < 1.0  # stopped between steps, long before the 150th
     assert api(studio_server, "/api/gallery")["total"] == 0

@@ -209,8 +209,10 @@ def sampling_panel(prefix: str, size: bool = True) -> dict[str, gr.components.Co
                                          elem_id=f"{prefix}-seed")
     if size:
         with gr.Row():
-            controls["width"] = gr.Slider(64, 2048, value=64, step=8, label="Width")
-            controls["height"] = gr.Slider(64, 2048, value=64, step=8, label="Height")
+            controls["width"] = gr.Slider(64, 2048, value=64, step=8, label="Width",
+                                          elem_id=f"{prefix}-width")
+            controls["height"] = gr.Slider(64, 2048, value=64, step=8, label="Height",
+                                           elem_id=f"{prefix}-height")
             controls["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)",
                                          elem_id=f"{prefix}-seed")
     return controls
