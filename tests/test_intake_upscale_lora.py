@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select, update
+from test_lora_training import rings
 from wiring import api_client, running_studio
 
 from studio.gallery.store import GalleryQuery
@@ -35,18 +36,6 @@ def picture(seed: int, side: int = 24, mode: str = "RGB") -> Image.Image:
     draw.ellipse((3 + seed, 4, side - 5, side - 3 - seed), fill=(240, 210, 30))
     draw.line((0, side - 1, side - 1, 0), fill=(10, 10, 10), width=2)
     return image.convert(mode)
-
-
-def rings(n: int) -> list[Image.Image]:
-    out = []
-    for i in range(n):
-        image = Image.new("RGB", (64, 64), (30, 30, 30))
-        draw = ImageDraw.Draw(image)
-        x = 18 + 5 * i
-        draw.ellipse([x - 14, 18, x + 14, 46], fill=(230, 40, 40))
-        draw.ellipse([x - 7, 25, x + 7, 39], fill=(30, 30, 30))
-        out.append(image)
-    return out
 
 
 def stored_row(ctx, job_id: int) -> dict:
