@@ -16,6 +16,8 @@ to the ControlNet rows. `--setting-only` runs just the ControlNet row(s) for one
 them to the JSON's "settings" (the full run's rows stay):
 
     python benchmarks/controlnet.py --setting-only --control-mode "ControlNet is more important" --guidance 1.5
+    # the three modes side by side (the rows of --n 2 go to a scratch JSON):
+    python benchmarks/controlnet.py --setting-only --n 2 --json /tmp/x.json --modes-grid docs/images/controlnet_grid_modes.png
 """
 from __future__ import annotations
 
@@ -119,6 +121,17 @@ def write_json(args, head: str, rows: dict[str, dict]) -> None:
     args.json.write_text(json.dumps(old, indent=2) + "\n")
 
 
+def modes_grid(pipe, args) -> Image.Image:
+    """map | each control mode at weight 1 | "ControlNet is more important" at weight 2, for the
+    first 8 contradicting held-out cases (the same seeds as the rows)."""
+    cases = follow_cases(8, "held_out", agree=False)
+    columns = [[c.image for c in cases]]
+    for mode, scale in [(m, 1.0) for m in CONTROL_MODES] + [(CONTROL_MODES[2], 2.0)]:
+        run = steered(pipe, mode, scale, args.end, args.guidance)
+        columns.append(generate(run, cases, args.steps, args.guidance, args.seed))
+    return grid(columns)
+
+
 def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description="follow rate of a ControlNet for the tiny SD")
     p.add_argument("--model", type=Path, default=REPO / "assets" / "sd-tiny")
@@ -139,6 +152,8 @@ def main(argv: list[str] | None = None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "controlnet-results.json")
     p.add_argument("--grid", type=Path, default=None, help="PNG: map | with | without, 8 conflicting cases")
+    p.add_argument("--modes-grid", type=Path, default=None,
+                   help="PNG: map | Balanced | My prompt | ControlNet (weight 1, then 2), 8 cases")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -185,7 +200,10 @@ def main(argv: list[str] | None = None):
         if "no ControlNet" in shown:
             columns.append(shown["no ControlNet"])
         grid(columns).save(args.grid)
-    print(f"wrote {args.json}" + (f" and {args.grid}" if args.grid else ""))
+    if args.modes_grid:
+        args.modes_grid.parent.mkdir(parents=True, exist_ok=True)
+        modes_grid(pipe, args).save(args.modes_grid)
+    print(f"wrote {args.json}" + "".join(f" and {g}" for g in (args.grid, args.modes_grid) if g))
 
 
 if __name__ == "__main__":
