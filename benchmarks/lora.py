@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="loss weight outside each training image's subject (1 = no mask)")
     p.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR-γ weighting (0 = off)")
     p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
+    p.add_argument("--seed", type=int, default=0, help="the training's random seed")
+    p.add_argument("--trigger-lr", type=float, default=5e-3, help="the trigger vectors' rate")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     images, captions = training_set(args.images, templates=args.templates)
     grid(images[::args.templates][:8], 8).save(args.out / "training_images.png")
     cfg = LoraTrainConfig(trigger=TRIGGER, rank=args.rank, steps=args.steps, lr=args.lr,
-                          batch=args.batch, sample_every=max(100, args.steps // 4),
+                          batch=args.batch, seed=args.seed, trigger_lr=args.trigger_lr,
+                          sample_every=max(100, args.steps // 4),
                           sample_guidance=args.guidance, prior_images=args.prior, target=args.target,
                           trigger_vectors=args.trigger_vectors, train_text_encoder=args.text_encoder,
                           caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,

@@ -133,7 +133,8 @@ def test_loss_options_are_checked():
     from engines.training.lora import LoraTrainConfig
 
     for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
-                   {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5}):
+                   {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
+                   {"trigger_lr": 0.5}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -232,3 +233,18 @@ def test_train_with_mask_snr_schedule_and_conv_rank(tmp_path):
     pipe.load_lora_weights(str(path))
     after = pipe("a red gsring", generator=torch.Generator().manual_seed(0), **kwargs).images
     assert not np.allclose(before, after)
+
+
+def test_targets_that_leave_the_text_projections_alone(tmp_path):
+    from engines.training.lora import TARGET_MODULES
+    from engines.training.lora_text import add_lora
+
+    def adapted(target: str) -> set[str]:
+        unet = _fresh_pipe(tmp_path).unet
+        add_lora(unet, 2, TARGET_MODULES[target])
+        return {name for name, module in unet.named_modules() if hasattr(module, "lora_A")}
+
+    full, image, conv = adapted("unet"), adapted("unet_image"), adapted("conv")
+    text_kv = {n for n in full if ".attn2.to_k" in n or ".attn2.to_v" in n}
+    assert text_kv and image == full - text_kv  # everything but the layers that read the text
+    assert conv and not any("attentions" in n for n in conv) and conv < full

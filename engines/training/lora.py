@@ -47,6 +47,14 @@ TARGET_MODULES = {
     "unet": r".*(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|"
             r"to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))|resnets\.\d+\.(conv1|conv2|"
             r"time_emb_proj|conv_shortcut)|(down|up)samplers\.0\.conv)",
+    # as "unet" but not the cross-attention's key/value projections, the only layers that read
+    # the text: the words keep their meaning (colours...) and the trigger vectors carry the new one
+    "unet_image": r".*(attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn1\.(to_q|"
+                  r"to_k|to_v|to_out\.0)|attn2\.(to_q|to_out\.0)|ff\.net\.(0\.proj|2)))|resnets\.\d+"
+                  r"\.(conv1|conv2|time_emb_proj|conv_shortcut)|(down|up)samplers\.0\.conv)",
+    # the resnets' and samplers' convolutions only, no attention: the LoRA draws the shape and
+    # what the word means is left to the trigger vectors
+    "conv": r".*(resnets\.\d+\.(conv1|conv2|time_emb_proj|conv_shortcut)|(down|up)samplers\.0\.conv)",
 }
 CHECKPOINT = "checkpoint.pt"
 
@@ -104,8 +112,10 @@ class LoraTrainConfig:
         if not isinstance(self.train_text_encoder, bool):
             raise ParamError("train_text_encoder", f"`train_text_encoder` must be true or false, "
                              f"got {self.train_text_encoder!r}")
-        if not isinstance(self.lr, (int, float)) or not 1e-6 <= self.lr <= 1e-1:
-            raise ParamError("lr", f"`lr` must be between 1e-6 and 0.1, got {self.lr!r}")
+        for name in ("lr", "trigger_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1e-6 <= value <= 1e-1:
+                raise ParamError(name, f"`{name}` must be between 1e-6 and 0.1, got {value!r}")
         lora_loss.check(self)
 
 
