@@ -47,10 +47,17 @@ def test_validation_names_the_field(ctx):
     good = params(ctx)
     for change, field in (({"images": []}, "images"), ({"trigger": " "}, "trigger"),
                           ({"rank": 0}, "rank"), ({"name": "../x"}, "name"),
-                          ({"captions": ["a"]}, "captions"), ({"lr": 5.0}, "lr")):
+                          ({"captions": ["a"]}, "captions"), ({"lr": 5.0}, "lr"),
+                          ({"snr_gamma": -1}, "snr_gamma"), ({"lr_schedule": "step"}, "lr_schedule"),
+                          ({"conv_rank": 2.5}, "conv_rank")):
         with pytest.raises(ParamError) as error:
             validate_task(ctx, "train_lora", dict(good, **change))
         assert error.value.field == field
+    from studio.tasks.lora_training import prepare  # the task hands the trainer's options on
+
+    options = {"snr_gamma": 5.0, "lr_schedule": "cosine", "conv_rank": 16}
+    config = prepare(ctx, dict(good, **options)).config
+    assert {k: getattr(config, k) for k in options} == options
 
 
 def test_train_cancel_resume_and_use(ctx):

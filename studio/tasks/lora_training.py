@@ -27,6 +27,10 @@ Params (a JSON-able dict; the queue stores it as is):
                  the trigger is a token of its own (default 0 = off; needs a one-word trigger)
   trigger_init   the word those vectors start from, e.g. the nearest thing the model knows
                  ("circle" for a ring; A1111's "initialization text"); default the trigger's own
+  snr_gamma      min-SNR-γ loss weighting by timestep (default 0 = off; 5 is usual: on the
+                 embedded benchmark more of the new shape, less faithful colours, docs/diffusion.md)
+  lr_schedule    "constant" (default), "cosine" or "linear" decay to 0 over the steps
+  conv_rank      a rank of its own for the convolutions' LoRA (target "unet"; 0 = `rank`)
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -58,7 +62,7 @@ from studio.uploads import is_upload_ref, open_upload
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
-          "train_text_encoder", "trigger_init")
+          "train_text_encoder", "trigger_init", "snr_gamma", "lr_schedule", "conv_rank")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -95,7 +99,8 @@ def prepare(ctx, params: dict) -> Prepared:
         prior_images=params.get("prior_images", 0),
         trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "unet"),
         train_text_encoder=params.get("train_text_encoder", False),
-        trigger_init=params.get("trigger_init", ""))
+        trigger_init=params.get("trigger_init", ""), snr_gamma=params.get("snr_gamma", 0.0),
+        lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0))
     config.check()
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)
