@@ -3,6 +3,7 @@ its family and hash in the table, use it in Text to image, delete it after the c
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_import_see_use_and_delete_a_model(browser, launch_studio, tmp_path):
     page.locator("#models-import-path textarea, #models-import-path input").first.fill(str(folder))
     page.locator("#models-import").click()
     status = page.locator("#models-status")
-    status.get_by_text("Imported").wait_for(timeout=120_000)
+    # case-sensitive: the progress line before it reads "Job #1: imported (100%)"
+    status.get_by_text(re.compile("Imported")).wait_for(timeout=120_000)
     assert "PixArt-α" in status.inner_text() and short_hash in status.inner_text()
     imported = data_dir / "models" / "Stable-diffusion" / "tiny-pixart"
     assert (imported / "model_index.json").is_file()
