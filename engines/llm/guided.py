@@ -166,8 +166,10 @@ def allowed(logits: np.ndarray, vocab: Vocab, matcher: "Matcher", sampling: "Sam
         if _cut_is_certain(sums, sampling.top_p, most_left):
             return True
         if seen["total"] is None:  # float32 is enough for a bound with 0.1% to spare
-            seen["total"] = 1.001 * float(np.exp((logits if pool is None else logits[pool]) - top, dtype=np.float32).sum()) + sum(
-                np.exp(np.float64(logits[e]) - top) for e in ends if pool is not None)  # no text: not in a pool
+            pooled = logits if pool is None else logits[pool]
+            outside = [e for e in ends if pool is not None]  # end tokens have no text: no pool
+            seen["total"] = (1.001 * float(np.exp(pooled - top, dtype=np.float32).sum())
+                             + sum(np.exp(np.float64(logits[e]) - top) for e in outside))
         return _cut_is_certain(sums, sampling.top_p, min(most_left, seen["total"] - seen["weight"]))
 
     for checked, token in enumerate(_ranked(logits, pool)):
@@ -209,10 +211,14 @@ def _cut(found: list[int], logits: np.ndarray, sampling: "Sampling") -> list[int
     found = sorted(found, key=lambda t: -logits[t])[:sampling.top_k or UNBOUNDED_TOP_K]
     if sampling.temperature == 0 or sampling.top_p >= 1.0 or not found:
         return found
-    values = logits[found].astype(np.float64)
+    return found[:_top_p_count(logits[found].astype(np.float64), sampling.top_p)]
+
+
+def _top_p_count(values: np.ndarray, top_p: float) -> int:
+    """How many of `values` (logits, likeliest first) top-p keeps: the first whose mass reaches it."""
     probs = np.exp(values - values.max())
     probs /= probs.sum()
-    return found[:int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)]
+    return int(np.searchsorted(np.cumsum(probs), top_p) + 1)
 
 
 def choose(logits: np.ndarray, candidates: list[int] | None, sampling: "Sampling",
@@ -227,9 +233,7 @@ def choose(logits: np.ndarray, candidates: list[int] | None, sampling: "Sampling
         candidates = top[np.argsort(-logits[top], kind="stable")].tolist()
         values = logits[candidates].astype(np.float64)
         if sampling.top_p < 1.0:
-            probs = np.exp(values - values.max())
-            probs /= probs.sum()
-            values = values[:int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)]
+            values = values[:_top_p_count(values, sampling.top_p)]
     elif sampling.temperature == 0:
         return candidates[0]
     else:
