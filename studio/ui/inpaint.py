@@ -18,6 +18,7 @@ from PIL import Image
 
 from studio.ui import controlnet_panel
 from studio.ui.add_to_queue import add_job
+from studio.ui.reuse import diffusion_item, item_values
 from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, wire_cancel, connect_send_buttons,
                                item_for_path, model_defaults, model_dropdown, results_panel,
                                run_strip, sampling_panel, selected_item, stream_images)
@@ -28,6 +29,13 @@ FILLS = ["original", "fill", "latent noise", "latent nothing"]
 SETTINGS = ("source_id", "prompt", "negative", "steps", "cfg", "scheduler", "seed", "strength",
             "mask_blur", "fill", "only_masked", "padding", "batch_size", "model", "sides", "pixels",
             "clip_skip")
+# what "Reuse parameters" fills (the editor keeps its image and mask); the item's task param
+# names for the tab's own mask and outpaint controls
+APPLIED = ("prompt", "negative", "steps", "cfg", "scheduler", "seed", "strength", "model",
+           "clip_skip", "mask_blur", "fill", "only_masked", "padding", "sides", "pixels")
+MASK_PARAMS = {"mask_blur": "mask_blur", "fill": "inpainting_fill",
+               "only_masked": "inpaint_full_res", "padding": "inpaint_full_res_padding",
+               "sides": "sides", "pixels": "pixels"}
 
 
 def _open_upload(path) -> Image.Image:
@@ -137,6 +145,16 @@ def open_item(ctx, item_id):
     return str(item.file_path)
 
 
+def reuse(ctx, item_ids, index) -> tuple:
+    """"Reuse parameters": the chosen result's prompt, sampling and mask settings. A mask or
+    outpaint setting the item lacks (an inpaint has no sides, an outpaint no padding) stays."""
+    item = diffusion_item(ctx, selected_item(item_ids, index))
+    values = item_values(item)
+    for control, name in MASK_PARAMS.items():
+        values[control] = item.params.get(name, gr.skip())
+    return tuple(values[name] for name in APPLIED)
+
+
 def edit_result(ctx, item_ids, index):
     return str(ctx.gallery.get(selected_item(item_ids, index)).file_path)
 
@@ -155,7 +173,7 @@ def _controls(ctx) -> dict[str, Any]:
         with gr.Column(scale=2):
             c["run"], c["cancel"], c["add_queue"] = run_strip("inpaint", "Inpaint", "inpaint-run")
             c["panel"] = results_panel("inpaint", ("img2img", "style", "queue"),
-                                       extra=("Edit this result",))
+                                       extra=("Edit this result", "Reuse parameters"))
             with gr.Row():
                 c["open_id"] = gr.Number(label="Open gallery item #", precision=0, scale=2)
                 c["open"] = gr.Button("Open from gallery", size="sm", scale=1)
@@ -199,6 +217,11 @@ def build(ctx) -> dict[str, Any]:
     c["open"].click(partial(open_item, ctx), c["open_id"], receiver, **PRIVATE)
     panel.extra["Edit this result"].click(partial(edit_result, ctx), [panel.ids, panel.chosen],
                                           receiver, **PRIVATE)
+    reuse_button = panel.extra["Reuse parameters"]
+    reuse_button.click(partial(reuse, ctx), [panel.ids, panel.chosen],
+                       [c[name] for name in APPLIED], **PRIVATE)
+    # the item's ControlNet units back into the panel, as in Text to image
+    controlnet_panel.wire_fill(ctx, reuse_button, [panel.ids, panel.chosen], c["controlnet"])
     return {"image": receiver, "prompt": c["prompt"], "_panel": panel}
 
 

@@ -30,8 +30,15 @@ def _save_uploads(ctx, files) -> list[int]:
     return ids
 
 
-def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word=""):
-    """Yields (job id, status, samples) until the job ends."""
+# The "Advanced" accordion's trainer options, in the handler's order (task params of the same
+# names; the task checks them and names a bad one).
+ADVANCED = ("target", "conv_rank", "snr_gamma", "lr_schedule")
+
+
+def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word="",
+                   *advanced):
+    """Yields (job id, status, samples) until the job ends; `advanced` are ADVANCED's values
+    (none: the task's defaults)."""
     try:
         ids = _save_uploads(ctx, files)
     except ValueError as error:
@@ -41,6 +48,7 @@ def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_w
               "rank": int(rank), "steps": int(steps), "lr": float(lr)}
     if lines:
         params["captions"] = lines
+    params.update(zip(ADVANCED, advanced))  # as given: a bad value gets the task's message
     if (start_word or "").strip():  # pivotal tuning from a known word (benchmarks/lora.py)
         params.update(trigger_vectors=1, trigger_init=start_word.strip())
     update = None
@@ -66,6 +74,9 @@ def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_w
 
 def build(ctx) -> dict:
     c: dict = {}
+    from engines.training.lora import LoraTrainConfig  # no torch at import
+    from engines.training.lora_loss import SCHEDULES
+
     with gr.Accordion("Train a LoRA", open=False, elem_id="lora-train"):
         gr.Markdown("5–30 pictures of one subject or style, a trigger word that is not an "
                     "ordinary word, optional captions (one line per picture, in order). The "
@@ -88,6 +99,28 @@ def build(ctx) -> dict:
                     info="The trigger then starts as that word and learns only the "
                          "difference, so colours, places and backgrounds still follow the "
                          "prompt. Saves the trigger as an embedding too.")
+                with gr.Accordion("Advanced", open=False, elem_id="lora-train-advanced"):
+                    # defaults are the task's (target) and the trainer's (LoraTrainConfig);
+                    # the targets the task documents (the trainer's others are experiments)
+                    c["target"] = gr.Dropdown(
+                        ["unet", "attention", "cross_attention"], value="unet", label="Layers",
+                        elem_id="lora-train-target",
+                        info="unet: attention, feed-forward and convolutions (a new shape "
+                             "needs the convolutions); attention or cross_attention: only "
+                             "those projections.")
+                    c["conv_rank"] = gr.Slider(
+                        0, 128, value=LoraTrainConfig.conv_rank, step=1, precision=0,
+                        label="Convolution rank", elem_id="lora-train-conv-rank",
+                        info="A rank of its own for the convolutions' LoRA (0 = Rank).")
+                    c["snr_gamma"] = gr.Number(
+                        value=LoraTrainConfig.snr_gamma, label="Min-SNR γ",
+                        elem_id="lora-train-snr-gamma",
+                        info="Weights the loss by timestep so nearly clean steps count less "
+                             "(0 = off, 5 usual): more of a new shape, less faithful colours.")
+                    c["lr_schedule"] = gr.Dropdown(
+                        list(SCHEDULES), value=LoraTrainConfig.lr_schedule,
+                        label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
+                        info="constant, or a cosine / linear decay to 0 over the steps.")
                 with gr.Row():
                     c["start"] = gr.Button("Start training", variant="primary",
                                            elem_id="lora-train-start")
@@ -99,7 +132,8 @@ def build(ctx) -> dict:
     wire_cancel(ctx, c["cancel"], job)
     c["start"].click(partial(start_training, ctx),
                      [c["name"], c["trigger"], c["files"], c["captions"], c["rank"], c["steps"],
-                      c["lr"], c["start_word"]], [job, c["status"], c["samples"]],
+                      c["lr"], c["start_word"]] + [c[n] for n in ADVANCED],
+                     [job, c["status"], c["samples"]],
                      concurrency_limit=None,
                      **PRIVATE)
     return c

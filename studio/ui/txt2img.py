@@ -12,6 +12,7 @@ import gradio as gr
 
 from studio.ui import controlnet_panel
 from studio.ui.add_to_queue import add_job
+from studio.ui.reuse import diffusion_item, item_values
 from studio.ui.upscale import HIRES_FIELDS, hires_controls, hires_params
 from studio.ui.family_controls import wire_family_controls
 from studio.ui.variations import variations_for_results
@@ -21,6 +22,9 @@ from studio.ui.widgets import (DEFAULT_MODEL, PRIVATE, wire_cancel, connect_send
 
 TAB_ID = "txt2img"
 TITLE = "Text to image"
+# the controls "Reuse parameters" and "Open from gallery" fill, in apply_item's order
+APPLIED = ("prompt", "negative", "steps", "cfg", "scheduler", "width", "height", "seed", "model",
+           "strength", "clip_skip")
 
 
 def _params(mode, prompt, negative, steps, cfg, scheduler, width, height, seed, batch_size,
@@ -95,17 +99,8 @@ def model_picked(name):
 
 def apply_item(ctx, item_id) -> tuple:
     """Every control from a gallery item's saved params (reuse / open from gallery)."""
-    try:
-        item = ctx.gallery.get(int(item_id))
-    except (LookupError, TypeError, ValueError):
-        raise gr.Error(f"No gallery item #{item_id}.")
-    if item.engine != "diffusion":
-        raise gr.Error(f"Item #{item.id} was not made by the diffusion engine.")
-    p = item.params
-    return (item.prompt, item.negative_prompt, p.get("steps", 20), p.get("guidance_scale", 7),
-            p.get("scheduler", "DPM++ 2M"), p.get("width", item.width or 64),
-            p.get("height", item.height or 64), item.seed if item.seed is not None else -1,
-            p.get("model", DEFAULT_MODEL), p.get("strength", 0.75), p.get("clip_skip", 1))
+    values = item_values(diffusion_item(ctx, item_id))
+    return tuple(values[name] for name in APPLIED)
 
 
 def reuse(ctx, ids, chosen):
@@ -187,8 +182,7 @@ def build(ctx) -> dict[str, Any]:
                            [c["mode"], source_id, c["img2img_box"]], **PRIVATE)
     c["model"].input(model_picked, c["model"], [c["cfg"], c["width"], c["height"]], **PRIVATE)
     wire_family_controls(c["model"], c)  # controls the model's family lacks: disabled
-    applied = [c[n] for n in ("prompt", "negative", "steps", "cfg", "scheduler", "width",
-                              "height", "seed", "model", "strength", "clip_skip")]
+    applied = [c[n] for n in APPLIED]
     panel.extra["Reuse parameters"].click(partial(reuse, ctx), [panel.ids, panel.chosen],
                                           applied, **PRIVATE)
     c["open"].click(partial(open_item, ctx), c["open_id"], applied + [c["init_image"]], **PRIVATE)

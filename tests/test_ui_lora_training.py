@@ -1,0 +1,69 @@
+"""The "Train a LoRA" accordion's Advanced options (studio/ui/lora_training.py): closed, defaults
+equal to the task's and the trainer's, wired to Start, and what the tab sends is what the
+`train_lora` job gets; a bad value is the task's message naming the field, and keeps nothing."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from test_lora_training import rings
+
+
+def _files(tmp_path, n: int = 5) -> list[str]:
+    paths = []
+    for i, image in enumerate(rings(n)):
+        image.save(tmp_path / f"ring{i}.png")
+        paths.append(str(tmp_path / f"ring{i}.png"))
+    return paths
+
+
+def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
+    from engines.training.lora import LoraTrainConfig
+    from engines.training.lora_loss import SCHEDULES
+    from studio.ui import lora_training
+
+    with gr.Blocks() as demo:
+        c = lora_training.build(ctx)
+    advanced = next(b for b in demo.blocks.values()
+                    if getattr(b, "elem_id", None) == "lora-train-advanced")
+    assert advanced.open is False
+    assert c["target"].value == "unet"  # the task's default (studio/tasks/lora_training.py)
+    assert c["conv_rank"].value == LoraTrainConfig.conv_rank == 0
+    assert c["snr_gamma"].value == LoraTrainConfig.snr_gamma == 0.0
+    assert c["lr_schedule"].value == LoraTrainConfig.lr_schedule == "constant"
+    assert [choice[1] for choice in c["lr_schedule"].choices] == list(SCHEDULES)
+    assert all(c[name].info for name in lora_training.ADVANCED)
+    start = next(d for d in demo.config["dependencies"] if d["targets"][0][0] == c["start"]._id)
+    assert start["inputs"][-4:] == [c[name]._id for name in lora_training.ADVANCED]
+
+
+@pytest.mark.slow
+def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path):
+    from studio.ui.lora_training import start_training
+
+    updates = list(start_training(studio, "ui-rings", "gsring", _files(tmp_path), "", 4, 2, 1e-3,
+                                  "", "unet", 2, 5.0, "cosine"))
+    job_id = updates[0][0]
+    assert "Saved: use `<lora:ui-rings:1> gsring`" in updates[-1][1]
+    job = studio.queue.get(job_id)
+    assert job.status == "completed"
+    assert {k: job.params[k] for k in ("target", "conv_rank", "snr_gamma", "lr_schedule")} == \
+        {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "lr_schedule": "cosine"}
+
+
+@pytest.mark.parametrize("advanced, message", [
+    (("unet", 0, 500.0, "constant"), "`snr_gamma` must be a number in 0..100, got 500.0"),
+    (("unet", 0, None, "constant"), "`snr_gamma` must be a number in 0..100, got None"),
+    (("unet", 0, 0.0, "step"), "`lr_schedule` must be one of constant, cosine, linear"),
+    (("unet", 200, 0.0, "constant"), "`conv_rank` must be a whole number in 0..128"),
+    (("everything", 0, 0.0, "constant"), "`target` must be one of"),
+])
+def test_a_bad_advanced_value_is_the_tasks_message_and_keeps_nothing(studio, tmp_path, advanced,
+                                                                     message):
+    from studio.ui.lora_training import start_training
+
+    with pytest.raises(gr.Error) as refused:
+        next(start_training(studio, "ui-rings", "gsring", _files(tmp_path), "", 4, 2, 1e-3, "",
+                            *advanced))
+    assert message in str(refused.value)
+    assert studio.gallery.query().total == 0 and studio.queue.list() == []
