@@ -53,11 +53,20 @@ def test_validation_names_the_field(ctx):
         with pytest.raises(ParamError) as error:
             validate_task(ctx, "train_lora", dict(good, **change))
         assert error.value.field == field
+    for bad in (1.5, -0.1, True, "0.5", None):  # the trainer's range, 0..1
+        with pytest.raises(ParamError) as error:
+            validate_task(ctx, "train_lora", dict(good, background_weight=bad))
+        assert error.value.field == "background_weight"
+        assert str(error.value) == f"`background_weight` must be a number in 0..1, got {bad!r}"
+    from engines.training.lora import LoraTrainConfig
     from studio.tasks.lora_training import prepare  # the task hands the trainer's options on
 
-    options = {"snr_gamma": 5.0, "lr_schedule": "cosine", "conv_rank": 16}
+    options = {"snr_gamma": 5.0, "lr_schedule": "cosine", "conv_rank": 16,
+               "background_weight": 0.3}
     config = prepare(ctx, dict(good, **options)).config
     assert {k: getattr(config, k) for k in options} == options
+    # left out, it is the trainer's own default (no mask)
+    assert prepare(ctx, good).config.background_weight == LoraTrainConfig.background_weight == 1.0
 
 
 def test_train_cancel_resume_and_use(ctx):

@@ -32,31 +32,42 @@ def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
     assert c["snr_gamma"].value == LoraTrainConfig.snr_gamma == 0.0
     assert c["lr_schedule"].value == LoraTrainConfig.lr_schedule == "constant"
     assert [choice[1] for choice in c["lr_schedule"].choices] == list(SCHEDULES)
+    assert c["background_weight"].value == LoraTrainConfig.background_weight == 1.0
+    assert (c["background_weight"].minimum, c["background_weight"].maximum) == (0, 1)  # lora_loss
     assert all(c[name].info for name in lora_training.ADVANCED)
     start = next(d for d in demo.config["dependencies"] if d["targets"][0][0] == c["start"]._id)
-    assert start["inputs"][-4:] == [c[name]._id for name in lora_training.ADVANCED]
+    assert start["inputs"][-5:] == [c[name]._id for name in lora_training.ADVANCED]
 
 
 @pytest.mark.slow
-def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path):
-    from studio.ui.lora_training import start_training
+def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path, monkeypatch):
+    from engines.training import lora
+    from studio.ui.lora_training import ADVANCED, start_training
 
+    seen = []  # the config the trainer itself is given (the task imports train_lora per run)
+    train = lora.train_lora
+    monkeypatch.setattr(lora, "train_lora", lambda pipe, images, captions, cfg, *rest:
+                        seen.append(cfg) or train(pipe, images, captions, cfg, *rest))
     updates = list(start_training(studio, "ui-rings", "gsring", _files(tmp_path), "", 4, 2, 1e-3,
-                                  "", "unet", 2, 5.0, "cosine"))
+                                  "", "unet", 2, 5.0, "cosine", 0.5))
     job_id = updates[0][0]
     assert "Saved: use `<lora:ui-rings:1> gsring`" in updates[-1][1]
     job = studio.queue.get(job_id)
     assert job.status == "completed"
-    assert {k: job.params[k] for k in ("target", "conv_rank", "snr_gamma", "lr_schedule")} == \
-        {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "lr_schedule": "cosine"}
+    sent = {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "lr_schedule": "cosine",
+            "background_weight": 0.5}
+    assert {k: job.params[k] for k in ADVANCED} == sent
+    assert [{k: getattr(cfg, k) for k in ADVANCED} for cfg in seen] == [sent]
 
 
 @pytest.mark.parametrize("advanced, message", [
-    (("unet", 0, 500.0, "constant"), "`snr_gamma` must be a number in 0..100, got 500.0"),
-    (("unet", 0, None, "constant"), "`snr_gamma` must be a number in 0..100, got None"),
-    (("unet", 0, 0.0, "step"), "`lr_schedule` must be one of constant, cosine, linear"),
-    (("unet", 200, 0.0, "constant"), "`conv_rank` must be a whole number in 0..128"),
-    (("everything", 0, 0.0, "constant"), "`target` must be one of"),
+    (("unet", 0, 500.0, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got 500.0"),
+    (("unet", 0, None, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got None"),
+    (("unet", 0, 0.0, "step", 1.0), "`lr_schedule` must be one of constant, cosine, linear"),
+    (("unet", 200, 0.0, "constant", 1.0), "`conv_rank` must be a whole number in 0..128"),
+    (("everything", 0, 0.0, "constant", 1.0), "`target` must be one of"),
+    (("unet", 0, 0.0, "constant", 1.5), "`background_weight` must be a number in 0..1, got 1.5"),
+    (("unet", 0, 0.0, "constant", None), "`background_weight` must be a number in 0..1, got None"),
 ])
 def test_a_bad_advanced_value_is_the_tasks_message_and_keeps_nothing(studio, tmp_path, advanced,
                                                                      message):

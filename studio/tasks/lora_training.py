@@ -31,6 +31,8 @@ Params (a JSON-able dict; the queue stores it as is):
                  embedded benchmark more of the new shape, less faithful colours, docs/diffusion.md)
   lr_schedule    "constant" (default), "cosine" or "linear" decay to 0 over the steps
   conv_rank      a rank of its own for the convolutions' LoRA (target "unet"; 0 = `rank`)
+  background_weight  loss weight outside each image's subject, 0..1 (default 1 = no mask; on
+                 the embedded benchmark lower values hurt, docs/diffusion.md)
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -62,7 +64,8 @@ from studio.uploads import is_upload_ref, open_upload
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
-          "train_text_encoder", "trigger_init", "snr_gamma", "lr_schedule", "conv_rank")
+          "train_text_encoder", "trigger_init", "snr_gamma", "lr_schedule", "conv_rank",
+          "background_weight")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -100,8 +103,9 @@ def prepare(ctx, params: dict) -> Prepared:
         trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "unet"),
         train_text_encoder=params.get("train_text_encoder", False),
         trigger_init=params.get("trigger_init", ""), snr_gamma=params.get("snr_gamma", 0.0),
-        lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0))
-    config.check()
+        lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0),
+        background_weight=params.get("background_weight", LoraTrainConfig.background_weight))
+    config.check()  # the trainer's ranges, a ParamError naming the field, before anything runs
     captions = _captions(params.get("captions"), len(images), config.trigger)
     model = params.get("model") or _default_model(ctx)
     if not isinstance(model, str):

@@ -32,7 +32,7 @@ def _save_uploads(ctx, files) -> list[int]:
 
 # The "Advanced" accordion's trainer options, in the handler's order (task params of the same
 # names; the task checks them and names a bad one).
-ADVANCED = ("target", "conv_rank", "snr_gamma", "lr_schedule")
+ADVANCED = ("target", "conv_rank", "snr_gamma", "lr_schedule", "background_weight")
 
 
 def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word="",
@@ -121,6 +121,12 @@ def build(ctx) -> dict:
                         list(SCHEDULES), value=LoraTrainConfig.lr_schedule,
                         label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
                         info="constant, or a cosine / linear decay to 0 over the steps.")
+                    c["background_weight"] = gr.Slider(
+                        0, 1, value=LoraTrainConfig.background_weight, step=0.05,
+                        label="Background weight", elem_id="lora-train-background-weight",
+                        info="Loss weight outside each image's subject (the pixels that differ "
+                             "from the border colour; 1 = off). Lower hurt on the embedded "
+                             "benchmark.")
                 with gr.Row():
                     c["start"] = gr.Button("Start training", variant="primary",
                                            elem_id="lora-train-start")
