@@ -19,8 +19,20 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
 extras=""; [ "$mode" = test ] && extras="[test,scale]"
+
+# llama.cpp is compiled for the CPU it is built on (-march=native). On virtual machines with AMX in
+# cpuid, llama.cpp's AMX kernels crashed the studio on the first prompt (SIGSEGV in
+# ggml_backend_amx_mul_mat), both where the kernel had not enabled AMX and on a CI machine whose
+# state we cannot see; /proc/cpuinfo is not a reliable guard. So wherever the compiler would use
+# AMX, llama.cpp is built without it (AMX speeds up only large quantised batches; AVX-512 stays),
+# and never from pip's wheel cache, which may hold an AMX build.
+llama_flags=""
+if [ "$(uname -m)" = x86_64 ] && echo | ${CC:-cc} -march=native -dM -E - 2>/dev/null | grep -q __AMX_TILE__; then
+  llama_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+
 stamp_file=.venv/.genstudio-setup-$mode
-stamp=$(cat pyproject.toml requirements/*.txt scripts/private_openmp.py | sha256sum | cut -c1-16)
+stamp=$( (cat pyproject.toml requirements/*.txt scripts/private_openmp.py; echo "$llama_flags") | sha256sum | cut -c1-16)
 installed=$(cat "$stamp_file" 2>/dev/null || true)
 # A test install is a superset of a run install: after ./test.sh, ./run.sh installs nothing.
 [ "$mode" = run ] && [ "$(cat .venv/.genstudio-setup-test 2>/dev/null)" = "$stamp" ] && installed=$stamp
@@ -29,6 +41,13 @@ if [ "$installed" != "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extras"
   .venv/bin/python -m pip install -q --no-deps --no-warn-conflicts -r requirements/nodeps.txt
+  if [ -n "$llama_flags" ]; then  # built first (its dependencies come with llm.txt below), and
+    # again when installed already: an earlier build may have AMX
+    echo "This CPU has AMX: building llama.cpp without it (see scripts/setup.sh) ..."
+    CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+      .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+      "$(grep -m1 '^llama-cpp-python' requirements/llm.txt)"
+  fi
   for req in requirements/*.txt; do
     [ "$req" = requirements/nodeps.txt ] && continue
     # CMAKE_BUILD_PARALLEL_LEVEL keeps source builds (llama-cpp-python) within a small machine.
