@@ -186,3 +186,20 @@ def test_next_chat_turn_reuses_the_prompt_cache_and_stays_exact(engine):
     cold = engine.generate(longer)
     assert warm.stats.cached_tokens >= 512 and cold.stats.cached_tokens < 64
     assert warm.text == cold.text  # the cache changes the speed, never the text
+
+
+def test_the_reply_is_in_the_cache_for_the_next_turn_and_the_text_stays_exact(engine):
+    if engine.backend_name != "llama.cpp":
+        pytest.skip("prompt-cache reuse is a llama.cpp backend feature")
+    history = (ChatMessage("system", "You are a helpful assistant who answers briefly."),
+               ChatMessage("user", "Name three colours of the rainbow."))
+    first = engine.generate(LLMParams(messages=history, max_new_tokens=32, temperature=0.0))
+    following = LLMParams(messages=history + (ChatMessage("assistant", first.text),
+                                              ChatMessage("user", "And which one is your favourite?")),
+                          max_new_tokens=16, temperature=0.9, seed=5)
+    warm = engine.generate(following)  # waits for the reply to be settled, then keeps all of it
+    assert warm.stats.cached_tokens >= first.stats.prompt_tokens + first.stats.completion_tokens - 1
+    engine.generate(ask("Something unrelated, to clear the cache.", max_new_tokens=2))
+    cold = engine.generate(following)
+    assert cold.stats.cached_tokens < 16
+    assert warm.text == cold.text  # settled in the background or evaluated now: the same text

@@ -18,6 +18,7 @@ from typing import Iterator
 from engines.base import CancelToken, EngineError
 from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
 from engines.llm.sampling import Sampling, sample_token
+from engines.llm.settle import ReplySettler
 from engines.llm.threads import (  # noqa: F401  (cpu_threads: imported from here elsewhere)
     SMALL_MODEL_BYTES, AdaptiveThreads, cpu_threads, decode_threads, import_llama_cpp)
 
@@ -99,6 +100,7 @@ class LlamaCppBackend(Backend):
         self._texts: list[str | None] | None = None  # each token's text, for constrained decoding
         self.llm = self._open(source.path)
         self.threads = AdaptiveThreads(self._lib, self.llm.ctx, source.path.stat().st_size)
+        self._settler = ReplySettler(self)  # the last reply into the cache, while idle (settle.py)
         meta = self.llm.metadata  # GGUF key-values, as strings
         trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 0) or 0)
         if 0 < trained < self.context_length:  # never more context than the model was trained on
@@ -155,7 +157,8 @@ class LlamaCppBackend(Backend):
         #    batches of two tokens or more, never one: on the CPU a token's keys/values are then
         #    the same whatever the batch around it, so a kept token holds exactly what a fresh
         #    evaluation computes and the same seed still gives the same text (tested). Generated
-        #    tokens were evaluated one at a time, which rounds differently: they are not kept.
+        #    tokens were evaluated one at a time, which rounds differently: they are not kept,
+        #    but evaluated again as a batch once the reply has ended (settle.py).
         keep = 0
         for cached, token in zip(self._evaluated, body):
             if cached != token:
@@ -178,6 +181,7 @@ class LlamaCppBackend(Backend):
 
     def stepper(self, prompt: list[int], cancel: CancelToken) -> "Stepper":
         """For decoding loops of our own (constrained output, logprobs): logits in, tokens out."""
+        self._settler.finish(prompt)
         self.threads.before_prompt()
         self._prime(prompt[:-1], cancel)
         from engines.llm.steppers import LlamaStepper
@@ -193,6 +197,7 @@ class LlamaCppBackend(Backend):
 
     def tokens(self, prompt: list[int], sampling: Sampling, cancel: CancelToken) -> Iterator[int]:
         llm = self.llm
+        self._settler.finish(prompt)
         llm.set_seed(sampling.seed)
         self.threads.before_prompt()  # every core when the machine is idle (threads.py)
         self._prime(prompt[:-1], cancel)  # the last token goes through generate(), which samples after it
@@ -200,20 +205,29 @@ class LlamaCppBackend(Backend):
         generator = llm.generate(
             prompt[-1:], reset=False, temp=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=0.0, repeat_penalty=sampling.repetition_penalty)
+        reply, ended = [], True
         try:
             for count, token in enumerate(generator):
+                reply.append(token)
                 yield token
                 if count + 1 >= sampling.max_new_tokens or self.is_end(token):
                     return
                 cancel.raise_if_cancelled()
                 self.threads.tick()
+        except BaseException as error:  # Stop or a failure: no next turn will start with this reply
+            ended = isinstance(error, GeneratorExit)
+            raise
         finally:
             generator.close()
+            if ended:  # the caller has the reply now; the next turn will start with it
+                self._settler.start(prompt[:-1], prompt[-1:] + reply)
 
     def memory_bytes(self) -> int:
         return self._size
 
     def close(self) -> None:
+        if getattr(self, "_settler", None) is not None:
+            self._settler.finish([])
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
