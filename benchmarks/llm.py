@@ -107,6 +107,9 @@ def bench_engine(engine, params, threads_seen: list | None = None) -> tuple[floa
     for _ in engine.stream(params, stats=stats):
         if backend_threads is not None and threads_seen is not None:
             threads_seen.append(backend_threads.current[0])
+    settler = getattr(engine._backend, "_settler", None)
+    if settler is not None:  # the reply is settled in the background: not while the raw process runs
+        settler.wait()
     return stats.ttft_s, stats.tokens_per_s, stats.completion_tokens
 
 
