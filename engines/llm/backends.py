@@ -11,12 +11,14 @@ included, in chunks), so Stop costs at most one token step. Libraries are import
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
 
 from engines.base import CancelToken, EngineError
 from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
+from engines.llm.llama_probe import llama_cpp_crash
 from engines.llm.sampling import Sampling, sample_token
 from engines.llm.settle import ReplySettler
 from engines.llm.threads import (  # noqa: F401  (cpu_threads: imported from here elsewhere)
@@ -24,6 +26,8 @@ from engines.llm.threads import (  # noqa: F401  (cpu_threads: imported from her
 
 DEFAULT_CONTEXT = 4096  # tokens; capped by what the model was trained on
 PROMPT_CHUNK = 256  # prompt tokens evaluated between two cancel checks
+
+log = logging.getLogger(__name__)
 
 
 def llama_cpp_available() -> bool:
@@ -372,6 +376,13 @@ def open_backend(source: ModelSource, device: str, context_length: int | None = 
     if forced == "llama.cpp" and not use_llama:
         raise EngineError("GENSTUDIO_LLM_BACKEND=llama.cpp, but llama-cpp-python is not installed "
                           "or the model is not a GGUF file")
+    if use_llama:
+        check_gguf_file(source.path)  # not a GGUF: that message, not a probe's crash
+    if use_llama and (crash := llama_cpp_crash(source.path, PROMPT_CHUNK)):  # llama_probe.py: why
+        if forced == "llama.cpp":
+            raise EngineError(crash)
+        log.warning("%s; running %s on transformers instead", crash, source.model_id)
+        use_llama = False
     if use_llama:
         return LlamaCppBackend(source, context_length)
     return TransformersBackend(source, device, context_length)
