@@ -20,7 +20,7 @@ from engines.base import CancelToken, EngineError
 from engines.llm.catalog import ModelSource, check_gguf_file, verify_sha256
 from engines.llm.llama_probe import llama_cpp_crash
 from engines.llm.sampling import Sampling, sample_token
-from engines.llm.settle import ReplySettler
+from engines.llm.settle import ReplySettler, shared_prefix
 from engines.llm.threads import (  # noqa: F401  (cpu_threads: imported from here elsewhere)
     SMALL_MODEL_BYTES, AdaptiveThreads, cpu_threads, decode_threads, import_llama_cpp)
 
@@ -163,12 +163,7 @@ class LlamaCppBackend(Backend):
         #    evaluation computes and the same seed still gives the same text (tested). Generated
         #    tokens were evaluated one at a time, which rounds differently: they are not kept,
         #    but evaluated again as a batch once the reply has ended (settle.py).
-        keep = 0
-        for cached, token in zip(self._evaluated, body):
-            if cached != token:
-                break
-            keep += 1
-        keep = min(keep, max(0, len(body) - 2))  # the rest is at least a batch of two
+        keep = min(shared_prefix(self._evaluated, body), max(0, len(body) - 2))  # the rest is at least a batch of two
         if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             llm.n_tokens = keep
         else:
@@ -378,11 +373,11 @@ def open_backend(source: ModelSource, device: str, context_length: int | None = 
                           "or the model is not a GGUF file")
     if use_llama:
         check_gguf_file(source.path)  # not a GGUF: that message, not a probe's crash
-    if use_llama and (crash := llama_cpp_crash(source.path, PROMPT_CHUNK)):  # llama_probe.py: why
-        if forced == "llama.cpp":
-            raise EngineError(crash)
-        log.warning("%s; running %s on transformers instead", crash, source.model_id)
-        use_llama = False
+        if crash := llama_cpp_crash(source.path, PROMPT_CHUNK):  # llama_probe.py says why
+            if forced == "llama.cpp":
+                raise EngineError(crash)
+            log.warning("%s; running %s on transformers instead", crash, source.model_id)
+            use_llama = False
     if use_llama:
         return LlamaCppBackend(source, context_length)
     return TransformersBackend(source, device, context_length)

@@ -58,7 +58,7 @@ class ReplySettler:
             return
         with self._lock:
             self._limit = min(self._limit, shared_prefix(self._target, prompt))
-        thread.join()
+        self.wait()
         self._thread = None
 
     def wait(self) -> None:
