@@ -91,7 +91,8 @@ def test_cancel_mid_job_stops_within_one_step_and_keeps_finished_outputs(queue, 
     live = queue.live()[long]
     view = queue.cancel(long)
     step_at_cancel = live.step  # read once the token is set: the engine may finish this step
-    assert view.status == RUNNING and view.cancel_requested
+    # the worker may already have honoured the token by the time cancel() reads the row back
+    assert view.cancel_requested and view.status in (RUNNING, CANCELED)
     assert queue.wait_idle(20)
 
     assert live.step <= step_at_cancel + 1  # stopped at the next step check

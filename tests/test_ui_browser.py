@@ -88,6 +88,9 @@ def test_generate_then_gallery_at_once_shows_it_without_refresh_and_crisp(page, 
     open_tab(page, "Text to image")
     result = page.locator("#txt2img-results img").first
     result.wait_for()
+    # the page marks an <img> small once it has loaded and its natural size is known
+    page.wait_for_function("document.querySelector('#txt2img-results img')"
+                           ".classList.contains('gs-small')")
     rendering, width = result.evaluate("i => [getComputedStyle(i).imageRendering, "
                                        "i.getBoundingClientRect().width]")
     assert rendering == "pixelated" and 64 <= width <= 400
