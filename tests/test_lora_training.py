@@ -150,7 +150,7 @@ def test_loss_options_are_checked():
 
     for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
                    {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
-                   {"trigger_lr": 0.5}):
+                   {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -228,8 +228,11 @@ def test_train_with_mask_snr_schedule_and_conv_rank(tmp_path):
     plain = train_lora(_fresh_pipe(tmp_path), images, captions, LoraTrainConfig(**base),
                        tmp_path / "plain")
     cfg = LoraTrainConfig(**base, conv_rank=4, background_weight=0.0, snr_gamma=5.0,
-                          lr_schedule="cosine")
-    tuned = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "tuned")
+                          lr_schedule="cosine", lora_dropout=0.2)
+    tuned_pipe = _fresh_pipe(tmp_path)
+    tuned = train_lora(tuned_pipe, images, captions, cfg, tmp_path / "tuned")
+    dropouts = {m.p for n, m in tuned_pipe.unet.named_modules() if ".lora_dropout." in n}
+    assert dropouts == {0.2}  # peft's dropout on every LoRA branch
     # same seed, same draws: the first loss differs only by the weighting
     assert all(np.isfinite(tuned.losses)) and tuned.losses[0] != plain.losses[0]
     state = tuned.state_dict
@@ -264,3 +267,30 @@ def test_targets_that_leave_the_text_projections_alone(tmp_path):
     text_kv = {n for n in full if ".attn2.to_k" in n or ".attn2.to_v" in n}
     assert text_kv and image == full - text_kv  # everything but the layers that read the text
     assert conv and not any("attentions" in n for n in conv) and conv < full
+
+
+def test_ema_saves_the_average_and_resumes_it(tmp_path):
+    """With ema_decay the file holds the averaged weights (not the last step's), and a run cut
+    at step 2 and started again saves exactly what an uncut run saves."""
+    import torch
+
+    from engines.base import CancelToken, Cancelled
+    from engines.training.lora import LoraTrainConfig, train_lora
+
+    images, captions = rings(2), ["a red gsring"] * 2
+    base = dict(trigger="gsring", rank=2, steps=4, batch=2, sample_every=0, target="attention",
+                checkpoint_every=1, lr=1e-2)
+    plain = train_lora(_fresh_pipe(tmp_path), images, captions, LoraTrainConfig(**base),
+                       tmp_path / "plain").state_dict
+    cfg = LoraTrainConfig(**base, ema_decay=0.9)
+    whole = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "whole").state_dict
+    assert whole.keys() == plain.keys()
+    assert any(not torch.equal(whole[k], plain[k]) for k in plain)  # the average, not the last
+
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "cut",
+                   on_loss=lambda step, loss: token.cancel() if step == 2 else None, cancel=token)
+    again = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "cut")
+    assert again.resumed_from == 2
+    assert all(torch.allclose(again.state_dict[k], whole[k], atol=1e-6) for k in whole)

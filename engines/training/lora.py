@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
-from engines.training import lora_checkpoint, lora_loss, lora_text
+from engines.training import lora_checkpoint, lora_ema, lora_loss, lora_text
 
 TARGET_MODULES = {
     # every attention projection of the UNet (diffusers' LoRA example; kohya's default)
@@ -92,6 +92,8 @@ class LoraTrainConfig:
     background_weight: float = 1.0
     snr_gamma: float = 0.0  # min-SNR-γ timestep weighting (5 is usual); 0 = off
     lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
+    lora_dropout: float = 0.0  # peft's dropout on the LoRA branch while training; 0 = off
+    ema_decay: float = 0.0  # save and sample an average of the weights (lora_ema.py); 0 = off
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
@@ -193,6 +195,10 @@ class _Session:
     table: dict | None = None
     prior: tuple | None = None  # (mean, std, captions) of the prior images
     weights: Any = None  # N x 1 x h x w loss weights of the instance latents (subject masks)
+    ema: list | None = None  # the averaged weights of `trained_tensors` (ema_decay > 0)
+
+    def trained_tensors(self) -> list:
+        return self.params + ([self.vectors] if self.vectors is not None else [])
 
 
 def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTrainConfig,
@@ -221,6 +227,8 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         # 2. One step on a random batch, at the schedule's rate for this step.
         lora_loss.set_lr(session.optimizer, cfg.lr_schedule, step, cfg.steps)
         losses.append(round(_step(pipe, session, cfg, captions), 5))
+        if session.ema is not None:
+            lora_ema.update(session.ema, session.trained_tensors(), cfg.ema_decay, step)
         step += 1
         if on_loss:
             on_loss(step, losses[-1])
@@ -230,12 +238,15 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         new_preview = None
         if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
             _train_mode(session, False)
-            preview = new_preview = samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance,
-                                            side, session.table)
+            with lora_ema.swapped_in(session.trained_tensors(), session.ema):
+                preview = new_preview = samples(pipe, prompts, cfg.sample_steps,
+                                                cfg.sample_guidance, side, session.table)
         recent = float(np.mean(losses[-20:]))
         on_progress(Progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {recent:.4f}",
                              new_preview))
     _train_mode(session, False)
+    if session.ema is not None:  # what is saved is the average
+        lora_ema.copy_into(session.trained_tensors(), session.ema)
     state = lora_text.to_kohya(_lora_states(session), cfg.rank, sdxl)
     vectors = None if session.vectors is None else session.vectors.detach().cpu().clone()
     return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
@@ -263,13 +274,16 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
-    lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target],
-                       _conv_ranks(pipe.unet, cfg))
     trained = {"unet": pipe.unet}
-    if cfg.train_text_encoder:
-        for part, encoder in encoders.items():
-            lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS)
-            trained[part] = encoder
+    with torch.random.fork_rng(devices=[]):  # the adapters' random start follows `seed`
+        torch.manual_seed(cfg.seed)
+        lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target],
+                           _conv_ranks(pipe.unet, cfg), cfg.lora_dropout)
+        if cfg.train_text_encoder:
+            for part, encoder in encoders.items():
+                lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS, None,
+                                   cfg.lora_dropout)
+                trained[part] = encoder
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -290,10 +304,12 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     if cfg.background_weight != 1.0:
         masks = lora_loss.subject_masks([_square(im, side) for im in images])
         weights = lora_loss.latent_weights(masks, mean.shape[-1], cfg.background_weight)
-    return _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
-                    DDPMScheduler.from_config(pipe.scheduler.config),
-                    torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, side, trained,
-                    vectors, table, prior, weights)
+    session = _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
+                       DDPMScheduler.from_config(pipe.scheduler.config),
+                       torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, side,
+                       trained, vectors, table, prior, weights)
+    session.ema = lora_ema.start(session.trained_tensors()) if cfg.ema_decay else None
+    return session
 
 
 def _conv_ranks(unet, cfg: LoraTrainConfig) -> dict[str, int]:
@@ -307,7 +323,6 @@ def _conv_ranks(unet, cfg: LoraTrainConfig) -> dict[str, int]:
         return {}
     return {name: cfg.conv_rank for name, module in unet.named_modules()
             if isinstance(module, torch.nn.Conv2d) and re.fullmatch(target, name)}
-
 
 
 def _condition(pipe, s: _Session, batch: list[str]) -> dict:
@@ -358,7 +373,6 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
     torch.nn.utils.clip_grad_norm_(s.params, 1.0)
     s.optimizer.step()
     return loss.item()
-
 
 
 def without_trigger(caption: str, trigger: str) -> str:

@@ -29,6 +29,9 @@ def resume(session, checkpoint: Path, cfg) -> tuple[int, list]:
         lora_text.load_lora_state(module, state["lora"][part])
     if session.vectors is not None:
         session.vectors.data.copy_(state["vectors"])
+    if session.ema is not None:
+        for average, saved in zip(session.ema, state["ema"]):
+            average.copy_(saved)
     session.optimizer.load_state_dict(state["optimizer"])
     session.g.set_state(state["rng"])
     return int(state["step"]), state["losses"].tolist()
@@ -46,6 +49,8 @@ def save(path: Path, lora: dict, session, step: int, losses: list[float], cfg) -
              "config": json.dumps(config_record(cfg))}
     if session.vectors is not None:
         state["vectors"] = session.vectors.detach().cpu().clone()
+    if session.ema is not None:
+        state["ema"] = [t.detach().cpu().clone() for t in session.ema]
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)

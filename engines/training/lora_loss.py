@@ -24,7 +24,8 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 def check(cfg) -> None:
     """The loss/schedule options of a LoraTrainConfig; ParamError naming the bad one."""
-    for name, low, high in (("background_weight", 0.0, 1.0), ("snr_gamma", 0.0, 100.0)):
+    for name, low, high in (("background_weight", 0.0, 1.0), ("snr_gamma", 0.0, 100.0),
+                            ("lora_dropout", 0.0, 0.9), ("ema_decay", 0.0, 0.9999)):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ParamError(name, f"`{name}` must be a number in {low:g}..{high:g}, got {value!r}")

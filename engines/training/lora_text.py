@@ -82,16 +82,18 @@ def unet_kwargs(pipe, states, pooled, side: int) -> dict:
     return kwargs
 
 
-def add_lora(module, rank: int, targets, ranks: dict[str, int] | None = None) -> None:
+def add_lora(module, rank: int, targets, ranks: dict[str, int] | None = None,
+             dropout: float = 0.0) -> None:
     """A peft LoRA adapter ("default") on `module`'s `targets`, alpha = rank; peft's own
     injection, so it works on diffusers and transformers modules alike. `ranks` gives some
-    modules (by name) a rank of their own (peft's rank_pattern), alpha again equal to it."""
+    modules (by name) a rank of their own (peft's rank_pattern), alpha again equal to it;
+    `dropout` is peft's lora_dropout (active in train mode only)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     ranks = dict(ranks or {})
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                        target_modules=targets, rank_pattern=ranks,
-                                       alpha_pattern=ranks), module)
+                                       alpha_pattern=ranks, lora_dropout=dropout), module)
 
 
 def lora_state(module) -> dict:

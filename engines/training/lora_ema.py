@@ -1,0 +1,47 @@
+"""An exponential moving average of a LoRA run's trained weights (engines/training/lora.py).
+
+With a constant rate the last step's weights carry that step's noise; the average over the
+last ~1 / (1 - decay) steps is what gets saved and sampled (diffusers' train scripts'
+`--use_ema`, here on the LoRA weights and trigger vectors only, so it costs a copy of them).
+The average is kept in float32 on the weights' device and saved in the run's checkpoint.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+def start(params: list) -> list:
+    return [p.detach().clone() for p in params]
+
+
+def update(shadow: list, params: list, decay: float, step: int) -> None:
+    """shadow ← decay·shadow + (1 - decay)·params, with the decay warmed up as (1 + step) /
+    (10 + step) so the first steps are not held at the random initial weights."""
+    import torch
+
+    rate = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for average, p in zip(shadow, params):
+            average.lerp_(p.detach(), 1.0 - rate)
+
+
+def copy_into(params: list, shadow: list) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p, average in zip(params, shadow):
+            p.copy_(average)
+
+
+@contextmanager
+def swapped_in(params: list, shadow: list | None):
+    """The averaged weights in place of the live ones for the block (samples), then back."""
+    if shadow is None:
+        yield
+        return
+    live = start(params)
+    copy_into(params, shadow)
+    try:
+        yield
+    finally:
+        copy_into(params, live)
