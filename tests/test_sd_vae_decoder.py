@@ -29,3 +29,17 @@ def test_a_few_steps_train_the_decoder_and_leave_the_encoder(tmp_path):
     edge = flat.clone()
     edge[..., :, 4:] = 1.0
     assert edge_loss(flat, flat) == 0 and edge_loss(flat, edge) > 0
+
+
+def test_the_shipped_sharp_decoder_keeps_sd_tinys_latent_space():
+    """assets/sd-tiny-vae-sharp: the same encoder tensors as sd-tiny's VAE, a new decoder."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    base = load_file(assets / "sd-tiny" / "vae" / "diffusion_pytorch_model.safetensors")
+    sharp = load_file(assets / "sd-tiny-vae-sharp" / "diffusion_pytorch_model.safetensors")
+    assert base.keys() == sharp.keys()
+    same = {k for k in base if torch.equal(base[k], sharp[k])}
+    assert same == {k for k in base if k.startswith(("encoder.", "quant_conv."))}
