@@ -26,8 +26,11 @@ extras=""; [ "$mode" = test ] && extras="[test,scale]"
 # state we cannot see; /proc/cpuinfo is not a reliable guard. So wherever the compiler would use
 # AMX, llama.cpp is built without it (AMX speeds up only large quantised batches; AVX-512 stays),
 # and never from pip's wheel cache, which may hold an AMX build.
+# (The compiler's defines are read whole first: `cc ... | grep -q` under pipefail fails whenever
+# grep stops reading before cc has written everything, and the AMX build slipped through.)
 llama_flags=""
-if [ "$(uname -m)" = x86_64 ] && echo | ${CC:-cc} -march=native -dM -E - 2>/dev/null | grep -q __AMX_TILE__; then
+native_defines=$(echo | ${CC:-cc} -march=native -dM -E - 2>/dev/null || true)
+if [ "$(uname -m)" = x86_64 ] && [[ "$native_defines" == *__AMX_TILE__* ]]; then
   llama_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
 

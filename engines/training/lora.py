@@ -274,11 +274,11 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
-    trained = {"unet": pipe.unet}
+    trained, target = {"unet": pipe.unet}, TARGET_MODULES[cfg.target]
     with torch.random.fork_rng(devices=[]):  # the adapters' random start follows `seed`
         torch.manual_seed(cfg.seed)
-        lora_text.add_lora(pipe.unet, cfg.rank, TARGET_MODULES[cfg.target],
-                           _conv_ranks(pipe.unet, cfg), cfg.lora_dropout)
+        lora_text.add_lora(pipe.unet, cfg.rank, target,
+                           lora_text.conv_ranks(pipe.unet, target, cfg.conv_rank), cfg.lora_dropout)
         if cfg.train_text_encoder:
             for part, encoder in encoders.items():
                 lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS, None,
@@ -310,19 +310,6 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
                        trained, vectors, table, prior, weights)
     session.ema = lora_ema.start(session.trained_tensors()) if cfg.ema_decay else None
     return session
-
-
-def _conv_ranks(unet, cfg: LoraTrainConfig) -> dict[str, int]:
-    """peft's rank_pattern giving the targeted convolutions `conv_rank` (empty when 0)."""
-    import re
-
-    import torch
-
-    target = TARGET_MODULES[cfg.target]
-    if not cfg.conv_rank or not isinstance(target, str):
-        return {}
-    return {name: cfg.conv_rank for name, module in unet.named_modules()
-            if isinstance(module, torch.nn.Conv2d) and re.fullmatch(target, name)}
 
 
 def _condition(pipe, s: _Session, batch: list[str]) -> dict:
@@ -395,7 +382,6 @@ def _prior_images(pipe, prompts: list[str], cfg: LoraTrainConfig, side: int) -> 
                            guidance_scale=cfg.sample_guidance, width=side, height=side,
                            generator=generator).images
     return images
-
 
 
 def save_kohya(state: dict, path: Path, metadata: dict[str, str]) -> Path:

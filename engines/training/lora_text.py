@@ -96,6 +96,19 @@ def add_lora(module, rank: int, targets, ranks: dict[str, int] | None = None,
                                        alpha_pattern=ranks, lora_dropout=dropout), module)
 
 
+def conv_ranks(unet, target, conv_rank: int) -> dict[str, int]:
+    """peft's rank_pattern giving the convolutions that `target` (a regex) matches `conv_rank`
+    (empty when 0 or when `target` is a list of names)."""
+    import re
+
+    import torch
+
+    if not conv_rank or not isinstance(target, str):
+        return {}
+    return {name: conv_rank for name, module in unet.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and re.fullmatch(target, name)}
+
+
 def lora_state(module) -> dict:
     """A module's LoRA weights under peft's saved names (`...q_proj.lora_A.weight`)."""
     return {k.replace(".default.", "."): v for k, v in module.state_dict().items() if ".lora_" in k}
