@@ -163,7 +163,8 @@ class LlamaCppBackend(Backend):
         #    evaluation computes and the same seed still gives the same text (tested). Generated
         #    tokens were evaluated one at a time, which rounds differently: they are not kept,
         #    but evaluated again as a batch once the reply has ended (settle.py).
-        keep = min(shared_prefix(self._evaluated, body), max(0, len(body) - 2))  # the rest is at least a batch of two
+        # the rest is at least a batch of two
+        keep = min(shared_prefix(self._evaluated, body), max(0, len(body) - 2))
         if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             llm.n_tokens = keep
         else:

@@ -15,14 +15,11 @@ def start(params: list) -> list:
 
 
 def update(shadow: list, params: list, decay: float, step: int) -> None:
-    """shadow ← decay·shadow + (1 - decay)·params, with the decay warmed up as (1 + step) /
-    (10 + step) so the first steps are not held at the random initial weights."""
-    import torch
+    """shadow <- decay * shadow + (1 - decay) * params, the decay warmed up as the diffusion
+    recipes' (optim.warm_decay) so the first steps are not held at the random initial weights."""
+    from engines.training.optim import ema_follow, warm_decay
 
-    rate = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for average, p in zip(shadow, params):
-            average.lerp_(p.detach(), 1.0 - rate)
+    ema_follow(shadow, params, warm_decay(step, decay))
 
 
 def copy_into(params: list, shadow: list) -> None:

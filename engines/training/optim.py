@@ -30,11 +30,20 @@ def warmup_ema_step(opt, model, ema, loss: torch.Tensor, step: int, lr: float, w
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     step += 1
-    decay = min(ema_max, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, p in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(p, 1 - decay)
+    ema_follow(list(ema.parameters()), list(model.parameters()), warm_decay(step, ema_max))
     return step
+
+
+def warm_decay(step: int, decay_max: float) -> float:
+    """The EMA decay after `step` steps: (1 + step) / (10 + step), at most `decay_max`."""
+    return min(decay_max, (1 + step) / (10 + step))
+
+
+def ema_follow(shadow: list, params: list, decay: float) -> None:
+    """shadow <- decay * shadow + (1 - decay) * params, tensor by tensor."""
+    with torch.no_grad():
+        for average, p in zip(shadow, params):
+            average.lerp_(p.detach(), 1 - decay)
 
 
 def save_checkpoint(path, **state) -> None:

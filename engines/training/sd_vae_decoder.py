@@ -1,8 +1,9 @@
 """A sharper decoder for the tiny SD's VAE, its encoder left as it is (stage 4b of the recipe).
 
-Why: sd-tiny's VAE saw 1,600 steps of 8 images (docs/sd-tiny.md); through it, the drawings of held-out scenes
-(colour/background pairs it never saw, e.g. a green square on blue) come back as blobs the judge
-reads as circles (shape 0.80 on the ControlNet benchmark's 96 held-out drawings), and that caps
+Why: sd-tiny's VAE saw 1,600 steps of 8 images (docs/sd-tiny.md); through it, the drawings of
+held-out scenes (colour/background pairs it never saw, e.g. a green square on blue) come back
+as blobs the judge reads as circles (shape 0.80 on the ControlNet benchmark's 96 held-out
+drawings), and that caps
 what the ControlNet can score. Training only the decoder (and post_quant_conv) keeps the latent
 space the UNet, the ControlNet and every LoRA were trained in, so nothing else has to be
 retrained: the encoder's latents decode to sharper pictures. Object-weighted L1 + MSE as in
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from engines.training.optim import update
 from engines.training.sd_vae import object_weights, to_tensor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def decoder_parameters(vae) -> list:
 
 
 def finetune_decoder(vae, images, steps: int = 1000, batch: int = 32, lr: float = 3e-4,
-                     edge_weight: float = 1.0, seed: int = 0, log=print, on_step=None):
+                     edge_weight: float = 1.0, seed: int = 0, log=print):
     """Trains `vae`'s decoder in place on uint8 images (N x 64 x 64 x 3); the encoder is frozen
     and sampled from (the decoder meets latents as varied as the UNet's). Returns the VAE."""
     vae.requires_grad_(False).eval()
@@ -56,15 +58,9 @@ def finetune_decoder(vae, images, steps: int = 1000, batch: int = 32, lr: float 
         w = object_weights(x, 8.0)
         loss = (w * ((recon - x).abs() + (recon - x) ** 2)).mean() / w.mean()
         loss = loss + edge_weight * edge_loss(recon, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        update(opt, sched, loss, params)
         if step % 100 == 0 or step == steps - 1:
             log(f"decoder step {step} loss {loss.item():.4f} {time.time() - started:.0f}s")
-        if on_step:
-            on_step(step + 1)
     vae.requires_grad_(False).eval()
     return vae
 
