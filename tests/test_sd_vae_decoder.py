@@ -32,14 +32,15 @@ def test_a_few_steps_train_the_decoder_and_leave_the_encoder(tmp_path):
 
 
 def test_the_shipped_sharp_decoder_keeps_sd_tinys_latent_space():
-    """assets/sd-tiny-vae-sharp: the same encoder tensors as sd-tiny's VAE, a new decoder."""
+    """sd-tiny's VAE is the sharper decoder: the same encoder tensors as the VAE the UNet was
+    trained with (assets/sd-tiny-vae-original), a new decoder."""
     from pathlib import Path
 
     from safetensors.torch import load_file
 
     assets = Path(__file__).resolve().parents[1] / "assets"
-    base = load_file(assets / "sd-tiny" / "vae" / "diffusion_pytorch_model.safetensors")
-    sharp = load_file(assets / "sd-tiny-vae-sharp" / "diffusion_pytorch_model.safetensors")
+    base = load_file(assets / "sd-tiny-vae-original" / "diffusion_pytorch_model.safetensors")
+    sharp = load_file(assets / "sd-tiny" / "vae" / "diffusion_pytorch_model.safetensors")
     assert base.keys() == sharp.keys()
     same = {k for k in base if torch.equal(base[k], sharp[k])}
     assert same == {k for k in base if k.startswith(("encoder.", "quant_conv."))}

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     from engines.training.sd_data import make_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vae", type=Path, default=REPO / "assets" / "sd-tiny" / "vae")
+    parser.add_argument("--vae", type=Path, default=REPO / "assets" / "sd-tiny-vae-original")
     parser.add_argument("--out", type=Path, default=Path("runs/vae_decoder/vae"))
     parser.add_argument("--work", type=Path, default=Path("runs/vae_decoder"), help="log.txt here")
     parser.add_argument("--steps", type=int, default=1000)

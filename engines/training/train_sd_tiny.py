@@ -9,6 +9,9 @@ Stages (outputs under --work, default runs/sd_tiny, git-ignored):
   4. vae    AutoencoderKL 64 px -> 16 x 16 x 4, then object-weighted fine-tune (stage_vae/)
   5. unet   UNet on cached latents, frozen text encoder; every eval the EMA model is judged and
             the best is exported to --out as a diffusers folder (with clip_scorer/)
+Stage 4b runs apart, after this command: engines/training/sd_vae_decoder.py trains a sharper
+decoder on the same encoder; the shipped assets/sd-tiny/vae is its result, and the stage-4 VAE
+is kept as assets/sd-tiny-vae-original (its input).
 With --resume a stage whose output exists is skipped and the VAE and UNet continue from their
 last checkpoint. Seeds are fixed; on a busy CPU the number of UNet steps reached within
 --minutes varies, so pass --unet-steps for a run that ends at a fixed step.
