@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None):
     p.add_argument("--agree", action="store_true",
                    help="with --setting-only: also the row where the prompt agrees with the map")
     p.add_argument("--seed", type=int, default=0)
+    # Checkpoint selection scores seen triples ("train") with another case seed than the
+    # recipe's own eval (5): --setting-only --split train --case-seed 6 --n 192.
+    p.add_argument("--split", default="held_out", choices=["held_out", "train"])
+    p.add_argument("--case-seed", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "controlnet-results.json")
     p.add_argument("--grid", type=Path, default=None, help="PNG: map | with | without, 8 conflicting cases")
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None):
     runs = (("ControlNet", control, True),) if args.setting_only else (
         ("ControlNet", control, True), ("no ControlNet", plain, False))
     for agree in ((False, True) if args.agree or not args.setting_only else (False,)):
-        cases = follow_cases(args.n, "held_out", agree=agree)
+        cases = follow_cases(args.n, args.split, agree=agree, seed=args.case_seed)
         prompt = "agrees with" if agree else "contradicts"
         for name, pl, controlled in runs:
             t0 = time.time()
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None):
     info_file = args.controlnet / "training_info.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     where = args.controlnet.relative_to(REPO) if args.controlnet.is_relative_to(REPO) else args.controlnet
-    head = (f"ControlNet `{where}` (step {info.get('step', '?')}), {args.n} held-out cases per row, "
+    split = args.split.replace("_", "-")
+    head = (f"ControlNet `{where}` (step {info.get('step', '?')}), {args.n} {split} cases per row, "
             f"DPM++ 2M {args.steps} steps, guidance {args.guidance:g}, control mode "
             f"{args.control_mode}, conditioning scale {args.scale:g}, control end {args.end:g}, "
             f"seed {args.seed}, {args.threads} thread(s)")

@@ -79,7 +79,8 @@ def test_wrapper_matches_diffusers_guess_mode_and_the_extension_scales(tiny_engi
         w_down, w_mid = wrapped(sample, 500, text, [hint, hint], [0.9, 0.0], return_dict=False)
         for got, want in zip([*w_down, w_mid], [*down, mid]):
             assert got[0].abs().max() == 0  # the negative row gets nothing
-            assert torch.allclose(got[1], want[0], atol=1e-5)
+            # A batch of 2 against a batch of 1: float rounding only (residuals reach ~20).
+            assert torch.allclose(got[1], want[0], rtol=1e-4, atol=1e-4)
         # "My prompt is more important": both rows, each layer scaled as the extension does
         plain = net(sample, 500, text, hint, 1.0, return_dict=False)
         _, soft = controlnet_for_modes([net], [PROMPT], cfg=True)
