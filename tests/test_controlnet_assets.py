@@ -75,3 +75,33 @@ def test_shipped_controlnet_steers_shape_and_position():
     assert with_cn["colour"] >= 6 / 8 and with_cn["background"] >= 6 / 8, with_cn
     # Without it the same prompts and seeds give the prompt's layout, not the map's.
     assert without["follow"] <= 2 / 8 and without["prompt_layout"] >= 5 / 8, without
+
+
+def test_baked_gain_equals_the_conditioning_scale():
+    """engines/training/controlnet_gain.py: weight 1 after baking gain g gives the residuals the
+    file gave at weight g (the shipped file's gain is recorded in its training_info.json)."""
+    import json
+
+    from diffusers import ControlNetModel
+
+    from engines.training.controlnet_gain import bake_gain
+
+    cn = ControlNetModel.from_pretrained(CONTROLNET, torch_dtype=torch.float32).eval()
+    info = json.loads((CONTROLNET / "training_info.json").read_text())
+    assert info["output_gain"] >= 1 and info["gain_calibration"]["chosen"] > 0
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, cn.config.in_channels, 16, 16, generator=g)
+    text = torch.randn(2, 77, cn.config.cross_attention_dim, generator=g)
+    cond = torch.from_numpy(np.asarray(canny(_square()), dtype=np.float32) / 255).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+
+    def residuals(net, scale):
+        with torch.no_grad():
+            down, mid = net(sample, 500, text, cond, conditioning_scale=scale, return_dict=False)
+        return torch.cat([r.flatten() for r in [*down, mid]])
+
+    before = residuals(cn, 1.3)
+    bake_gain(cn, 1.3)
+    assert torch.allclose(residuals(cn, 1.0), before, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(residuals(cn, 1.3), before, rtol=1e-2)
+    with pytest.raises(ValueError, match="gain"):
+        bake_gain(cn, 0)
