@@ -53,7 +53,8 @@ def user_models(tmp_path):
 def test_catalog_lists_resizers_embedded_and_user_files(user_models):
     root, esrgan_path, compact_path = user_models
     names = {u.name: u for u in catalog.list_upscalers((root,))}
-    assert {"Lanczos", "Nearest", "R-ESRGAN AnimeVideo", "R-ESRGAN 4x+", "GenStudio 4x PSNR"} <= set(names)
+    assert {"Lanczos", "Nearest", "R-ESRGAN AnimeVideo", "R-ESRGAN 4x+", "GenStudio 4x PSNR",
+            "GenStudio 4x+ PSNR"} <= set(names)
     assert names["4x_tiny_esrgan"].path == esrgan_path and names["4x_tiny_esrgan"].scale == 4
     assert names["tiny_compact_x2"].scale == 2
     assert catalog.resolve("r-esrgan 4x+").kind == "embedded"
@@ -103,13 +104,14 @@ def test_embedded_networks_restore_detail(name, arch, blocks):
     assert abs(edges(result) - edges(original)) < abs(edges(bicubic) - edges(original))
 
 
-def test_fidelity_network_beats_bicubic_on_held_out_photos():
-    """GenStudio 4x PSNR (the compact network fine-tuned here with an L1 loss) is more faithful
-    than bicubic on photos it never saw: higher PSNR and SSIM."""
+@pytest.mark.parametrize("name", ["GenStudio 4x PSNR", "GenStudio 4x+ PSNR"])
+def test_fidelity_networks_beat_bicubic_on_held_out_photos(name):
+    """GenStudio 4x PSNR and 4x+ PSNR (the compact and the x4plus network fine-tuned here with
+    an L1 loss) are more faithful than bicubic on photos they never saw: higher PSNR and SSIM."""
     from skimage import data
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    engine = UpscaleEngine("GenStudio 4x PSNR")
+    engine = UpscaleEngine(name)
     for array in (data.astronaut(), data.rocket()):
         w, h = array.shape[1], array.shape[0]
         original = Image.fromarray(array).crop((w // 2 - 96, h // 2 - 96, w // 2 + 96, h // 2 + 96))

