@@ -8,8 +8,9 @@ upscale time per megapixel, and the cost of A1111's hires fix relative to plain 
    sets, DF2K and OST), downscaled 4x with bicubic, brought back 4x by each upscaler; PSNR and
    SSIM (RGB, skimage.metrics) against the original crop, plus "detail": the mean gradient
    magnitude relative to the original's (1.0 = as sharp as the original; bicubic blurs, <1).
-   From a clean downscale, from a degraded one (JPEG quality 50 after the downscale, the kind
-   of input Real-ESRGAN was trained for), and at x2 (compact networks only) from a clean one.
+   From a clean downscale, from a degraded one (JPEG quality 50 after the downscale), from a
+   "real-world" one (blur, downscale, noise, JPEG 75: the kind of input Real-ESRGAN was trained
+   for), and at x2 (compact networks only) from a clean one.
 2. Speed: seconds per input and per output megapixel, at the engine's default tiling.
 3. Hires fix: the embedded model, 20 steps, 64 px first pass -> 128 px (Latent and the compact
    network, second pass 20 steps at strength 0.7) vs plain txt2img at 64 px and at 128 px.
@@ -57,6 +58,17 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+def real_world(original: Image.Image, factor: int, rng: np.random.Generator) -> Image.Image:
+    """A camera-like low-res copy, Real-ESRGAN's regime (one fixed draw of its degradations):
+    optical blur (Gaussian, sigma 1 px), bicubic downscale, sensor noise (sigma 10 of 255), JPEG 75."""
+    from PIL import ImageFilter
+
+    side = original.width // factor
+    small = original.filter(ImageFilter.GaussianBlur(1.0)).resize((side, side), Image.BICUBIC)
+    noisy = np.asarray(small, dtype=np.float64) + rng.normal(0, 10, (side, side, 3))
+    return jpeg(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), 75)
+
+
 def detail(image: Image.Image) -> float:
     gray = np.asarray(image.convert("L"), dtype=np.float64)
     return float(np.abs(np.diff(gray, axis=0)).mean() + np.abs(np.diff(gray, axis=1)).mean())
@@ -68,11 +80,14 @@ def quality(engines: dict, photos: dict) -> dict:
     from engines.upscale.params import UpscaleParams
 
     table: dict = {}
-    for protocol in ("clean x4", "jpeg50 x4", "clean x2"):
+    for protocol in ("clean x4", "jpeg50 x4", "real-world x4", "clean x2"):
         factor = 2 if protocol.endswith("x2") else 4
         rows: dict[str, list[tuple[float, float, float]]] = {}
-        for name, original in photos.items():
-            small = original.resize((256 // factor, 256 // factor), Image.BICUBIC)
+        for i, (name, original) in enumerate(photos.items()):
+            if protocol.startswith("real-world"):
+                small = real_world(original, factor, np.random.default_rng(i))
+            else:
+                small = original.resize((256 // factor, 256 // factor), Image.BICUBIC)
             if protocol.startswith("jpeg50"):
                 small = jpeg(small, 50)
             outputs = {"bicubic": small.resize(original.size, Image.BICUBIC),
