@@ -28,12 +28,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning threads starve a shared CPU
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .controlnet import generate, load_base, make_pipeline  # noqa: E402
 from .controlnet_data import follow_cases  # noqa: E402
-from .sd_judge import SHIPPED_JUDGE, load_judge, to_tensor  # noqa: E402
+from .sd_judge import SHIPPED_JUDGE, judge_logits, load_judge  # noqa: E402
 
 GAINS = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 # Which scene each attribute must match: the map carries layout, the prompt the rest.
@@ -62,11 +61,9 @@ def load_unbaked(controlnet_dir: Path):
     return cn, info
 
 
-@torch.no_grad()
 def soft_scores(judge, images: list, cases: list) -> dict[str, float]:
     """Per attribute: the judge's mean probability of the right class, and its accuracy."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64))) for im in images])
-    logits = judge(to_tensor(arr))
+    logits = judge_logits(judge, images)
     out = {}
     for attr, source in SOURCE.items():
         right = torch.tensor([getattr(c, source).labels()[attr] for c in cases])

@@ -130,10 +130,15 @@ def load_judge(path: Path = SHIPPED_JUDGE, train_if_missing: bool = True, log=pr
 
 
 @torch.no_grad()
+def judge_logits(judge: Judge, images: list) -> dict[str, torch.Tensor]:
+    """PIL images (resized to 64 px) -> the judge's logits per attribute."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64))) for im in images])
+    return judge(to_tensor(arr))
+
+
 def predict(judge: Judge, images: list) -> dict[str, np.ndarray]:
     """PIL images (resized to 64 px) -> predicted class index per attribute."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((64, 64))) for im in images])
-    logits = judge(to_tensor(arr))
+    logits = judge_logits(judge, images)
     return {a: logits[a].argmax(1).numpy() for a in ATTRIBUTES}
 
 
