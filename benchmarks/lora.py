@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--background-weight", type=float, default=1.0,
                    help="loss weight outside each training image's subject (1 = no mask)")
     p.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR-γ weighting (0 = off)")
+    p.add_argument("--snr-floor", type=float, default=0.0,
+                   help="a floor under min-SNR-γ's weight (0 = plain min-SNR-γ)")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="peft's lora_dropout")
     p.add_argument("--ema-decay", type=float, default=0.0, help="average of the weights (0 = off)")
     p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
@@ -304,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
                           trigger_vectors=args.trigger_vectors, train_text_encoder=args.text_encoder,
                           caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,
                           conv_rank=args.conv_rank, background_weight=args.background_weight,
-                          snr_gamma=args.snr_gamma, lr_schedule=args.lr_schedule,
+                          snr_gamma=args.snr_gamma, snr_floor=args.snr_floor,
+                          lr_schedule=args.lr_schedule,
                           lora_dropout=args.lora_dropout, ema_decay=args.ema_decay,
                           prior_prompts=_prior_prompts(args))
     embedding_dir = args.out / "embeddings"

@@ -49,6 +49,7 @@ def test_validation_names_the_field(ctx):
                           ({"rank": 0}, "rank"), ({"name": "../x"}, "name"),
                           ({"captions": ["a"]}, "captions"), ({"lr": 5.0}, "lr"),
                           ({"snr_gamma": -1}, "snr_gamma"), ({"lr_schedule": "step"}, "lr_schedule"),
+                          ({"snr_floor": 2}, "snr_floor"),
                           ({"conv_rank": 2.5}, "conv_rank")):
         with pytest.raises(ParamError) as error:
             validate_task(ctx, "train_lora", dict(good, **change))
@@ -61,7 +62,7 @@ def test_validation_names_the_field(ctx):
     from engines.training.lora import LoraTrainConfig
     from studio.tasks.lora_training import prepare  # the task hands the trainer's options on
 
-    options = {"snr_gamma": 5.0, "lr_schedule": "cosine", "conv_rank": 16,
+    options = {"snr_gamma": 5.0, "snr_floor": 0.25, "lr_schedule": "cosine", "conv_rank": 16,
                "background_weight": 0.3}
     config = prepare(ctx, dict(good, **options)).config
     assert {k: getattr(config, k) for k in options} == options
@@ -150,7 +151,8 @@ def test_loss_options_are_checked():
 
     for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
                    {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
-                   {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"}):
+                   {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"},
+                   {"snr_floor": -0.1}, {"snr_floor": 1.5}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -200,6 +202,11 @@ def test_weighted_loss_and_snr_weights():
     assert torch.equal(snr_weights(scheduler, t, 0.0, False), torch.ones(3))
     w = snr_weights(scheduler, t, 5.0, False)
     assert w[0] < 0.1 and w[2] == 1.0  # nearly clean steps count less, noisy ones fully
+    v = snr_weights(scheduler, t, 5.0, True)  # v-prediction: the noisiest steps count less too
+    assert v[2] < 0.01 and v[1] > 0.05
+    floored = snr_weights(scheduler, t, 5.0, True, floor=0.25)
+    assert torch.allclose(floored, 0.25 + 0.75 * v) and floored.min() >= 0.25
+    assert torch.equal(snr_weights(scheduler, t, 5.0, True, floor=1.0), torch.ones(3))
 
 
 def test_lr_schedules():

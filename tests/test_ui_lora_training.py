@@ -30,13 +30,15 @@ def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
     assert c["target"].value == "unet"  # the task's default (studio/tasks/lora_training.py)
     assert c["conv_rank"].value == LoraTrainConfig.conv_rank == 0
     assert c["snr_gamma"].value == LoraTrainConfig.snr_gamma == 0.0
+    assert c["snr_floor"].value == LoraTrainConfig.snr_floor == 0.0
+    assert (c["snr_floor"].minimum, c["snr_floor"].maximum) == (0, 1)  # lora_loss's range
     assert c["lr_schedule"].value == LoraTrainConfig.lr_schedule == "constant"
     assert [choice[1] for choice in c["lr_schedule"].choices] == list(SCHEDULES)
     assert c["background_weight"].value == LoraTrainConfig.background_weight == 1.0
     assert (c["background_weight"].minimum, c["background_weight"].maximum) == (0, 1)  # lora_loss
     assert all(c[name].info for name in lora_training.ADVANCED)
     start = next(d for d in demo.config["dependencies"] if d["targets"][0][0] == c["start"]._id)
-    assert start["inputs"][-5:] == [c[name]._id for name in lora_training.ADVANCED]
+    assert start["inputs"][-len(lora_training.ADVANCED):] == [c[name]._id for name in lora_training.ADVANCED]
 
 
 @pytest.mark.slow
@@ -49,25 +51,26 @@ def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path, monkeypatch):
     monkeypatch.setattr(lora, "train_lora", lambda pipe, images, captions, cfg, *rest:
                         seen.append(cfg) or train(pipe, images, captions, cfg, *rest))
     updates = list(start_training(studio, "ui-rings", "gsring", _files(tmp_path), "", 4, 2, 1e-3,
-                                  "", "unet", 2, 5.0, "cosine", 0.5))
+                                  "", "unet", 2, 5.0, 0.25, "cosine", 0.5))
     job_id = updates[0][0]
     assert "Saved: use `<lora:ui-rings:1> gsring`" in updates[-1][1]
     job = studio.queue.get(job_id)
     assert job.status == "completed"
-    sent = {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "lr_schedule": "cosine",
-            "background_weight": 0.5}
+    sent = {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "snr_floor": 0.25,
+            "lr_schedule": "cosine", "background_weight": 0.5}
     assert {k: job.params[k] for k in ADVANCED} == sent
     assert [{k: getattr(cfg, k) for k in ADVANCED} for cfg in seen] == [sent]
 
 
 @pytest.mark.parametrize("advanced, message", [
-    (("unet", 0, 500.0, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got 500.0"),
-    (("unet", 0, None, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got None"),
-    (("unet", 0, 0.0, "step", 1.0), "`lr_schedule` must be one of constant, cosine, linear"),
-    (("unet", 200, 0.0, "constant", 1.0), "`conv_rank` must be a whole number in 0..128"),
-    (("everything", 0, 0.0, "constant", 1.0), "`target` must be one of"),
-    (("unet", 0, 0.0, "constant", 1.5), "`background_weight` must be a number in 0..1, got 1.5"),
-    (("unet", 0, 0.0, "constant", None), "`background_weight` must be a number in 0..1, got None"),
+    (("unet", 0, 500.0, 0.0, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got 500.0"),
+    (("unet", 0, None, 0.0, "constant", 1.0), "`snr_gamma` must be a number in 0..100, got None"),
+    (("unet", 0, 0.0, 0.0, "step", 1.0), "`lr_schedule` must be one of constant, cosine, linear"),
+    (("unet", 200, 0.0, 0.0, "constant", 1.0), "`conv_rank` must be a whole number in 0..128"),
+    (("everything", 0, 0.0, 0.0, "constant", 1.0), "`target` must be one of"),
+    (("unet", 0, 5.0, 1.5, "constant", 1.0), "`snr_floor` must be a number in 0..1, got 1.5"),
+    (("unet", 0, 0.0, 0.0, "constant", 1.5), "`background_weight` must be a number in 0..1, got 1.5"),
+    (("unet", 0, 0.0, 0.0, "constant", None), "`background_weight` must be a number in 0..1, got None"),
 ])
 def test_a_bad_advanced_value_is_the_tasks_message_and_keeps_nothing(studio, tmp_path, advanced,
                                                                      message):

@@ -91,6 +91,9 @@ class LoraTrainConfig:
     # loss weight outside each image's subject (engines/training/lora_loss.py); 1 = no mask
     background_weight: float = 1.0
     snr_gamma: float = 0.0  # min-SNR-γ timestep weighting (5 is usual); 0 = off
+    # a floor under min-SNR-γ's weight (floor + (1 - floor) x weight): v-prediction's weight
+    # also shrinks the noisiest steps, where colour is decided; 0 = plain min-SNR-γ
+    snr_floor: float = 0.0
     lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
     lora_dropout: float = 0.0  # peft's dropout on the LoRA branch while training; 0 = off
     ema_decay: float = 0.0  # save and sample an average of the weights (lora_ema.py); 0 = off
@@ -353,7 +356,8 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
     if s.weights is not None:  # subject masks on the instance images, prior ones unweighted
         pixel_weights = torch.ones(len(x0), 1, *x0.shape[2:])
         pixel_weights[:cfg.batch] = s.weights[idx]
-    sample_weights = lora_loss.snr_weights(s.scheduler, t, cfg.snr_gamma, v_prediction)
+    sample_weights = lora_loss.snr_weights(s.scheduler, t, cfg.snr_gamma, v_prediction,
+                                            cfg.snr_floor)
     loss = lora_loss.weighted_mse(pred, target, pixel_weights, sample_weights)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -6,7 +6,9 @@
   pixel; outside it the loss counts `background_weight` times.
 - min-SNR-γ weighting (Hang et al. 2023; diffusers' `--snr_gamma`): each sample's loss times
   min(SNR, γ) / SNR (epsilon) or / (SNR + 1) (v-prediction), so the almost-clean timesteps
-  stop dominating and the steps where the shape is decided count more.
+  stop dominating and the steps where the shape is decided count more. For v-prediction that
+  weight also falls towards 0 at the noisiest timesteps, where the image's colours are decided;
+  `snr_floor` keeps a floor under it: floor + (1 - floor) x min-SNR's weight.
 - the learning-rate schedule: constant, or a cosine / linear decay to 0 over the run. The rate
   is set from the step number each time (no scheduler state), so a resumed run continues it.
 """
@@ -25,6 +27,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 def check(cfg) -> None:
     """The loss/schedule options of a LoraTrainConfig; ParamError naming the bad one."""
     for name, low, high in (("background_weight", 0.0, 1.0), ("snr_gamma", 0.0, 100.0),
+                            ("snr_floor", 0.0, 1.0),
                             ("lora_dropout", 0.0, 0.9), ("ema_decay", 0.0, 0.9999)):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
@@ -62,8 +65,9 @@ def latent_weights(masks: np.ndarray, latent_side: int, background_weight: float
     return background_weight + (1.0 - background_weight) * m
 
 
-def snr_weights(scheduler, t, gamma: float, v_prediction: bool):
-    """Per-sample min-SNR-γ weights for timesteps `t` (all ones when gamma is 0)."""
+def snr_weights(scheduler, t, gamma: float, v_prediction: bool, floor: float = 0.0):
+    """Per-sample min-SNR-γ weights for timesteps `t`, raised to at least `floor` as
+    floor + (1 - floor) x weight (all ones when gamma is 0)."""
     import torch
 
     if not gamma:
@@ -72,7 +76,8 @@ def snr_weights(scheduler, t, gamma: float, v_prediction: bool):
 
     snr = compute_snr(scheduler, t.cpu()).float()
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
-    return clipped / (snr + 1) if v_prediction else clipped / snr
+    weights = clipped / (snr + 1) if v_prediction else clipped / snr
+    return floor + (1.0 - floor) * weights
 
 
 def weighted_mse(pred, target, pixel_weights=None, sample_weights=None):

@@ -29,6 +29,9 @@ Params (a JSON-able dict; the queue stores it as is):
                  ("circle" for a ring; A1111's "initialization text"); default the trigger's own
   snr_gamma      min-SNR-γ loss weighting by timestep (default 0 = off; 5 is usual: on the
                  embedded benchmark more of the new shape, less faithful colours, docs/diffusion.md)
+  snr_floor      with snr_gamma: a floor under its weight, floor + (1 - floor) x weight, 0..1
+                 (default 0 = plain min-SNR-γ; for v-prediction models min-SNR-γ also shrinks
+                 the noisiest steps, where colours are decided, and the floor gives some back)
   lr_schedule    "constant" (default), "cosine" or "linear" decay to 0 over the steps
   conv_rank      a rank of its own for the convolutions' LoRA (target "unet"; 0 = `rank`)
   background_weight  loss weight outside each image's subject, 0..1 (default 1 = no mask; on
@@ -64,8 +67,8 @@ from studio.uploads import is_upload_ref, open_upload
 ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
-          "train_text_encoder", "trigger_init", "snr_gamma", "lr_schedule", "conv_rank",
-          "background_weight")
+          "train_text_encoder", "trigger_init", "snr_gamma", "snr_floor", "lr_schedule",
+          "conv_rank", "background_weight")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 
@@ -103,6 +106,7 @@ def prepare(ctx, params: dict) -> Prepared:
         trigger_vectors=params.get("trigger_vectors", 0), target=params.get("target", "unet"),
         train_text_encoder=params.get("train_text_encoder", False),
         trigger_init=params.get("trigger_init", ""), snr_gamma=params.get("snr_gamma", 0.0),
+        snr_floor=params.get("snr_floor", LoraTrainConfig.snr_floor),
         lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0),
         background_weight=params.get("background_weight", LoraTrainConfig.background_weight))
     config.check()  # the trainer's ranges, a ParamError naming the field, before anything runs

@@ -32,7 +32,7 @@ def _save_uploads(ctx, files) -> list[int]:
 
 # The "Advanced" accordion's trainer options, in the handler's order (task params of the same
 # names; the task checks them and names a bad one).
-ADVANCED = ("target", "conv_rank", "snr_gamma", "lr_schedule", "background_weight")
+ADVANCED = ("target", "conv_rank", "snr_gamma", "snr_floor", "lr_schedule", "background_weight")
 
 
 def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word="",
@@ -118,6 +118,12 @@ def build(ctx) -> dict:
                         elem_id="lora-train-snr-gamma",
                         info="Weights the loss by timestep so nearly clean steps count less "
                              "(0 = off, 5 usual): more of a new shape, less faithful colours.")
+                    c["snr_floor"] = gr.Slider(
+                        0, 1, value=LoraTrainConfig.snr_floor, step=0.05, label="Min-SNR floor",
+                        elem_id="lora-train-snr-floor",
+                        info="With Min-SNR γ: the least weight a timestep keeps (0 = plain "
+                             "min-SNR). Gives the noisiest steps, where colours are decided, "
+                             "some weight back.")
                     c["lr_schedule"] = gr.Dropdown(
                         list(SCHEDULES), value=LoraTrainConfig.lr_schedule,
                         label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
