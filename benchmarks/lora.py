@@ -98,6 +98,12 @@ def judge_attributes(judge, images, scenes) -> dict[str, float]:
     for attr in ("colour", "background", "position"):
         hits = [pred[attr][i] == s.labels()[attr] for i, s in enumerate(scenes)]
         out[attr] = float(np.mean(hits))
+    from engines.training.sd_data import CHOICES
+
+    names = CHOICES["colour"]  # which colour each wrong one was read as (e.g. orange -> yellow)
+    misread = [f"{s.colour}->{names[pred['colour'][i]]}" for i, s in enumerate(scenes)
+               if pred["colour"][i] != s.labels()["colour"]]
+    out["colour_misreads"] = {m: misread.count(m) for m in sorted(set(misread))}
     return out
 
 
@@ -215,8 +221,9 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
 def _prior_prompts(args) -> tuple[str, ...]:
     if args.prior_prompts == "captions":
         return ()
-    return known_shape_prompts(args.prior, shapes=("circle",) if args.prior_prompts == "circles"
-                               else ("circle", "square", "triangle", "star"))
+    shapes = {"circles": ("circle",), "others": ("square", "triangle", "star")}
+    return known_shape_prompts(args.prior, shapes=shapes.get(args.prior_prompts,
+                                                            ("circle", "square", "triangle", "star")))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -233,9 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--prior", type=int, default=0,
                    help="prior-preservation images the base model makes (0 = off)")
-    p.add_argument("--prior-prompts", choices=["captions", "all", "circles"], default="all",
+    p.add_argument("--prior-prompts", choices=["captions", "all", "circles", "others"],
+                   default="all",
                    help="class prompts of the prior images: the training captions without the "
-                        "trigger, known shapes (or circles only) in every colour/background/position")
+                        "trigger, known shapes (circles only, or all but circles) in every "
+                        "colour/background/position")
     p.add_argument("--lora-weight", type=float, default=1.0)
     p.add_argument("--target", default="unet", help="unet | attention | cross_attention")
     p.add_argument("--trigger-vectors", type=int, default=1,
@@ -256,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR-γ weighting (0 = off)")
     p.add_argument("--snr-floor", type=float, default=0.0,
                    help="a floor under min-SNR-γ's weight (0 = plain min-SNR-γ)")
+    p.add_argument("--stratified", action="store_true",
+                   help="stratified timesteps: one per equal slice of the range in each batch")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="peft's lora_dropout")
     p.add_argument("--ema-decay", type=float, default=0.0, help="average of the weights (0 = off)")
     p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
@@ -307,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
                           caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,
                           conv_rank=args.conv_rank, background_weight=args.background_weight,
                           snr_gamma=args.snr_gamma, snr_floor=args.snr_floor,
+                          stratified_timesteps=args.stratified,
                           lr_schedule=args.lr_schedule,
                           lora_dropout=args.lora_dropout, ema_decay=args.ema_decay,
                           prior_prompts=_prior_prompts(args))

@@ -152,7 +152,7 @@ def test_loss_options_are_checked():
     for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
                    {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
                    {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"},
-                   {"snr_floor": -0.1}, {"snr_floor": 1.5}):
+                   {"snr_floor": -0.1}, {"snr_floor": 1.5}, {"stratified_timesteps": 1}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -209,6 +209,19 @@ def test_weighted_loss_and_snr_weights():
     assert torch.equal(snr_weights(scheduler, t, 5.0, True, floor=1.0), torch.ones(3))
 
 
+def test_stratified_timesteps_cover_the_range_and_plain_ones_are_unchanged():
+    import torch
+
+    from engines.training.lora_loss import timesteps
+
+    g = torch.Generator().manual_seed(0)
+    t = timesteps(8, 1000, g, stratified=True)
+    assert sorted((t // 125).tolist()) == list(range(8))  # one in each eighth, in random order
+    assert t.tolist() != sorted(t.tolist())
+    assert torch.equal(timesteps(8, 1000, torch.Generator().manual_seed(1)),  # the default path
+                       torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1)))
+
+
 def test_lr_schedules():
     import torch
 
@@ -235,7 +248,8 @@ def test_train_with_mask_snr_schedule_and_conv_rank(tmp_path):
     plain = train_lora(_fresh_pipe(tmp_path), images, captions, LoraTrainConfig(**base),
                        tmp_path / "plain")
     cfg = LoraTrainConfig(**base, conv_rank=4, background_weight=0.0, snr_gamma=5.0,
-                          lr_schedule="cosine", lora_dropout=0.2)
+                          snr_floor=0.25, stratified_timesteps=True, lr_schedule="cosine",
+                          lora_dropout=0.2)
     tuned_pipe = _fresh_pipe(tmp_path)
     tuned = train_lora(tuned_pipe, images, captions, cfg, tmp_path / "tuned")
     dropouts = {m.p for n, m in tuned_pipe.unet.named_modules() if ".lora_dropout." in n}

@@ -91,9 +91,8 @@ class LoraTrainConfig:
     # loss weight outside each image's subject (engines/training/lora_loss.py); 1 = no mask
     background_weight: float = 1.0
     snr_gamma: float = 0.0  # min-SNR-γ timestep weighting (5 is usual); 0 = off
-    # a floor under min-SNR-γ's weight (floor + (1 - floor) x weight): v-prediction's weight
-    # also shrinks the noisiest steps, where colour is decided; 0 = plain min-SNR-γ
-    snr_floor: float = 0.0
+    snr_floor: float = 0.0  # the least min-SNR-γ weight a step keeps (lora_loss.py); 0 = plain
+    stratified_timesteps: bool = False  # a batch's timesteps spread evenly (lora_loss.py)
     lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
     lora_dropout: float = 0.0  # peft's dropout on the LoRA branch while training; 0 = off
     ema_decay: float = 0.0  # save and sample an average of the weights (lora_ema.py); 0 = off
@@ -347,7 +346,8 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
         x0 = torch.cat([x0, px0 * scale])
         batch += [prior_captions[i] for i in pidx.tolist()]
     noise = torch.randn(x0.shape, generator=g).to(device)
-    t = torch.randint(0, s.scheduler.config.num_train_timesteps, (len(x0),), generator=g).to(device)
+    t = lora_loss.timesteps(len(x0), s.scheduler.config.num_train_timesteps, g,
+                            cfg.stratified_timesteps).to(device)
     noisy = s.scheduler.add_noise(x0, noise, t)
     v_prediction = s.scheduler.config.prediction_type == "v_prediction"
     target = s.scheduler.get_velocity(x0, noise, t) if v_prediction else noise

@@ -32,6 +32,9 @@ def check(cfg) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ParamError(name, f"`{name}` must be a number in {low:g}..{high:g}, got {value!r}")
+    if not isinstance(cfg.stratified_timesteps, bool):
+        raise ParamError("stratified_timesteps", "`stratified_timesteps` must be true or false, "
+                         f"got {cfg.stratified_timesteps!r}")
     if cfg.lr_schedule not in SCHEDULES:
         raise ParamError("lr_schedule", f"`lr_schedule` must be one of {', '.join(SCHEDULES)}, "
                          f"got {cfg.lr_schedule!r}")
@@ -78,6 +81,20 @@ def snr_weights(scheduler, t, gamma: float, v_prediction: bool, floor: float = 0
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
     weights = clipped / (snr + 1) if v_prediction else clipped / snr
     return floor + (1.0 - floor) * weights
+
+
+def timesteps(count: int, num_train_timesteps: int, generator, stratified: bool = False):
+    """`count` training timesteps: uniform at random, or stratified (k-diffusion's
+    `stratified_uniform`): one in each of `count` equal slices of the range, in random order,
+    so every batch has as many noisy as nearly clean steps and the weighting above does not
+    swing from batch to batch."""
+    import torch
+
+    if not stratified:
+        return torch.randint(0, num_train_timesteps, (count,), generator=generator)
+    offsets = torch.rand(count, generator=generator)
+    slices = torch.randperm(count, generator=generator)
+    return ((slices + offsets) * num_train_timesteps / count).long().clamp(max=num_train_timesteps - 1)
 
 
 def weighted_mse(pred, target, pixel_weights=None, sample_weights=None):
