@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from engines.training.sd_data import BACKGROUNDS, COLOURS, POSITIONS, SIZE, SIZES, Scene  # noqa: E402
+from engines.training.sd_data import (BACKGROUNDS, CHOICES, COLOURS, POSITIONS, SHAPES, SIZE,  # noqa: E402
+                                      SIZES, Scene)
 
 TRIGGER = "gsring"
 # What the LoRA sees in training, and what only the held-out prompts use.
@@ -98,11 +99,9 @@ def judge_attributes(judge, images, scenes) -> dict[str, float]:
     for attr in ("colour", "background", "position"):
         hits = [pred[attr][i] == s.labels()[attr] for i, s in enumerate(scenes)]
         out[attr] = float(np.mean(hits))
-    from engines.training.sd_data import CHOICES
-
-    names = CHOICES["colour"]  # which colour each wrong one was read as (e.g. orange -> yellow)
-    misread = [f"{s.colour}->{names[pred['colour'][i]]}" for i, s in enumerate(scenes)
-               if pred["colour"][i] != s.labels()["colour"]]
+    # which colour each wrong one was read as (e.g. orange -> yellow)
+    read_as = [CHOICES["colour"][k] for k in pred["colour"]]
+    misread = [f"{s.colour}->{r}" for s, r in zip(scenes, read_as) if r != s.colour]
     out["colour_misreads"] = {m: misread.count(m) for m in sorted(set(misread))}
     return out
 
@@ -121,7 +120,7 @@ def held_out_prompts(n: int, seed: int = 5) -> tuple[list[str], list[Scene]]:
 
 
 def known_shape_prompts(n: int, seed: int = 11,
-                        shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")) -> tuple[str, ...]:
+                        shapes: tuple[str, ...] = SHAPES) -> tuple[str, ...]:
     """DreamBooth class prompts: known shapes (all four, or circles only: the ring's nearest
     known shape, as a contrast) in every colour, background and position (the base model draws
     these; no ring is ever shown with the held-out attributes)."""
@@ -221,9 +220,9 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
 def _prior_prompts(args) -> tuple[str, ...]:
     if args.prior_prompts == "captions":
         return ()
-    shapes = {"circles": ("circle",), "others": ("square", "triangle", "star")}
-    return known_shape_prompts(args.prior, shapes=shapes.get(args.prior_prompts,
-                                                            ("circle", "square", "triangle", "star")))
+    shapes = {"all": SHAPES, "circles": ("circle",),
+              "others": tuple(s for s in SHAPES if s != "circle")}[args.prior_prompts]
+    return known_shape_prompts(args.prior, shapes=shapes)
 
 
 def main(argv: list[str] | None = None) -> dict:

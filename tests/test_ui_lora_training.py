@@ -38,7 +38,8 @@ def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
     assert (c["background_weight"].minimum, c["background_weight"].maximum) == (0, 1)  # lora_loss
     assert all(c[name].info for name in lora_training.ADVANCED)
     start = next(d for d in demo.config["dependencies"] if d["targets"][0][0] == c["start"]._id)
-    assert start["inputs"][-len(lora_training.ADVANCED):] == [c[name]._id for name in lora_training.ADVANCED]
+    advanced_ids = [c[name]._id for name in lora_training.ADVANCED]
+    assert start["inputs"][-len(advanced_ids):] == advanced_ids
 
 
 @pytest.mark.slow
