@@ -32,10 +32,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from engines.diffusion.loading import RuntimeOptions  # noqa: E402
 from engines.training.sd_data import (BACKGROUNDS, CHOICES, COLOURS, POSITIONS, SHAPES, SIZE,  # noqa: E402
                                       SIZES, Scene)
 
 TRIGGER = "gsring"
+FP32 = RuntimeOptions(half_precision=False)  # on CUDA too: the same numbers as on the CPU
 # What the LoRA sees in training, and what only the held-out prompts use.
 TRAIN = {"colour": ("red", "blue", "yellow", "white"), "background": ("black", "gray", "green"),
          "position": ("at the top left", "in the centre", "at the bottom right")}
@@ -43,6 +45,7 @@ HELD_OUT = {"colour": ("green", "purple", "orange", "black"),
             "background": ("white", "blue", "pink"),
             "position": ("at the top right", "at the bottom left")}
 # Held-out colours only: a hole shows its background, so every combination stays visible.
+DEVICE = "cpu"  # --device: where the batched evaluation runs (the engine gets it directly)
 
 
 def draw(shape: str, colour: str, background: str, position: str, size: str,
@@ -176,7 +179,7 @@ def _train(cfg, images, captions, args, report: dict):
     from engines.diffusion.engine import DiffusionEngine
     from engines.training.lora import train_lora
 
-    trainer = DiffusionEngine("genstudio-tiny-sd", device="cpu")
+    trainer = DiffusionEngine("genstudio-tiny-sd", device=args.device, options=FP32)
     trainer.load()
     started = time.perf_counter()
     result = train_lora(trainer._pipes["txt2img"], images, captions, cfg, args.out / "run",
@@ -199,6 +202,7 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(DEVICE)
     if lora is not None:
         pipe.load_lora_weights(str(lora))
     table = None
@@ -272,10 +276,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the training's random seed")
     p.add_argument("--trigger-lr", type=float, default=5e-3, help="the trigger vectors' rate")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda: where it trains and generates (fp32)")
     p.add_argument("--out", type=Path, default=Path("runs/lora_bench"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/lora_grid.png"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
+    torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions on a GPU, as on the CPU
     from engines.diffusion.engine import DiffusionEngine
     from engines.training.lora import LoraTrainConfig, grid, save_kohya
     from engines.training.sd_judge import load_judge
@@ -291,12 +299,13 @@ def main(argv: list[str] | None = None) -> dict:
               for c, b, p_, z in [("red", "white", "in the centre", "large"),
                                   ("blue", "pink", "at the top left", "small"),
                                   ("yellow", "black", "at the bottom right", "large")]]
-    engine = DiffusionEngine("genstudio-tiny-sd", device="cpu")
+    engine = DiffusionEngine("genstudio-tiny-sd", device=args.device, options=FP32)
     engine.load()
     vae = engine._pipes["txt2img"].vae
     with torch.no_grad():
         x = torch.from_numpy(np.stack([np.asarray(im) for im in rings])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = ((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) + 1) * 127.5)
+        x = x.to(vae.device)
+        y = ((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) + 1) * 127.5).cpu()
     through = [Image.fromarray(a) for a in y.round().byte().permute(0, 2, 3, 1).numpy()]
     # the judge's own accuracy on drawn held-out rings: the ceiling for the known attributes
     prompts, scenes = held_out_prompts(args.n)

@@ -1,0 +1,45 @@
+"""benchmarks/lora_seeds.py: runs benchmarks/lora.py per recipe and seed, and tabulates."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("lora_seeds", REPO / "benchmarks" / "lora_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_counts_seeds_that_pass_both_targets():
+    rows = [{"recipe": "a", "seed": 0, "ring": 0.85, "colour": 0.90},
+            {"recipe": "a", "seed": 1, "ring": 0.90, "colour": 0.80},  # colour misses
+            {"recipe": "a", "seed": 2, "ring": 0.70, "colour": 0.95},  # ring misses
+            {"recipe": "b", "seed": 0, "ring": 0.80, "colour": 0.85}]  # exactly on the line
+    table = _module().summary(rows)
+    assert table["a"] == {"seeds": 3, "ring": 0.817, "colour": 0.883, "passing": 1,
+                          "rings": [0.85, 0.9, 0.7], "colours": [0.9, 0.8, 0.95]}
+    assert table["b"]["passing"] == 1
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_runs_the_benchmark_and_skips_finished_runs(tmp_path, capsys):
+    module = _module()
+    argv = ["--seeds", "0", "--workers", "1", "--out", str(tmp_path),
+            "--recipe", "tiny=--steps 3 --n 2 --sample-steps 2", "--", "--images", "4"]
+    table = module.main(argv)
+    report = json.loads((tmp_path / "tiny-s0" / "report.json").read_text())
+    assert report["args"]["steps"] == "3" and report["args"]["seed"] == "0"
+    assert report["args"]["images"] == "4" and report["args"]["batched_eval"] == "True"
+    assert table["tiny"]["seeds"] == 1
+    assert table["tiny"]["rings"] == [round(report["held_out"]["lora"]["concept"], 2)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["common"] == ["--images", "4"] and summary["runs"][0]["seed"] == 0
+    # a second call finds the report and does not train again
+    (tmp_path / "tiny-s0" / "log.txt").write_text("kept")
+    assert module.main(argv) == table
+    assert (tmp_path / "tiny-s0" / "log.txt").read_text() == "kept"
