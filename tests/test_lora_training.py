@@ -70,6 +70,21 @@ def test_validation_names_the_field(ctx):
     assert prepare(ctx, good).config.background_weight == LoraTrainConfig.background_weight == 1.0
 
 
+def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx, monkeypatch):
+    from studio.tasks import lora_training
+
+    good = {k: v for k, v in params(ctx).items() if k not in ("steps", "batch")}
+    recipe = lambda c: (c.steps, c.batch, c.snr_gamma, c.snr_floor)  # noqa: E731
+    # the embedded model (the test studio's default): benchmarks/lora.py's run BA
+    assert recipe(lora_training.prepare(ctx, good).config) == (500, 8, 5.0, 0.25)
+    # what the request gives wins
+    given = dict(good, steps=7, batch=2, snr_gamma=0.0, snr_floor=0.0)
+    assert recipe(lora_training.prepare(ctx, given).config) == (7, 2, 0.0, 0.0)
+    # any other model: the plain settings
+    monkeypatch.setattr(lora_training, "DEFAULT_MODEL", "some-other-model")
+    assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0)
+
+
 def test_train_cancel_resume_and_use(ctx):
     # 1. Cancel after step 3: the checkpoint stays.
     token, messages, previews = CancelToken(), [], []

@@ -29,8 +29,8 @@ def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
     assert advanced.open is False
     assert c["target"].value == "unet"  # the task's default (studio/tasks/lora_training.py)
     assert c["conv_rank"].value == LoraTrainConfig.conv_rank == 0
-    assert c["snr_gamma"].value == LoraTrainConfig.snr_gamma == 0.0
-    assert c["snr_floor"].value == LoraTrainConfig.snr_floor == 0.0
+    # min-SNR and steps: the task's recipe for the embedded model (studio/tasks/lora_training.py)
+    assert (c["snr_gamma"].value, c["snr_floor"].value, c["steps"].value) == (5.0, 0.25, 500)
     assert (c["snr_floor"].minimum, c["snr_floor"].maximum) == (0, 1)  # lora_loss's range
     assert c["lr_schedule"].value == LoraTrainConfig.lr_schedule == "constant"
     assert [choice[1] for choice in c["lr_schedule"].choices] == list(SCHEDULES)
