@@ -161,9 +161,11 @@ def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: f
 
     if engine is None:  # --batched-eval
         tagged = "<lora:" in prompts[0]
+        weight = float(prompts[0].rsplit(":", 1)[1].rstrip(">")) if tagged else 1.0
         return generate_batched(prompts, lora_dir / f"{TRIGGER}.safetensors" if tagged else None,
                                 steps, guidance,
-                                embedding_dir / f"{TRIGGER}.safetensors" if embedding_dir else None)
+                                embedding_dir / f"{TRIGGER}.safetensors" if embedding_dir else None,
+                                weight)
 
     images = []
     for i, prompt in enumerate(prompts):
@@ -190,7 +192,7 @@ def _train(cfg, images, captions, args, report: dict):
 
 
 def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance: float,
-                     embedding: Path | None = None) -> list:
+                     embedding: Path | None = None, weight: float = 1.0) -> list:
     """The same prompts and seeds in one batched call of a plain diffusers pipeline with the
     LoRA loaded once (the engine loads and unloads it per image): for quick probes."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
@@ -203,8 +205,9 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
         pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(DEVICE)
-    if lora is not None:
-        pipe.load_lora_weights(str(lora))
+    if lora is not None:  # at the tag's weight (--lora-weight), as the engine applies it
+        pipe.load_lora_weights(str(lora), adapter_name=TRIGGER)
+        pipe.set_adapters([TRIGGER], adapter_weights=[weight])
     table = None
     if embedding is not None and embedding.exists():  # the trigger vectors, as A1111 puts them in
         from safetensors.torch import load_file
