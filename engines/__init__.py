@@ -5,10 +5,10 @@ generation 10-50x as soon as anything else runs, so the passive policy is set be
 module gets the chance to import torch.
 
 transformers 5 swaps some layers of its models on CUDA for "hub kernels" that the `kernels`
-package downloads from the Hugging Face Hub and runs. Offline (this studio's normal case) that fails: on an H200, training a LoRA with
-the text encoder stopped with "Version 1 of 'kernels-community/activation' is not available in
-the local cache". Nor should a studio run code it fetched on its own, so it is off unless the user
-sets USE_HUB_KERNELS=YES.
+package downloads from the Hugging Face Hub and runs. Offline (this studio's normal case) that
+fails: on an H200, training a LoRA with the text encoder stopped with "Version 1 of
+'kernels-community/activation' is not available in the local cache". Nor should a studio run
+code it fetched on its own, so it is off unless the user sets USE_HUB_KERNELS=YES.
 """
 import os
 
