@@ -80,9 +80,13 @@ def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx,
     # what the request gives wins
     given = dict(good, steps=7, batch=2, snr_gamma=0.0, snr_floor=0.0)
     assert recipe(lora_training.prepare(ctx, given).config) == (7, 2, 0.0, 0.0)
-    # any other model: the plain settings
+    assert lora_training.prepare(ctx, good).config.gradient_checkpointing is False
+    # any other model: the plain settings, and activations recomputed (big models, fp32)
     monkeypatch.setattr(lora_training, "DEFAULT_MODEL", "some-other-model")
     assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0)
+    assert lora_training.prepare(ctx, good).config.gradient_checkpointing is True
+    off = dict(good, gradient_checkpointing=False)
+    assert lora_training.prepare(ctx, off).config.gradient_checkpointing is False
 
 
 def test_train_cancel_resume_and_use(ctx):
@@ -167,7 +171,8 @@ def test_loss_options_are_checked():
     for change in ({"background_weight": 1.5}, {"background_weight": True}, {"snr_gamma": -1},
                    {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
                    {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"},
-                   {"snr_floor": -0.1}, {"snr_floor": 1.5}, {"stratified_timesteps": 1}):
+                   {"snr_floor": -0.1}, {"snr_floor": 1.5}, {"stratified_timesteps": 1},
+                   {"gradient_checkpointing": "yes"}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -330,3 +335,20 @@ def test_ema_saves_the_average_and_resumes_it(tmp_path):
     again = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "cut")
     assert again.resumed_from == 2
     assert all(torch.allclose(again.state_dict[k], whole[k], atol=1e-6) for k in whole)
+
+
+def test_gradient_checkpointing_trains_the_same_lora(tmp_path):
+    """Recomputing the UNet's activations in the backward pass changes memory, not the maths."""
+    from engines.training.lora import LoraTrainConfig, train_lora
+
+    images, captions = rings(4), ["a red gsring"] * 4
+    base = dict(trigger="gsring", rank=2, steps=3, batch=2, sample_every=2, target="unet")
+    plain = train_lora(_fresh_pipe(tmp_path), images, captions, LoraTrainConfig(**base),
+                       tmp_path / "plain")
+    pipe = _fresh_pipe(tmp_path)
+    saved = train_lora(pipe, images, captions, LoraTrainConfig(**base, gradient_checkpointing=True),
+                       tmp_path / "checkpointed")
+    assert pipe.unet.is_gradient_checkpointing  # it was on (and the samples still came out)
+    assert saved.samples is not None and saved.losses == pytest.approx(plain.losses, rel=1e-4)
+    for key, value in plain.state_dict.items():
+        assert saved.state_dict[key].allclose(value, rtol=1e-3, atol=1e-6), key

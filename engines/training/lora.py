@@ -96,6 +96,7 @@ class LoraTrainConfig:
     lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
     lora_dropout: float = 0.0  # peft's dropout on the LoRA branch while training; 0 = off
     ema_decay: float = 0.0  # save and sample an average of the weights (lora_ema.py); 0 = off
+    gradient_checkpointing: bool = False  # recompute the UNet's activations: less memory, slower
 
     def check(self) -> None:
         if not isinstance(self.trigger, str) or not self.trigger.strip() or len(self.trigger) > 60:
@@ -273,6 +274,8 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
     encoders = lora_text.text_encoders(pipe)
     for module in (pipe.unet, pipe.vae, *encoders.values()):
         module.requires_grad_(False)
+    if cfg.gradient_checkpointing:  # acts only while gradients are on: sampling is unaffected
+        pipe.unet.enable_gradient_checkpointing()
     sources = list(cfg.prior_prompts) or [without_trigger(c, cfg.trigger) for c in captions]
     prior_captions = [sources[i % len(sources)] for i in range(cfg.prior_images)]
     prior_images = _prior_images(pipe, prior_captions, cfg, side) if prior_captions else []
@@ -283,8 +286,7 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
                            lora_text.conv_ranks(pipe.unet, target, cfg.conv_rank), cfg.lora_dropout)
         if cfg.train_text_encoder:
             for part, encoder in encoders.items():
-                lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS, None,
-                                   cfg.lora_dropout)
+                lora_text.add_lora(encoder, cfg.rank, lora_text.TEXT_TARGETS, None, cfg.lora_dropout)
                 trained[part] = encoder
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     for p in params:
@@ -295,17 +297,15 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
         prior_mean, prior_std, prior_texts = _prepare(pipe, prior_images, prior_captions, side)
         texts.update(prior_texts)
         prior = (prior_mean, prior_std, prior_captions)
-    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors,
-                                                    cfg.trigger_init)
+    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors, cfg.trigger_init)
                       if cfg.trigger_vectors else (None, None))
     groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
     if vectors is not None:
         groups.append({"params": [vectors], "lr": cfg.trigger_lr, "base_lr": cfg.trigger_lr,
                        "weight_decay": 0.0})
-    weights = None
-    if cfg.background_weight != 1.0:
-        masks = lora_loss.subject_masks([_square(im, side) for im in images])
-        weights = lora_loss.latent_weights(masks, mean.shape[-1], cfg.background_weight)
+    weights = (lora_loss.latent_weights(lora_loss.subject_masks([_square(im, side) for im in images]),
+                                        mean.shape[-1], cfg.background_weight)
+               if cfg.background_weight != 1.0 else None)
     session = _Session(params, torch.optim.AdamW(groups, weight_decay=1e-2),
                        DDPMScheduler.from_config(pipe.scheduler.config),
                        torch.Generator("cpu").manual_seed(cfg.seed), mean, std, texts, side,

@@ -32,9 +32,9 @@ def check(cfg) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ParamError(name, f"`{name}` must be a number in {low:g}..{high:g}, got {value!r}")
-    if not isinstance(cfg.stratified_timesteps, bool):
-        raise ParamError("stratified_timesteps", "`stratified_timesteps` must be true or false, "
-                         f"got {cfg.stratified_timesteps!r}")
+    for name in ("stratified_timesteps", "gradient_checkpointing"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ParamError(name, f"`{name}` must be true or false, got {getattr(cfg, name)!r}")
     if cfg.lr_schedule not in SCHEDULES:
         raise ParamError("lr_schedule", f"`lr_schedule` must be one of {', '.join(SCHEDULES)}, "
                          f"got {cfg.lr_schedule!r}")

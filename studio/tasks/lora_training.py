@@ -37,6 +37,10 @@ Params (a JSON-able dict; the queue stores it as is):
   conv_rank      a rank of its own for the convolutions' LoRA (target "unet"; 0 = `rank`)
   background_weight  loss weight outside each image's subject, 0..1 (default 1 = no mask; on
                  the embedded benchmark lower values hurt, docs/diffusion.md)
+  gradient_checkpointing  recompute the UNet's activations in the backward pass: less memory
+                 for more time (an SD 1.5-size model at 512 px, batch 1, on the CPU: 2.6 instead
+                 of 3.9 GiB above the loaded weights, 1/3 more time per step; benchmarks/
+                 lora_memory.py); default on for every model but the embedded one
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -70,7 +74,7 @@ ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
           "train_text_encoder", "trigger_init", "snr_gamma", "snr_floor", "lr_schedule",
-          "conv_rank", "background_weight")
+          "conv_rank", "background_weight", "gradient_checkpointing")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 # The settings a request leaves out. On the embedded model, the recipe benchmarks/lora.py
@@ -79,8 +83,10 @@ EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny
 # and keeps colours a little less well (0.62 against 0.71). Other models keep the plain settings:
 # batch 4 because training is fp32 (batch 2 of SD 1.5 at 512 px took 8.6 GiB on a GPU), and the
 # floor was measured on the embedded model only.
-RECIPES = {"embedded": {"steps": 500, "batch": 8, "snr_gamma": 5.0, "snr_floor": 0.25},
-           "other": {"steps": 400, "batch": 4, "snr_gamma": 0.0, "snr_floor": 0.0}}
+RECIPES = {"embedded": {"steps": 500, "batch": 8, "snr_gamma": 5.0, "snr_floor": 0.25,
+                        "gradient_checkpointing": False},
+           "other": {"steps": 400, "batch": 4, "snr_gamma": 0.0, "snr_floor": 0.0,
+                     "gradient_checkpointing": True}}
 
 
 @dataclass
@@ -124,7 +130,9 @@ def prepare(ctx, params: dict) -> Prepared:
         snr_gamma=params.get("snr_gamma", recipe["snr_gamma"]),
         snr_floor=params.get("snr_floor", recipe["snr_floor"]),
         lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0),
-        background_weight=params.get("background_weight", LoraTrainConfig.background_weight))
+        background_weight=params.get("background_weight", LoraTrainConfig.background_weight),
+        gradient_checkpointing=params.get("gradient_checkpointing",
+                                          recipe["gradient_checkpointing"]))
     config.check()  # the trainer's ranges, a ParamError naming the field, before anything runs
     captions = _captions(params.get("captions"), len(images), config.trigger)
     _check_family(model)
