@@ -48,7 +48,8 @@ def one_run(folder: str, device: str, size: int, batch: int, steps: int, checkpo
         torch.cuda.reset_peak_memory_stats()
     else:  # the weights are memory-mapped: read them all first so that they count as loaded
         with torch.no_grad():
-            sum(float(t.float().sum()) for t in pipe.unet.parameters())
+            for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+                sum(float(t.float().sum()) for t in part.parameters())
         loaded = _rss_mib()
     times: list[float] = []
     last = [time.perf_counter()]

@@ -39,8 +39,8 @@ Params (a JSON-able dict; the queue stores it as is):
                  the embedded benchmark lower values hurt, docs/diffusion.md)
   gradient_checkpointing  recompute the UNet's activations in the backward pass: less memory
                  for more time (an SD 1.5-size model at 512 px, batch 1, on the CPU: 2.6 instead
-                 of 3.9 GiB above the loaded weights, 1/3 more time per step; benchmarks/
-                 lora_memory.py); default on for every model but the embedded one
+                 of 3.4 GiB above the loaded weights, half as much time again per step;
+                 benchmarks/lora_memory.py); default on for every model but the embedded one
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
