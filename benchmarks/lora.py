@@ -160,9 +160,11 @@ def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: f
     from engines.diffusion.engine import Txt2ImgParams
 
     if engine is None:  # --batched-eval
-        tagged = "<lora:" in prompts[0]
-        weight = float(prompts[0].rsplit(":", 1)[1].rstrip(">")) if tagged else 1.0
-        return generate_batched(prompts, lora_dir / f"{TRIGGER}.safetensors" if tagged else None,
+        from engines.diffusion.lora import parse_tags
+
+        tags = parse_tags(prompts[0])[1]
+        weight = tags[0].unet_weight if tags else 1.0
+        return generate_batched(prompts, lora_dir / f"{TRIGGER}.safetensors" if tags else None,
                                 steps, guidance,
                                 embedding_dir / f"{TRIGGER}.safetensors" if embedding_dir else None,
                                 weight)
@@ -214,11 +216,12 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
 
         ids = pipe.tokenizer(TRIGGER, add_special_tokens=False)["input_ids"]
         table = {ids[0]: [(tuple(ids), load_file(str(embedding))["emb_params"])]}
+    from engines.diffusion.lora import parse_tags
     from engines.training.lora_text import encode
 
     generators = [torch.Generator("cpu").manual_seed(100 + i) for i in range(len(prompts))]
     with torch.no_grad():
-        cond = torch.cat([encode(pipe, q.split(" <lora:")[0], table)[0] for q in prompts])
+        cond = torch.cat([encode(pipe, parse_tags(q)[0].strip(), table)[0] for q in prompts])
         uncond = encode(pipe, "")[0].expand_as(cond)
         return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
                     guidance_scale=guidance, generator=generators).images

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/queue.py would shadow the standard library's queue that concurrent.futures needs
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
 RING, COLOUR = 0.80, 0.85  # the target (#15)
 
 
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if r is not None]
     table = summary(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps({"common": common, "recipes": dict(
-        (n, e) for n, e in recipes), "table": table, "runs": rows}, indent=1))
+    (args.out / "summary.json").write_text(json.dumps({"common": common, "recipes": dict(recipes),
+        "table": table, "runs": rows}, indent=1))
     for name, t in table.items():
         print(f"{name:>12}: ring {t['ring']:.2f} colour {t['colour']:.2f}, "
               f"{t['passing']}/{t['seeds']} seeds pass  rings {t['rings']}", flush=True)

@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         checks = {"weight 1 changes the image": np.abs(on - base).mean() > 0.5,
                   "weight 0 is the base image": np.abs(off - base).max() <= 1,
                   "the next job without it is the base image": np.abs(after - base).max() <= 1}
-        print(f"    {engine._pipes['txt2img'].unet.dtype} engine: mean |on - base| {np.abs(on - base).mean():.2f}, max |off - base| "
-              f"{np.abs(off - base).max():.0f}, max |after - base| {np.abs(after - base).max():.0f}")
+        print(f"    {engine._pipes['txt2img'].unet.dtype} engine: mean |on - base| "
+              f"{np.abs(on - base).mean():.2f}, max |off - base| {np.abs(off - base).max():.0f}, "
+              f"max |after - base| {np.abs(after - base).max():.0f}")
         for name, ok in checks.items():
             print(f"{'ok ' if ok else 'BAD'} {name}", flush=True)
         return 0 if all(checks.values()) else 1

@@ -77,7 +77,7 @@ def build(ctx) -> dict:
     from engines.training.lora import LoraTrainConfig  # no torch at import
     from engines.training.lora_loss import SCHEDULES
     from studio.tasks.lora_training import RECIPES
-    RECIPE = RECIPES["embedded"]  # the default model's; the job fills in the batch size
+    recipe = RECIPES["embedded"]  # the default model's; the job fills in the batch size
 
     with gr.Accordion("Train a LoRA", open=False, elem_id="lora-train"):
         gr.Markdown("5–30 pictures of one subject or style (more is better: 30 taught the "
@@ -95,7 +95,7 @@ def build(ctx) -> dict:
                 c["captions"] = gr.Textbox(label="Captions (optional, one per line)", lines=3)
                 with gr.Row():
                     c["rank"] = gr.Slider(1, 64, value=8, step=1, label="Rank")
-                    c["steps"] = gr.Slider(50, 3000, value=RECIPE["steps"], step=50, label="Steps")
+                    c["steps"] = gr.Slider(50, 3000, value=recipe["steps"], step=50, label="Steps")
                     c["lr"] = gr.Number(value=1e-3, label="Learning rate")
                 c["start_word"] = gr.Textbox(
                     label="Like (optional): the nearest thing the model knows, e.g. circle",
@@ -103,7 +103,7 @@ def build(ctx) -> dict:
                          "difference, so colours, places and backgrounds still follow the "
                          "prompt. Saves the trigger as an embedding too.")
                 with gr.Accordion("Advanced", open=False, elem_id="lora-train-advanced"):
-                    # defaults: the task's (target, RECIPE) and the trainer's (LoraTrainConfig);
+                    # defaults: the task's (target, recipe) and the trainer's (LoraTrainConfig);
                     # the targets the task documents (the trainer's others are experiments)
                     c["target"] = gr.Dropdown(
                         ["unet", "attention", "cross_attention"], value="unet", label="Layers",
@@ -116,12 +116,12 @@ def build(ctx) -> dict:
                         label="Convolution rank", elem_id="lora-train-conv-rank",
                         info="A rank of its own for the convolutions' LoRA (0 = Rank).")
                     c["snr_gamma"] = gr.Number(
-                        value=RECIPE["snr_gamma"], label="Min-SNR γ",
+                        value=recipe["snr_gamma"], label="Min-SNR γ",
                         elem_id="lora-train-snr-gamma",
                         info="Weights the loss by timestep so nearly clean steps count less "
                              "(0 = off, 5 usual): more of a new shape, less faithful colours.")
                     c["snr_floor"] = gr.Slider(
-                        0, 1, value=RECIPE["snr_floor"], step=0.05, label="Min-SNR floor",
+                        0, 1, value=recipe["snr_floor"], step=0.05, label="Min-SNR floor",
                         elem_id="lora-train-snr-floor",
                         info="With Min-SNR γ: the least weight a timestep keeps (0 = plain "
                              "min-SNR). Gives the noisiest steps, where colours are decided, "
