@@ -81,10 +81,12 @@ def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx,
     given = dict(good, steps=7, batch=2, snr_gamma=0.0, snr_floor=0.0)
     assert recipe(lora_training.prepare(ctx, given).config) == (7, 2, 0.0, 0.0)
     assert lora_training.prepare(ctx, good).config.gradient_checkpointing is False
+    assert lora_training.prepare(ctx, good).config.sample_guidance == 2.0  # sd-tiny's own
     # any other model: the plain settings, and activations recomputed (big models, fp32)
     monkeypatch.setattr(lora_training, "DEFAULT_MODEL", "some-other-model")
     assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0)
     assert lora_training.prepare(ctx, good).config.gradient_checkpointing is True
+    assert lora_training.prepare(ctx, good).config.sample_guidance == 7.0  # one notion of "embedded"
     off = dict(good, gradient_checkpointing=False)
     assert lora_training.prepare(ctx, off).config.gradient_checkpointing is False
 

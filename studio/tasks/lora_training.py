@@ -116,7 +116,8 @@ def prepare(ctx, params: dict) -> Prepared:
     model = params.get("model") or _default_model(ctx)
     if not isinstance(model, str):
         raise ParamError("model", f"`model` must be a model name, got {model!r}")
-    recipe = RECIPES["embedded" if model == DEFAULT_MODEL else "other"]
+    embedded = model == DEFAULT_MODEL  # the recipe and the sample guidance were measured on it
+    recipe = RECIPES["embedded" if embedded else "other"]
     trigger = params.get("trigger")
     config = LoraTrainConfig(
         trigger=trigger.strip() if isinstance(trigger, str) else trigger,
@@ -139,7 +140,7 @@ def prepare(ctx, params: dict) -> Prepared:
     config.sample_every = max(1, config.steps // 4)
     config.checkpoint_every = max(1, min(50, config.steps // 10))
     config.sample_prompts = (config.trigger,) + tuple(sorted(set(captions)))[:3]
-    config.sample_guidance = EMBEDDED_GUIDANCE if model == _default_model(ctx) else 7.0
+    config.sample_guidance = EMBEDDED_GUIDANCE if embedded else 7.0
     overwrite = params.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ParamError("overwrite", f"`overwrite` must be true or false, got {overwrite!r}")
