@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lora-dropout", type=float, default=0.0, help="peft's lora_dropout")
     p.add_argument("--ema-decay", type=float, default=0.0, help="average of the weights (0 = off)")
     p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear warm-up of the rate")
     p.add_argument("--seed", type=int, default=0, help="the training's random seed")
     p.add_argument("--trigger-lr", type=float, default=5e-3, help="the trigger vectors' rate")
     p.add_argument("--threads", type=int, default=1)
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                           conv_rank=args.conv_rank, background_weight=args.background_weight,
                           snr_gamma=args.snr_gamma, snr_floor=args.snr_floor,
                           stratified_timesteps=args.stratified,
-                          lr_schedule=args.lr_schedule,
+                          lr_schedule=args.lr_schedule, warmup_steps=args.warmup,
                           lora_dropout=args.lora_dropout, ema_decay=args.ema_decay,
                           prior_prompts=_prior_prompts(args))
     embedding_dir = args.out / "embeddings"
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
                  **judge_attributes(load_judge(), base, scenes)},
         "lora": {"concept": float(np.mean([is_ring(i) for i in tuned])),
                  **judge_attributes(load_judge(), tuned, scenes)}}
+    if args.trigger_init:  # the ceiling for "known attributes stay": the Like word itself
+        like = generate(engine, [q.replace(TRIGGER, args.trigger_init) for q in prompts], lora_dir,
+                        args.sample_steps, args.guidance)
+        report["held_out"]["base_like_word"] = judge_attributes(load_judge(), like, scenes)
     for scale in args.also_guidance:
         more = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts],
                         lora_dir, args.sample_steps, scale, embedding_dir)

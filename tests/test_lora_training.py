@@ -74,17 +74,19 @@ def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx,
     from studio.tasks import lora_training
 
     good = {k: v for k, v in params(ctx).items() if k not in ("steps", "batch")}
-    recipe = lambda c: (c.steps, c.batch, c.snr_gamma, c.snr_floor)  # noqa: E731
-    # the embedded model (the test studio's default): benchmarks/lora.py's run BA
-    assert recipe(lora_training.prepare(ctx, good).config) == (500, 8, 5.0, 0.25)
+    recipe = lambda c: (c.steps, c.batch, c.snr_gamma, c.snr_floor, c.warmup_steps)  # noqa: E731
+    # the embedded model (the test studio's default): benchmarks/lora.py's run BQ
+    assert recipe(lora_training.prepare(ctx, good).config) == (500, 8, 5.0, 0.25, 100)
     # what the request gives wins
-    given = dict(good, steps=7, batch=2, snr_gamma=0.0, snr_floor=0.0)
-    assert recipe(lora_training.prepare(ctx, given).config) == (7, 2, 0.0, 0.0)
+    given = dict(good, steps=7, batch=2, snr_gamma=0.0, snr_floor=0.0, warmup_steps=0)
+    assert recipe(lora_training.prepare(ctx, given).config) == (7, 2, 0.0, 0.0, 0)
+    # the warm-up is a fifth of the run unless given
+    assert lora_training.prepare(ctx, dict(good, steps=50)).config.warmup_steps == 10
     assert lora_training.prepare(ctx, good).config.gradient_checkpointing is False
     assert lora_training.prepare(ctx, good).config.sample_guidance == 2.0  # sd-tiny's own
     # any other model: the plain settings, and activations recomputed (big models, fp32)
     monkeypatch.setattr(lora_training, "DEFAULT_MODEL", "some-other-model")
-    assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0)
+    assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0, 0)
     assert lora_training.prepare(ctx, good).config.gradient_checkpointing is True
     assert lora_training.prepare(ctx, good).config.sample_guidance == 7.0  # one notion of "embedded"
     off = dict(good, gradient_checkpointing=False)
@@ -174,7 +176,7 @@ def test_loss_options_are_checked():
                    {"lr_schedule": "step"}, {"conv_rank": -2}, {"conv_rank": 2.5},
                    {"trigger_lr": 0.5}, {"lora_dropout": 1.0}, {"lora_dropout": "0.1"},
                    {"snr_floor": -0.1}, {"snr_floor": 1.5}, {"stratified_timesteps": 1},
-                   {"gradient_checkpointing": "yes"}):
+                   {"gradient_checkpointing": "yes"}, {"warmup_steps": -1}, {"warmup_steps": 2.5}):
         [(field, value)] = change.items()
         with pytest.raises(ValueError, match=repr(value).replace(".", r"\.")) as error:
             LoraTrainConfig(trigger="gsring", **change).check()
@@ -252,6 +254,9 @@ def test_lr_schedules():
     assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     assert lr_factor("cosine", 0, 10) == 1.0 and abs(lr_factor("cosine", 5, 10) - 0.5) < 1e-9
     assert lr_factor("linear", 5, 10) == 0.5 and lr_factor("linear", 10, 10) == 0.0
+    # a linear warm-up first (no step at rate 0), then the schedule over the steps left
+    assert [lr_factor("constant", s, 10, 4) for s in (0, 1, 3, 4, 9)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 4, 10, 4) == 1.0 and abs(lr_factor("cosine", 7, 10, 4) - 0.5) < 1e-9
     opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3},
                              {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 5e-3}])
     set_lr(opt, "linear", 3, 4)

@@ -94,6 +94,7 @@ class LoraTrainConfig:
     snr_floor: float = 0.0  # the least min-SNR-γ weight a step keeps (lora_loss.py); 0 = plain
     stratified_timesteps: bool = False  # a batch's timesteps spread evenly (lora_loss.py)
     lr_schedule: str = "constant"  # or "cosine" / "linear" decay to 0 over `steps`
+    warmup_steps: int = 0  # the rate rises linearly over these first steps (lora_loss.py)
     lora_dropout: float = 0.0  # peft's dropout on the LoRA branch while training; 0 = off
     ema_decay: float = 0.0  # save and sample an average of the weights (lora_ema.py); 0 = off
     gradient_checkpointing: bool = False  # recompute the UNet's activations: less memory, slower
@@ -104,7 +105,8 @@ class LoraTrainConfig:
         for name, low, high in (("rank", 1, 128), ("steps", 1, 20000), ("batch", 1, 64),
                                 ("checkpoint_every", 1, 100000), ("sample_every", 0, 100000),
                                 ("sample_steps", 1, 100), ("prior_images", 0, 200),
-                                ("trigger_vectors", 0, 16), ("conv_rank", 0, 128)):
+                                ("trigger_vectors", 0, 16), ("conv_rank", 0, 128),
+                                ("warmup_steps", 0, 20000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ParamError(name, f"`{name}` must be a whole number in {low}..{high}, got {value!r}")
@@ -157,8 +159,7 @@ def _prepare(pipe, images: list[Image.Image], captions: list[str], side: int):
 
 
 def grid(images: list[Image.Image], columns: int = 4) -> Image.Image:
-    rows = math.ceil(len(images) / columns)
-    w, h = images[0].size
+    rows, (w, h) = math.ceil(len(images) / columns), images[0].size
     out = Image.new("RGB", (w * min(columns, len(images)), h * rows), "white")
     for i, image in enumerate(images):
         out.paste(image, ((i % columns) * w, (i // columns) * h))
@@ -228,7 +229,7 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
     while step < cfg.steps:
         cancel.raise_if_cancelled()
         # 2. One step on a random batch, at the schedule's rate for this step.
-        lora_loss.set_lr(session.optimizer, cfg.lr_schedule, step, cfg.steps)
+        lora_loss.set_lr(session.optimizer, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
         losses.append(round(_step(pipe, session, cfg, captions), 5))
         if session.ema is not None:
             lora_ema.update(session.ema, session.trained_tensors(), cfg.ema_decay, step)
@@ -341,8 +342,7 @@ def _step(pipe, session: _Session, cfg: LoraTrainConfig, captions: list[str]) ->
     if s.prior:
         prior_mean, prior_std, prior_captions = s.prior
         pidx = torch.randint(len(prior_mean), (cfg.batch,), generator=g)
-        px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape,
-                                                               generator=g).to(device)
+        px0 = prior_mean[pidx] + prior_std[pidx] * torch.randn(prior_mean[pidx].shape, generator=g).to(device)
         x0 = torch.cat([x0, px0 * scale])
         batch += [prior_captions[i] for i in pidx.tolist()]
     noise = torch.randn(x0.shape, generator=g).to(device)

@@ -9,8 +9,10 @@
   stop dominating and the steps where the shape is decided count more. For v-prediction that
   weight also falls towards 0 at the noisiest timesteps, where the image's colours are decided;
   `snr_floor` keeps a floor under it: floor + (1 - floor) x min-SNR's weight.
-- the learning-rate schedule: constant, or a cosine / linear decay to 0 over the run. The rate
-  is set from the step number each time (no scheduler state), so a resumed run continues it.
+- the learning-rate schedule: constant, or a cosine / linear decay to 0 over the run, after an
+  optional linear warm-up (diffusers' and kohya's `lr_warmup_steps`: Adam's first steps, taken
+  at the full rate from a zero LoRA, otherwise decide much of where a short run ends up). The
+  rate is set from the step number each time (no scheduler state), so a resumed run continues it.
 """
 from __future__ import annotations
 
@@ -112,9 +114,12 @@ def weighted_mse(pred, target, pixel_weights=None, sample_weights=None):
     return per_sample.mean()
 
 
-def lr_factor(schedule: str, step: int, steps: int) -> float:
-    """The fraction of the base rate for step `step` (0-based) of `steps`."""
-    progress = min(step / max(steps, 1), 1.0)
+def lr_factor(schedule: str, step: int, steps: int, warmup: int = 0) -> float:
+    """The fraction of the base rate for step `step` (0-based) of `steps`: (step + 1) / warmup
+    over the first `warmup` steps (no step at rate 0), then the schedule over the rest."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
@@ -122,8 +127,8 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     return 1.0
 
 
-def set_lr(optimizer, schedule: str, step: int, steps: int) -> None:
+def set_lr(optimizer, schedule: str, step: int, steps: int, warmup: int = 0) -> None:
     """Each parameter group's rate = its `base_lr` times the schedule's factor for `step`."""
-    factor = lr_factor(schedule, step, steps)
+    factor = lr_factor(schedule, step, steps, warmup)
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor

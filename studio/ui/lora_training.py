@@ -32,7 +32,8 @@ def _save_uploads(ctx, files) -> list[int]:
 
 # The "Advanced" accordion's trainer options, in the handler's order (task params of the same
 # names; the task checks them and names a bad one).
-ADVANCED = ("target", "conv_rank", "snr_gamma", "snr_floor", "lr_schedule", "background_weight")
+ADVANCED = ("target", "conv_rank", "snr_gamma", "snr_floor", "lr_schedule", "background_weight",
+            "warmup_steps")
 
 
 def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word="",
@@ -74,8 +75,6 @@ def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_w
 
 def build(ctx) -> dict:
     c: dict = {}
-    from engines.training.lora import LoraTrainConfig  # no torch at import
-    from engines.training.lora_loss import SCHEDULES
     from studio.tasks.lora_training import RECIPES
     recipe = RECIPES["embedded"]  # the default model's; the job fills in the batch size
 
@@ -102,40 +101,7 @@ def build(ctx) -> dict:
                     info="The trigger then starts as that word and learns only the "
                          "difference, so colours, places and backgrounds still follow the "
                          "prompt. Saves the trigger as an embedding too.")
-                with gr.Accordion("Advanced", open=False, elem_id="lora-train-advanced"):
-                    # defaults: the task's (target, recipe) and the trainer's (LoraTrainConfig);
-                    # the targets the task documents (the trainer's others are experiments)
-                    c["target"] = gr.Dropdown(
-                        ["unet", "attention", "cross_attention"], value="unet", label="Layers",
-                        elem_id="lora-train-target",
-                        info="unet: attention, feed-forward and convolutions (a new shape "
-                             "needs the convolutions); attention or cross_attention: only "
-                             "those projections.")
-                    c["conv_rank"] = gr.Slider(
-                        0, 128, value=LoraTrainConfig.conv_rank, step=1, precision=0,
-                        label="Convolution rank", elem_id="lora-train-conv-rank",
-                        info="A rank of its own for the convolutions' LoRA (0 = Rank).")
-                    c["snr_gamma"] = gr.Number(
-                        value=recipe["snr_gamma"], label="Min-SNR γ",
-                        elem_id="lora-train-snr-gamma",
-                        info="Weights the loss by timestep so nearly clean steps count less "
-                             "(0 = off, 5 usual): more of a new shape, less faithful colours.")
-                    c["snr_floor"] = gr.Slider(
-                        0, 1, value=recipe["snr_floor"], step=0.05, label="Min-SNR floor",
-                        elem_id="lora-train-snr-floor",
-                        info="With Min-SNR γ: the least weight a timestep keeps (0 = plain "
-                             "min-SNR). Gives the noisiest steps, where colours are decided, "
-                             "some weight back.")
-                    c["lr_schedule"] = gr.Dropdown(
-                        list(SCHEDULES), value=LoraTrainConfig.lr_schedule,
-                        label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
-                        info="constant, or a cosine / linear decay to 0 over the steps.")
-                    c["background_weight"] = gr.Slider(
-                        0, 1, value=LoraTrainConfig.background_weight, step=0.05,
-                        label="Background weight", elem_id="lora-train-background-weight",
-                        info="Loss weight outside each image's subject (the pixels that differ "
-                             "from the border colour; 1 = off). Lower hurt on the embedded "
-                             "benchmark.")
+                _advanced(c, recipe)
                 with gr.Row():
                     c["start"] = gr.Button("Start training", variant="primary",
                                            elem_id="lora-train-start")
@@ -152,3 +118,50 @@ def build(ctx) -> dict:
                      concurrency_limit=None,
                      **PRIVATE)
     return c
+
+
+def _advanced(c: dict, recipe: dict) -> None:
+    """The closed "Advanced" accordion: ADVANCED's controls at the task's defaults (`recipe`,
+    the embedded model's) and the trainer's (LoraTrainConfig)."""
+    from engines.training.lora import LoraTrainConfig  # no torch at import
+    from engines.training.lora_loss import SCHEDULES
+
+    with gr.Accordion("Advanced", open=False, elem_id="lora-train-advanced"):
+        # defaults: the task's (target, recipe) and the trainer's (LoraTrainConfig);
+        # the targets the task documents (the trainer's others are experiments)
+        c["target"] = gr.Dropdown(
+            ["unet", "attention", "cross_attention"], value="unet", label="Layers",
+            elem_id="lora-train-target",
+            info="unet: attention, feed-forward and convolutions (a new shape "
+                 "needs the convolutions); attention or cross_attention: only "
+                 "those projections.")
+        c["conv_rank"] = gr.Slider(
+            0, 128, value=LoraTrainConfig.conv_rank, step=1, precision=0,
+            label="Convolution rank", elem_id="lora-train-conv-rank",
+            info="A rank of its own for the convolutions' LoRA (0 = Rank).")
+        c["snr_gamma"] = gr.Number(
+            value=recipe["snr_gamma"], label="Min-SNR γ",
+            elem_id="lora-train-snr-gamma",
+            info="Weights the loss by timestep so nearly clean steps count less "
+                 "(0 = off, 5 usual): more of a new shape, less faithful colours.")
+        c["snr_floor"] = gr.Slider(
+            0, 1, value=recipe["snr_floor"], step=0.05, label="Min-SNR floor",
+            elem_id="lora-train-snr-floor",
+            info="With Min-SNR γ: the least weight a timestep keeps (0 = plain "
+                 "min-SNR). Gives the noisiest steps, where colours are decided, "
+                 "some weight back.")
+        c["lr_schedule"] = gr.Dropdown(
+            list(SCHEDULES), value=LoraTrainConfig.lr_schedule,
+            label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
+            info="constant, or a cosine / linear decay to 0 over the steps.")
+        c["warmup_steps"] = gr.Slider(
+            0, 1000, value=int(recipe["warmup"] * recipe["steps"]), step=10, precision=0,
+            label="Warm-up steps", elem_id="lora-train-warmup",
+            info="The rate rises from 0 over these first steps: the same settings "
+                 "then give a more predictable LoRA from one seed to the next.")
+        c["background_weight"] = gr.Slider(
+            0, 1, value=LoraTrainConfig.background_weight, step=0.05,
+            label="Background weight", elem_id="lora-train-background-weight",
+            info="Loss weight outside each image's subject (the pixels that differ "
+                 "from the border colour; 1 = off). Lower hurt on the embedded "
+                 "benchmark.")
