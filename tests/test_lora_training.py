@@ -359,3 +359,25 @@ def test_gradient_checkpointing_trains_the_same_lora(tmp_path):
     assert saved.samples is not None and saved.losses == pytest.approx(plain.losses, rel=1e-4)
     for key, value in plain.state_dict.items():
         assert saved.state_dict[key].allclose(value, rtol=1e-3, atol=1e-6), key
+
+
+def test_one_seed_is_one_run_with_trigger_vectors(tmp_path):
+    """Two runs with one seed give the same LoRA and trigger vectors bit for bit (the vectors'
+    starting noise once came from the global random state, so the same settings gave another
+    LoRA each time); another seed gives another start."""
+    import torch
+
+    from engines.training.lora import LoraTrainConfig, train_lora
+
+    images, captions = rings(2), ["a red gsring"] * 2
+    cfg = dict(trigger="gsring", rank=2, steps=2, batch=2, sample_every=0, target="attention",
+               trigger_vectors=1, trigger_init="circle")
+    runs = []
+    for seed, folder in ((3, "a"), (3, "b"), (4, "c")):
+        torch.manual_seed(len(runs))  # a different global random state before each run
+        runs.append(train_lora(_fresh_pipe(tmp_path), images, captions,
+                               LoraTrainConfig(**cfg, seed=seed), tmp_path / folder))
+    first, again, other = runs
+    assert first.losses == again.losses and torch.equal(first.trigger_vectors, again.trigger_vectors)
+    assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
+    assert not torch.equal(first.trigger_vectors, other.trigger_vectors)

@@ -253,8 +253,7 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         lora_ema.copy_into(session.trained_tensors(), session.ema)
     state = lora_text.to_kohya(_lora_states(session), cfg.rank, sdxl)
     vectors = None if session.vectors is None else session.vectors.detach().cpu().clone()
-    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from,
-                       vectors)
+    return TrainResult(state, step, losses, time.perf_counter() - started, preview, resumed_from, vectors)
 
 
 def _lora_states(session: _Session) -> dict[str, dict]:
@@ -298,7 +297,8 @@ def _setup(pipe, images, captions, cfg: LoraTrainConfig, side: int) -> _Session:
         prior_mean, prior_std, prior_texts = _prepare(pipe, prior_images, prior_captions, side)
         texts.update(prior_texts)
         prior = (prior_mean, prior_std, prior_captions)
-    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors, cfg.trigger_init)
+    vectors, table = (lora_text.trigger_table(pipe, cfg.trigger, cfg.trigger_vectors,
+                                              cfg.trigger_init, cfg.seed)
                       if cfg.trigger_vectors else (None, None))
     groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
     if vectors is not None:

@@ -55,17 +55,19 @@ def encode(pipe, caption: str, table: dict | None = None):
     return states, None
 
 
-def trigger_table(pipe, trigger: str, count: int, init: str = ""):
+def trigger_table(pipe, trigger: str, count: int, init: str = "", seed: int = 0):
     """Trainable vectors for the trigger word and the lookup table tokenize_prompt reads them
     from. They start from the mean embedding of `init` (A1111's "initialization text", e.g. the
-    nearest known word) or, without it, of the trigger's own tokens."""
+    nearest known word) or, without it, of the trigger's own tokens, plus a little noise drawn
+    from `seed` (so one seed gives one run: from the global random state, two runs differed)."""
     import torch
 
     ids = pipe.tokenizer(trigger, add_special_tokens=False)["input_ids"]
     start_ids = pipe.tokenizer(init, add_special_tokens=False)["input_ids"] if init else ids
     weight = pipe.text_encoder.get_input_embeddings().weight
     start = weight[start_ids].mean(0, keepdim=True).detach().float().repeat(count, 1)
-    vectors = torch.nn.Parameter(start + 0.01 * torch.randn_like(start))
+    noise = torch.randn(start.shape, generator=torch.Generator("cpu").manual_seed(seed))
+    vectors = torch.nn.Parameter(start + 0.01 * noise.to(start.device))
     return vectors, {ids[0]: [(tuple(ids), vectors)]}
 
 
