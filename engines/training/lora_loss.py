@@ -10,9 +10,9 @@
   weight also falls towards 0 at the noisiest timesteps, where the image's colours are decided;
   `snr_floor` keeps a floor under it: floor + (1 - floor) x min-SNR's weight.
 - the learning-rate schedule: constant, or a cosine / linear decay to 0 over the run, after an
-  optional linear warm-up (diffusers' and kohya's `lr_warmup_steps`: Adam's first steps, taken
-  at the full rate from a zero LoRA, otherwise decide much of where a short run ends up). The
-  rate is set from the step number each time (no scheduler state), so a resumed run continues it.
+  optional linear warm-up (diffusers' and kohya's `lr_warmup_steps`; on the embedded benchmark
+  it kept the colours on every run, docs/diffusion.md run BQ). The rate is set from the step
+  number each time (no scheduler state), so a resumed run continues it.
 """
 from __future__ import annotations
 
