@@ -157,8 +157,8 @@ def _advanced(c: dict, recipe: dict) -> None:
         c["warmup_steps"] = gr.Slider(
             0, 1000, value=int(recipe["warmup"] * recipe["steps"]), step=10, precision=0,
             label="Warm-up steps", elem_id="lora-train-warmup",
-            info="The rate rises from 0 over these first steps: the same settings "
-                 "then give a more predictable LoRA from one seed to the next.")
+            info="The rate rises from 0 over these first steps (on the embedded "
+                 "model this kept the prompt's colours right on every run).")
         c["background_weight"] = gr.Slider(
             0, 1, value=LoraTrainConfig.background_weight, step=0.05,
             label="Background weight", elem_id="lora-train-background-weight",
