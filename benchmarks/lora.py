@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from engines.diffusion.loading import RuntimeOptions  # noqa: E402
+from engines.diffusion.lora import parse_tags  # noqa: E402
 from engines.training.sd_data import (BACKGROUNDS, CHOICES, COLOURS, POSITIONS, SHAPES, SIZE,  # noqa: E402
                                       SIZES, Scene)
 
@@ -160,8 +161,6 @@ def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: f
     from engines.diffusion.engine import Txt2ImgParams
 
     if engine is None:  # --batched-eval
-        from engines.diffusion.lora import parse_tags
-
         tags = parse_tags(prompts[0])[1]
         weight = tags[0].unet_weight if tags else 1.0
         return generate_batched(prompts, lora_dir / f"{TRIGGER}.safetensors" if tags else None,
@@ -216,7 +215,6 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
 
         ids = pipe.tokenizer(TRIGGER, add_special_tokens=False)["input_ids"]
         table = {ids[0]: [(tuple(ids), load_file(str(embedding))["emb_params"])]}
-    from engines.diffusion.lora import parse_tags
     from engines.training.lora_text import encode
 
     generators = [torch.Generator("cpu").manual_seed(100 + i) for i in range(len(prompts))]

@@ -92,6 +92,11 @@ RECIPES = {"embedded": {"steps": 500, "batch": 8, "snr_gamma": 5.0, "snr_floor":
                      "warmup": 0.0, "gradient_checkpointing": True}}
 
 
+def default_warmup(recipe: dict, steps) -> int:
+    """The recipe's warm-up for a run of `steps` (0 for a bad `steps`: config.check names it)."""
+    return int(recipe["warmup"] * steps) if isinstance(steps, int) else 0
+
+
 @dataclass
 class Prepared:
     name: str
@@ -134,8 +139,7 @@ def prepare(ctx, params: dict) -> Prepared:
         snr_gamma=params.get("snr_gamma", recipe["snr_gamma"]),
         snr_floor=params.get("snr_floor", recipe["snr_floor"]),
         lr_schedule=params.get("lr_schedule", "constant"), conv_rank=params.get("conv_rank", 0),
-        warmup_steps=params.get("warmup_steps", int(recipe["warmup"] * steps)
-                                if isinstance(steps, int) else 0),  # (a bad `steps` is named below)
+        warmup_steps=params.get("warmup_steps", default_warmup(recipe, steps)),
         background_weight=params.get("background_weight", LoraTrainConfig.background_weight),
         gradient_checkpointing=params.get("gradient_checkpointing",
                                           recipe["gradient_checkpointing"]))

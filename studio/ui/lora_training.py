@@ -125,6 +125,7 @@ def _advanced(c: dict, recipe: dict) -> None:
     the embedded model's) and the trainer's (LoraTrainConfig)."""
     from engines.training.lora import LoraTrainConfig  # no torch at import
     from engines.training.lora_loss import SCHEDULES
+    from studio.tasks.lora_training import default_warmup
 
     with gr.Accordion("Advanced", open=False, elem_id="lora-train-advanced"):
         # defaults: the task's (target, recipe) and the trainer's (LoraTrainConfig);
@@ -155,7 +156,7 @@ def _advanced(c: dict, recipe: dict) -> None:
             label="Learning-rate schedule", elem_id="lora-train-lr-schedule",
             info="constant, or a cosine / linear decay to 0 over the steps.")
         c["warmup_steps"] = gr.Slider(
-            0, 1000, value=int(recipe["warmup"] * recipe["steps"]), step=10, precision=0,
+            0, 1000, value=default_warmup(recipe, recipe["steps"]), step=10, precision=0,
             label="Warm-up steps", elem_id="lora-train-warmup",
             info="The rate rises from 0 over these first steps (on the embedded "
                  "model this kept the prompt's colours right on every run).")
