@@ -110,6 +110,15 @@ def judge_attributes(judge, images, scenes) -> dict[str, float]:
     return out
 
 
+def ring_by(rings: list[bool], scenes: list[Scene]) -> dict[str, dict[str, float]]:
+    """Where the misses are: the ring rate per held-out colour and per held-out background."""
+    out = {}
+    for attr in ("colour", "background"):
+        hits = {v: [r for r, s in zip(rings, scenes) if getattr(s, attr) == v] for v in HELD_OUT[attr]}
+        out[attr] = {v: round(float(np.mean(h)), 3) for v, h in hits.items() if h}
+    return out
+
+
 def held_out_prompts(n: int, seed: int = 5) -> tuple[list[str], list[Scene]]:
     rng = np.random.default_rng(seed)
     prompts, scenes = [], []
@@ -351,11 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
     base = generate(engine, prompts, lora_dir, args.sample_steps, args.guidance)
     tuned = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts], lora_dir,
                      args.sample_steps, args.guidance, embedding_dir)
+    rings = [is_ring(i) for i in tuned]
     report["held_out"] = {
         "base": {"concept": float(np.mean([is_ring(i) for i in base])),
                  **judge_attributes(load_judge(), base, scenes)},
-        "lora": {"concept": float(np.mean([is_ring(i) for i in tuned])),
-                 **judge_attributes(load_judge(), tuned, scenes)}}
+        "lora": {"concept": float(np.mean(rings)), **judge_attributes(load_judge(), tuned, scenes),
+                 "ring_by": ring_by(rings, scenes),
+                 "missed": [f"{i}: {q}" for i, (q, r) in enumerate(zip(prompts, rings)) if not r]}}
     if args.trigger_init:  # the ceiling for "known attributes stay": the Like word itself
         like = generate(engine, [q.replace(TRIGGER, args.trigger_init) for q in prompts], lora_dir,
                         args.sample_steps, args.guidance)

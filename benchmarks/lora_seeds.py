@@ -54,7 +54,8 @@ def run_one(name: str, extra: list[str], seed: int, common: list[str], out: Path
     row = {"recipe": name, "seed": seed, "ring": lora["concept"], "colour": lora["colour"],
            "background": lora["background"], "position": lora["position"],
            "train_seconds": data.get("train_seconds"),
-           "circles_with_lora_ring_rate": data.get("circles_with_lora_ring_rate")}
+           "circles_with_lora_ring_rate": data.get("circles_with_lora_ring_rate"),
+           "missed": lora.get("missed", [])}
     print(f"{name} seed {seed}: ring {row['ring']:.2f} colour {row['colour']:.2f} "
           f"({row['train_seconds']} s training)", flush=True)
     return row
@@ -68,8 +69,19 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         table[name] = {"seeds": len(mine), "ring": mean("ring"), "colour": mean("colour"),
                        "passing": sum(r["ring"] >= RING and r["colour"] >= COLOUR for r in mine),
                        "rings": [round(r["ring"], 2) for r in mine],
-                       "colours": [round(r["colour"], 2) for r in mine]}
+                       "colours": [round(r["colour"], 2) for r in mine],
+                       "misses": misses(mine)}
     return table
+
+
+def misses(rows: list[dict]) -> dict[str, int]:
+    """Per held-out prompt ("index: prompt"), how many of the runs drew no ring for it, most
+    first: a prompt no seed gets is a limit of the base model, not of one training run."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for prompt in row.get("missed", []):
+            counts[prompt] = counts.get(prompt, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], int(kv[0].split(":")[0]))))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -99,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in table.items():
         print(f"{name:>12}: ring {t['ring']:.2f} colour {t['colour']:.2f}, "
               f"{t['passing']}/{t['seeds']} seeds pass  rings {t['rings']}", flush=True)
+        never = [q for q, n in t["misses"].items() if n == t["seeds"]]
+        if never:
+            print(f"{'':>12}  no ring on any seed: {never}", flush=True)
     return table
 
 

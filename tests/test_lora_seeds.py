@@ -15,15 +15,34 @@ def _module():
     return module
 
 
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("lora_bench", REPO / "benchmarks" / "lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ring_rate_by_colour_and_background():
+    from engines.training.sd_data import Scene
+
+    scenes = [Scene("circle", c, b, "at the top right", "large")
+              for c, b in (("green", "white"), ("green", "pink"), ("orange", "white"))]
+    per = _benchmark().ring_by([True, False, True], scenes)
+    assert per == {"colour": {"green": 0.5, "orange": 1.0}, "background": {"white": 1.0, "pink": 0.0}}
+
+
 def test_summary_counts_seeds_that_pass_both_targets():
-    rows = [{"recipe": "a", "seed": 0, "ring": 0.85, "colour": 0.90},
-            {"recipe": "a", "seed": 1, "ring": 0.90, "colour": 0.80},  # colour misses
-            {"recipe": "a", "seed": 2, "ring": 0.70, "colour": 0.95},  # ring misses
+    rows = [{"recipe": "a", "seed": 0, "ring": 0.85, "colour": 0.90, "missed": ["3: x", "10: y"]},
+            {"recipe": "a", "seed": 1, "ring": 0.90, "colour": 0.80, "missed": ["10: y"]},  # colour misses
+            {"recipe": "a", "seed": 2, "ring": 0.70, "colour": 0.95,  # ring misses
+             "missed": ["2: z", "3: x", "10: y"]},
             {"recipe": "b", "seed": 0, "ring": 0.80, "colour": 0.85}]  # exactly on the line
     table = _module().summary(rows)
     assert table["a"] == {"seeds": 3, "ring": 0.817, "colour": 0.883, "passing": 1,
-                          "rings": [0.85, 0.9, 0.7], "colours": [0.9, 0.8, 0.95]}
-    assert table["b"]["passing"] == 1
+                          "rings": [0.85, 0.9, 0.7], "colours": [0.9, 0.8, 0.95],
+                          "misses": {"10: y": 3, "3: x": 2, "2: z": 1}}
+    assert list(table["a"]["misses"]) == ["10: y", "3: x", "2: z"]  # most missed first
+    assert table["b"]["passing"] == 1 and table["b"]["misses"] == {}
 
 
 @pytest.mark.slow
@@ -36,7 +55,17 @@ def test_a_tiny_sweep_runs_the_benchmark_and_skips_finished_runs(tmp_path, capsy
     assert report["args"]["steps"] == "3" and report["args"]["seed"] == "0"
     assert report["args"]["images"] == "4" and report["args"]["batched_eval"] == "True"
     assert table["tiny"]["seeds"] == 1
-    assert table["tiny"]["rings"] == [round(report["held_out"]["lora"]["concept"], 2)]
+    lora = report["held_out"]["lora"]
+    assert table["tiny"]["rings"] == [round(lora["concept"], 2)]
+    # the ring rate per held-out colour and per background: weighted by their prompts, the whole
+    scenes = _benchmark().held_out_prompts(2)[1]
+    for attr in ("colour", "background"):
+        per = lora["ring_by"][attr]
+        count = {v: sum(getattr(s, attr) == v for s in scenes) for v in per}
+        assert sum(count.values()) == 2
+        assert sum(per[v] * count[v] for v in per) / 2 == pytest.approx(lora["concept"], abs=1e-3)
+    assert len(lora["missed"]) == round(2 * (1 - lora["concept"]))
+    assert table["tiny"]["misses"] == {q: 1 for q in lora["missed"]}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["common"] == ["--images", "4"] and summary["runs"][0]["seed"] == 0
     # a second call finds the report and does not train again
