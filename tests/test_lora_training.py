@@ -381,3 +381,34 @@ def test_one_seed_is_one_run_with_trigger_vectors(tmp_path):
     assert first.losses == again.losses and torch.equal(first.trigger_vectors, again.trigger_vectors)
     assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
     assert not torch.equal(first.trigger_vectors, other.trigger_vectors)
+
+
+def test_one_seed_is_one_run_with_lora_dropout(tmp_path):
+    """peft's dropout draws from torch's global random state: with `lora_dropout` on, two runs
+    of one seed still give the same LoRA bit for bit, whatever that state was before, and a
+    run cut at step 2 and started again saves what an uncut run saves."""
+    import torch
+
+    from engines.base import CancelToken, Cancelled
+    from engines.training.lora import LoraTrainConfig, train_lora
+
+    images, captions = rings(2), ["a red gsring"] * 2
+    cfg = LoraTrainConfig(trigger="gsring", rank=2, steps=4, batch=2, sample_every=0,
+                          target="attention", lora_dropout=0.5, seed=5, checkpoint_every=1)
+    runs = []
+    for folder in ("a", "b"):
+        torch.manual_seed(len(runs))  # a different global random state before each run
+        runs.append(train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / folder))
+    first, again = runs
+    assert first.losses == again.losses
+    assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
+
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "cut",
+                   on_loss=lambda step, loss: token.cancel() if step == 2 else None, cancel=token)
+    torch.manual_seed(7)
+    resumed = train_lora(_fresh_pipe(tmp_path), images, captions, cfg, tmp_path / "cut")
+    assert resumed.resumed_from == 2 and resumed.losses == pytest.approx(first.losses, abs=1e-5)
+    assert all(torch.allclose(resumed.state_dict[k], first.state_dict[k], atol=1e-6) for k in first.state_dict)
+

@@ -171,9 +171,8 @@ def samples(pipe, prompts: list[str], steps: int, guidance: float, side: int,
     """A grid of one image per prompt; `table` puts learned trigger vectors in (A1111's way)."""
     import torch
 
-    generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))]
     kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, width=side, height=side,
-                  generator=generators)
+                  generator=[torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(prompts))])
     with torch.no_grad():
         if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: its own two encoders
             return grid(pipe(prompt=prompts, **kwargs).images)
@@ -230,7 +229,8 @@ def train_lora(pipe, images: list[Image.Image], captions: list[str], cfg: LoraTr
         cancel.raise_if_cancelled()
         # 2. One step on a random batch, at the schedule's rate for this step.
         lora_loss.set_lr(session.optimizer, cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps)
-        losses.append(round(_step(pipe, session, cfg, captions), 5))
+        with lora_loss.dropout_draws(cfg.seed, step, cfg.lora_dropout > 0):
+            losses.append(round(_step(pipe, session, cfg, captions), 5))
         if session.ema is not None:
             lora_ema.update(session.ema, session.trained_tensors(), cfg.ema_decay, step)
         step += 1

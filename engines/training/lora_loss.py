@@ -11,12 +11,13 @@
   `snr_floor` keeps a floor under it: floor + (1 - floor) x min-SNR's weight.
 - the learning-rate schedule: constant, or a cosine / linear decay to 0 over the run, after an
   optional linear warm-up (diffusers' and kohya's `lr_warmup_steps`; on the embedded benchmark
-  it kept the colours on every run, docs/diffusion.md run BQ). The rate is set from the step
+  it kept the colours better, docs/diffusion.md run BQ). The rate is set from the step
   number each time (no scheduler state), so a resumed run continues it.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -132,3 +133,19 @@ def set_lr(optimizer, schedule: str, step: int, steps: int, warmup: int = 0) -> 
     factor = lr_factor(schedule, step, steps, warmup)
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+@contextmanager
+def dropout_draws(seed: int, step: int, on: bool):
+    """peft's LoRA dropout draws from torch's global random state, not from the run's generator:
+    while `on`, that state is set from (seed, step) for the step and put back after it, so one
+    seed is one run with dropout too and a resumed run draws what an uncut one would."""
+    if not on:
+        yield
+        return
+    import torch
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        torch.manual_seed(seed * 1_000_003 + step)
+        yield
