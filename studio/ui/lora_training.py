@@ -158,8 +158,8 @@ def _advanced(c: dict, recipe: dict) -> None:
         c["warmup_steps"] = gr.Slider(
             0, 1000, value=default_warmup(recipe, recipe["steps"]), step=10, precision=0,
             label="Warm-up steps", elem_id="lora-train-warmup",
-            info="The rate rises from 0 over these first steps (on the embedded "
-                 "model this kept the prompt's colours right on every run).")
+            info="The rate rises from 0 over these first steps (diffusers' and kohya's "
+                 "lr_warmup_steps; a fifth of them on the embedded model, docs/diffusion.md).")
         c["background_weight"] = gr.Slider(
             0, 1, value=LoraTrainConfig.background_weight, step=0.05,
             label="Background weight", elem_id="lora-train-background-weight",
