@@ -8,18 +8,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("lora_seeds", REPO / "benchmarks" / "lora_seeds.py")
+def _load(script: str):
+    """benchmarks/<script>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", REPO / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _module():
+    return _load("lora_seeds")
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("lora_bench", REPO / "benchmarks" / "lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("lora")
 
 
 def test_ring_rate_by_colour_and_background():
