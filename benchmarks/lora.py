@@ -187,24 +187,28 @@ def generate(engine, prompts: list[str], lora_dir: Path, steps: int, guidance: f
 
 
 def _train(cfg, images, captions, args, report: dict):
-    """Train on a fresh copy of the embedded model (resumes from runs/.../run if interrupted)."""
+    """Train on fresh copies of the embedded model (resumes from runs/.../run if interrupted),
+    `--ensemble` runs merged as the studio's job does (engines/training/lora_ensemble.py)."""
     from engines.diffusion.engine import DiffusionEngine
-    from engines.training.lora import train_lora
+    from engines.training.lora_ensemble import train_ensemble
 
-    trainer = DiffusionEngine("genstudio-tiny-sd", device=args.device, options=FP32)
-    trainer.load()
+    def fresh_pipe():
+        trainer = DiffusionEngine("genstudio-tiny-sd", device=args.device, options=FP32)
+        trainer.load()
+        return trainer._pipes["txt2img"]
     started = time.perf_counter()
-    result = train_lora(trainer._pipes["txt2img"], images, captions, cfg, args.out / "run",
-                        on_progress=lambda pr: print(pr.message, flush=True) if pr.step % 50 == 0 else None)
+    result = train_ensemble(fresh_pipe, images, captions, cfg, args.ensemble, args.ensemble_gain,
+                            args.out / "run", lambda pr: print(pr.message, flush=True) if pr.step % 50 == 0 else None)
     report["train_seconds"] = round(time.perf_counter() - started, 1)
     report["resumed_from"] = result.resumed_from
     return result
 
 
 def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance: float,
-                     embedding: Path | None = None, weight: float = 1.0) -> list:
+                     embedding: Path | None = None, weight: float = 1.0, on_step=None) -> list:
     """The same prompts and seeds in one batched call of a plain diffusers pipeline with the
-    LoRA loaded once (the engine loads and unloads it per image): for quick probes."""
+    LoRA loaded once (the engine loads and unloads it per image): for quick probes. `on_step`:
+    diffusers' callback_on_step_end (benchmarks/lora_ablate.py changes the weight per step)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     from engines.diffusion.loading import ALIASES, DEFAULT_MODEL
@@ -231,7 +235,7 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
         cond = torch.cat([encode(pipe, parse_tags(q)[0].strip(), table)[0] for q in prompts])
         uncond = encode(pipe, "")[0].expand_as(cond)
         return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps,
-                    guidance_scale=guidance, generator=generators).images
+                    guidance_scale=guidance, generator=generators, callback_on_step_end=on_step).images
 
 
 def _prior_prompts(args) -> tuple[str, ...]:
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr-schedule", default="constant", help="constant | cosine | linear")
     p.add_argument("--warmup", type=int, default=0, help="steps of linear warm-up of the rate")
     p.add_argument("--seed", type=int, default=0, help="the training's random seed")
+    p.add_argument("--ensemble", type=int, default=1, help="runs (seeds seed, seed+1...) merged")
+    p.add_argument("--ensemble-gain", type=float, default=1.0, help="the merged runs' total weight")
     p.add_argument("--trigger-lr", type=float, default=5e-3, help="the trigger vectors' rate")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda: where it trains and generates (fp32)")
@@ -325,9 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     prompts, scenes = held_out_prompts(args.n)
     drawn = [draw("ring", s.colour, s.background, s.position, s.size, rng) for s in scenes]
     report["judge_on_drawn_held_out_rings"] = judge_attributes(load_judge(), drawn, scenes)
-    report["detector"] = {"drawn_rings": np.mean([is_ring(i) for i in rings]),
-                          "drawn_other_shapes": np.mean([is_ring(i) for i in others]),
-                          "rings_through_vae": np.mean([is_ring(i) for i in through])}
+    report["detector"] = {k: np.mean([is_ring(i) for i in v]) for k, v in (
+        ("drawn_rings", rings), ("drawn_other_shapes", others), ("rings_through_vae", through))}
     print("detector", report["detector"], flush=True)
     # 2. Train (resumes from runs/.../run if interrupted).
     images, captions = training_set(args.images, templates=args.templates)
@@ -339,8 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
                           trigger_vectors=args.trigger_vectors, train_text_encoder=args.text_encoder,
                           caption_dropout=args.caption_dropout, trigger_init=args.trigger_init,
                           conv_rank=args.conv_rank, background_weight=args.background_weight,
-                          snr_gamma=args.snr_gamma, snr_floor=args.snr_floor,
-                          stratified_timesteps=args.stratified,
+                          snr_gamma=args.snr_gamma, snr_floor=args.snr_floor, stratified_timesteps=args.stratified,
                           lr_schedule=args.lr_schedule, warmup_steps=args.warmup,
                           lora_dropout=args.lora_dropout, ema_decay=args.ema_decay,
                           prior_prompts=_prior_prompts(args))
@@ -349,14 +353,10 @@ def main(argv: list[str] | None = None) -> dict:
         result = _train(cfg, images, captions, args, report)
         save_kohya(result.state_dict, lora_dir / f"{TRIGGER}.safetensors", {"ss_output_name": TRIGGER})
     if not args.eval_only and result.trigger_vectors is not None:  # a textual-inversion embedding
-        from safetensors.torch import save_file
-
-        embedding_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"emb_params": result.trigger_vectors.contiguous()},
-                  str(embedding_dir / f"{TRIGGER}.safetensors"))
+        save_kohya({"emb_params": result.trigger_vectors.contiguous()},
+                   embedding_dir / f"{TRIGGER}.safetensors", {})
     # 3. Held-out prompts with and without the LoRA, through the engine.
-    if args.batched_eval:
-        engine = None
+    engine = None if args.batched_eval else engine
     base = generate(engine, prompts, lora_dir, args.sample_steps, args.guidance)
     tuned = generate(engine, [f"{q} <lora:{TRIGGER}:{args.lora_weight:g}>" for q in prompts], lora_dir,
                      args.sample_steps, args.guidance, embedding_dir)

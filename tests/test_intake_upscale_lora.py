@@ -132,7 +132,7 @@ def test_a_bad_upscale_image_is_refused_naming_the_field_and_stores_nothing(
 # ------------------------------------------------------------------ train_lora
 def lora_params(**extra) -> dict:
     return {"name": "intake-rings", "trigger": "gsring", "images": [b64(i) for i in rings(5)],
-            "steps": 2, "rank": 2, "batch": 2, **extra}
+            "steps": 2, "rank": 2, "batch": 2, "ensemble": 1, **extra}
 
 
 def test_queued_lora_training_keeps_upload_ids_that_outlive_a_restart(tmp_path):

@@ -38,7 +38,7 @@ def params(ctx, **extra) -> dict:
     return {"name": "ringy", "trigger": "gsring", "image_ids": uploaded,
             "images": [_b64(im) for im in rings(2)], "steps": 8, "rank": 4, "batch": 2,
             "captions": [f"a red gsring {k}" for k in ("one", "two", "three")] + ["a ring", ""],
-            "prior_images": 2, "trigger_vectors": 1,
+            "prior_images": 2, "trigger_vectors": 1, "ensemble": 1,
             **extra}
 
 
@@ -73,8 +73,12 @@ def test_validation_names_the_field(ctx):
 def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx, monkeypatch):
     from studio.tasks import lora_training
 
-    good = {k: v for k, v in params(ctx).items() if k not in ("steps", "batch")}
+    good = {k: v for k, v in params(ctx).items() if k not in ("steps", "batch", "ensemble")}
     recipe = lambda c: (c.steps, c.batch, c.snr_gamma, c.snr_floor, c.warmup_steps)  # noqa: E731
+    runs = lambda p: (p.members, p.gain)  # noqa: E731
+    assert runs(lora_training.prepare(ctx, good)) == (4, 1.2)  # four seeds merged (lora_ensemble)
+    assert runs(lora_training.prepare(ctx, dict(good, ensemble=2))) == (2, 1.2)
+    assert runs(lora_training.prepare(ctx, dict(good, ensemble=1))) == (1, 1.0)
     # the embedded model (the test studio's default): benchmarks/lora.py's run BQ
     assert recipe(lora_training.prepare(ctx, good).config) == (500, 8, 5.0, 0.25, 100)
     # what the request gives wins
@@ -89,8 +93,30 @@ def test_left_out_settings_follow_the_measured_recipe_on_the_embedded_model(ctx,
     assert recipe(lora_training.prepare(ctx, good).config) == (400, 4, 0.0, 0.0, 0)
     assert lora_training.prepare(ctx, good).config.gradient_checkpointing is True
     assert lora_training.prepare(ctx, good).config.sample_guidance == 7.0  # one notion of "embedded"
+    assert runs(lora_training.prepare(ctx, good)) == (1, 1.0)
     off = dict(good, gradient_checkpointing=False)
     assert lora_training.prepare(ctx, off).config.gradient_checkpointing is False
+
+
+def test_an_ensemble_job_merges_its_runs_into_one_file(ctx):
+    """`ensemble` 2: two runs of 2 steps, one kohya file at twice the rank, the merged LoRA's
+    samples in the gallery; the engine applies it by tag."""
+    from safetensors import safe_open
+
+    job = params(ctx, name="pair", ensemble=2, steps=2, prior_images=0, trigger_vectors=0)
+    seen = []
+    result = run_task(ctx, "train_lora", job, lambda p: seen.append((p.step, p.total)))
+    assert result.info["ensemble"] == 2 and result.info["steps"] == 4 and seen[-1] == (4, 4)
+    target = ctx.config.models_dir / "Lora" / "pair.safetensors"
+    with safe_open(str(target), "pt") as handle:
+        assert handle.metadata()["ss_network_dim"] == "8"  # rank 4, twice
+        assert handle.get_tensor("lora_unet_up_blocks_1_resnets_0_conv1.lora_down.weight").shape[0] == 8
+    assert result.item_ids and (target.with_suffix(".preview.png")).exists()
+    assert "2 runs merged" in target.with_suffix(".json").read_text()
+    base = dict(prompt="a red gsring", steps=3, seed=1, guidance_scale=2.0)
+    plain = np.asarray(run_task(ctx, "txt2img", base).images[0])
+    tagged = np.asarray(run_task(ctx, "txt2img", dict(base, prompt="a red gsring <lora:pair:1>")).images[0])
+    assert not np.array_equal(plain, tagged)
 
 
 def test_train_cancel_resume_and_use(ctx):

@@ -32,6 +32,7 @@ def test_advanced_is_closed_with_the_trainers_defaults_and_wired(ctx):
     # min-SNR and steps: the task's recipe for the embedded model (studio/tasks/lora_training.py)
     assert (c["snr_gamma"].value, c["snr_floor"].value, c["steps"].value) == (5.0, 0.25, 500)
     assert c["warmup_steps"].value == 100
+    assert c["ensemble"].value == 4 and (c["ensemble"].minimum, c["ensemble"].maximum) == (1, 8)
     assert (c["snr_floor"].minimum, c["snr_floor"].maximum) == (0, 1)  # lora_loss's range
     assert c["lr_schedule"].value == LoraTrainConfig.lr_schedule == "constant"
     assert [choice[1] for choice in c["lr_schedule"].choices] == list(SCHEDULES)
@@ -53,15 +54,15 @@ def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path, monkeypatch):
     monkeypatch.setattr(lora, "train_lora", lambda pipe, images, captions, cfg, *rest:
                         seen.append(cfg) or train(pipe, images, captions, cfg, *rest))
     updates = list(start_training(studio, "ui-rings", "gsring", _files(tmp_path), "", 4, 2, 1e-3,
-                                  "", "unet", 2, 5.0, 0.25, "cosine", 0.5, 1))
+                                  "", "unet", 2, 5.0, 0.25, "cosine", 0.5, 1, 1))
     job_id = updates[0][0]
     assert "Saved: use `<lora:ui-rings:1> gsring`" in updates[-1][1]
     job = studio.queue.get(job_id)
     assert job.status == "completed"
     sent = {"target": "unet", "conv_rank": 2, "snr_gamma": 5.0, "snr_floor": 0.25,
             "lr_schedule": "cosine", "background_weight": 0.5, "warmup_steps": 1}
-    assert {k: job.params[k] for k in ADVANCED} == sent
-    assert [{k: getattr(cfg, k) for k in ADVANCED} for cfg in seen] == [sent]
+    assert {k: job.params[k] for k in ADVANCED} == dict(sent, ensemble=1)
+    assert [{k: getattr(cfg, k) for k in sent} for cfg in seen] == [sent]  # one run, as sent
 
 
 @pytest.mark.parametrize("advanced, message", [
@@ -74,6 +75,7 @@ def test_the_tabs_advanced_options_reach_the_job(studio, tmp_path, monkeypatch):
     (("unet", 0, 0.0, 0.0, "constant", 1.5), "`background_weight` must be a number in 0..1, got 1.5"),
     (("unet", 0, 0.0, 0.0, "constant", None), "`background_weight` must be a number in 0..1, got None"),
     (("unet", 0, 0.0, 0.0, "constant", 1.0, -5), "`warmup_steps` must be a whole number in 0..20000, got -5"),
+    (("unet", 0, 0.0, 0.0, "constant", 1.0, 0, 9), "`ensemble` must be a whole number in 1..8, got 9"),
 ])
 def test_a_bad_advanced_value_is_the_tasks_message_and_keeps_nothing(studio, tmp_path, advanced,
                                                                      message):

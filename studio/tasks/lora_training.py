@@ -43,6 +43,12 @@ Params (a JSON-able dict; the queue stores it as is):
                  for more time (an SD 1.5-size model at 512 px, batch 1, on the CPU: 2.6 instead
                  of 3.4 GiB above the loaded weights, half as much time again per step;
                  benchmarks/lora_memory.py); default on for every model but the embedded one
+  ensemble       train this many runs, seeds `seed`, `seed` + 1, ..., and merge them into one
+                 LoRA (engines/training/lora_ensemble.py: on a few images one run's outcome
+                 depends on its seed; the merge keeps what the runs agree on), 1..8; default 4
+                 on the embedded model (4 x the time), else 1
+  ensemble_gain  the merged runs' total weight, 0.5..2 (default 1.2 on the embedded model: the
+                 averaging weakens what the runs do not share), with `ensemble` > 1
   overwrite      replace an existing LoRA (and trigger embedding) of that name (default false)
 
 It runs on the "training" lane (a worker of its own, without the device lock), so generation
@@ -68,6 +74,7 @@ from PIL import Image
 
 from engines.base import ParamError
 from engines.diffusion.loading import DEFAULT_MODEL
+from engines.training.lora_ensemble import check as ensemble_check
 from studio.tasks import TaskResult, TaskSpec, check_fields, register
 from studio.tasks.image import _gallery_image, _default_model, decode_image
 from studio.uploads import is_upload_ref, open_upload
@@ -76,20 +83,24 @@ ENGINE = "diffusion"
 FIELDS = ("name", "trigger", "image_ids", "images", "captions", "rank", "steps", "lr", "batch",
           "model", "seed", "overwrite", "prior_images", "trigger_vectors", "target",
           "train_text_encoder", "trigger_init", "snr_gamma", "snr_floor", "lr_schedule",
-          "conv_rank", "background_weight", "gradient_checkpointing", "warmup_steps")
+          "conv_rank", "background_weight", "gradient_checkpointing", "warmup_steps", "ensemble",
+          "ensemble_gain")
 MIN_IMAGES, MAX_IMAGES = 5, 30
 EMBEDDED_GUIDANCE = 2.0  # the embedded model's suggested guidance (docs/sd-tiny.md)
 # The settings a request leaves out. On the embedded model, the recipe benchmarks/lora.py
 # measured best (run BQ, docs/diffusion.md): min-SNR-γ 5 with a 0.25 floor and the rate warmed
-# up over the first fifth of the steps; with a "Like" word ring 0.72 and colour 0.90 over ten
-# seeds, three of them meeting #15's target (run BA, no warm-up: ring 0.75, colour 0.89 over
-# four, one of them). Other models keep the plain settings: batch 4 because
+# up over the first fifth of the steps; with a "Like" word one run gave ring 0.72 and colour
+# 0.90 over ten seeds, three of them meeting #15's target, so four runs are merged (`ensemble`,
+# engines/training/lora_ensemble.py; benchmarks/lora_merge.py). Other models keep the plain
+# settings and one run: batch 4 because
 # training is fp32 (batch 2 of SD 1.5 at 512 px took 8.6 GiB on a GPU), and the floor and
 # warm-up were measured on the embedded model only.
 RECIPES = {"embedded": {"steps": 500, "batch": 8, "snr_gamma": 5.0, "snr_floor": 0.25,
-                        "warmup": 0.2, "gradient_checkpointing": False},
+                        "warmup": 0.2, "gradient_checkpointing": False, "ensemble": 4,
+                        "ensemble_gain": 1.2},
            "other": {"steps": 400, "batch": 4, "snr_gamma": 0.0, "snr_floor": 0.0,
-                     "warmup": 0.0, "gradient_checkpointing": True}}
+                     "warmup": 0.0, "gradient_checkpointing": True, "ensemble": 1,
+                     "ensemble_gain": 1.0}}
 
 
 def default_warmup(recipe: dict, steps) -> int:
@@ -106,6 +117,8 @@ class Prepared:
     model: str
     target: Path
     overwrite: bool
+    members: int = 1  # runs merged into the file (engines/training/lora_ensemble.py)
+    gain: float = 1.0
 
 
 def lora_dir(ctx) -> Path:
@@ -144,6 +157,9 @@ def prepare(ctx, params: dict) -> Prepared:
         gradient_checkpointing=params.get("gradient_checkpointing",
                                           recipe["gradient_checkpointing"]))
     config.check()  # the trainer's ranges, a ParamError naming the field, before anything runs
+    members = params.get("ensemble", recipe["ensemble"])
+    gain = params.get("ensemble_gain", recipe["ensemble_gain"] if members != 1 else 1.0)
+    ensemble_check(members, gain)
     captions = _captions(params.get("captions"), len(images), config.trigger)
     _check_family(model)
     config.sample_every = max(1, config.steps // 4)
@@ -165,7 +181,7 @@ def prepare(ctx, params: dict) -> Prepared:
         if embedding.exists() and not overwrite:
             raise ParamError("trigger", f"an embedding named {config.trigger!r} exists already; "
                              f"pick another `trigger` or set `overwrite`")
-    return Prepared(name, images, captions, config, model, target, overwrite)
+    return Prepared(name, images, captions, config, model, target, overwrite, members, gain)
 
 
 def _check_family(model: str) -> None:
@@ -218,36 +234,44 @@ def validate(ctx, params: dict) -> None:
 
 def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
     from engines.diffusion.loading import RuntimeOptions, load_pipeline, resolve_model
-    from engines.training.lora import save_kohya, train_lora
+    from engines.training.lora import save_kohya
+    from engines.training.lora_ensemble import train_ensemble
 
     # 1. Check everything, then load a training copy of the model (the engine's stays as is).
     p = prepare(ctx, params)
     started = time.perf_counter()
-    pipe = load_pipeline(resolve_model(p.model), ctx.engines.device,
-                         RuntimeOptions(half_precision=False))
+    source = resolve_model(p.model)
+    load = lambda: load_pipeline(source, ctx.engines.device, RuntimeOptions(half_precision=False))  # noqa: E731
+    first = [load()]  # loaded before training: a model that does not load fails fast
+    sdxl = getattr(first[0], "text_encoder_2", None) is not None
     run_dir = lora_dir(ctx) / ".runs" / p.name
-    # 2. Train (resumes from run_dir's checkpoint; Cancelled keeps it).
-    result = train_lora(pipe, p.images, p.captions, p.config, run_dir, on_progress, cancel)
+    # 2. Train, each of the ensemble's runs on a copy of its own (an adapter stays in the model
+    # it was put in); resumes from run_dir's checkpoints, Cancelled keeps them.
+    result = train_ensemble(lambda: first.pop() if first else load(), p.images, p.captions,
+                            p.config, p.members, p.gain, run_dir, on_progress, cancel)
     # 3. The LoRA file with kohya's metadata, A1111's sidecar and a preview, then the gallery.
     tags: dict[str, int] = {}
     for caption in p.captions:
         for tag in (t.strip() for t in caption.split(",")):
             tags[tag] = tags.get(tag, 0) + 1
     metadata = {"ss_output_name": p.name, "ss_network_module": "networks.lora",
-                "ss_network_dim": p.config.rank, "ss_network_alpha": p.config.rank,
-                "ss_base_model_version": "sdxl_base_v1-0" if getattr(pipe, "text_encoder_2", None)
-                else "sd_v1", "ss_num_train_images": len(p.images),
+                "ss_network_dim": p.config.rank * p.members,
+                "ss_network_alpha": p.config.rank * p.members,
+                "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+                "ss_num_train_images": len(p.images),
                 "ss_steps": result.steps, "ss_learning_rate": p.config.lr,
                 "ss_sd_model_name": Path(p.model).name,
                 "ss_tag_frequency": json.dumps({p.name: tags}),
-                "modelspec.trigger_phrase": p.config.trigger}
+                "modelspec.trigger_phrase": p.config.trigger,
+                "genstudio_ensemble": json.dumps({"runs": p.members, "gain": p.gain})}
     save_kohya(result.state_dict, p.target, metadata)
     if result.trigger_vectors is not None:  # A1111's embedding format, named by the trigger
         save_kohya({"emb_params": result.trigger_vectors.contiguous()},
                    embedding_path(ctx, p.config.trigger), {"trigger": p.config.trigger})
     p.target.with_suffix(".json").write_text(json.dumps(
         {"activation text": p.config.trigger, "preferred weight": 1,
-         "description": f"Trained in GenStudio on {len(p.images)} images, {result.steps} steps"},
+         "description": f"Trained in GenStudio on {len(p.images)} images, {result.steps} steps"
+                        + (f" ({p.members} runs merged)" if p.members > 1 else "")},
         indent=1))
     items = []
     if result.samples is not None:
@@ -256,11 +280,12 @@ def run(ctx, params: dict, on_progress, cancel) -> TaskResult:
             result.samples, task="train_lora", engine=ENGINE, model=p.model,
             prompt=f"LoRA {p.name} ({p.config.trigger}): samples", params={
                 "name": p.name, "trigger": p.config.trigger, "rank": p.config.rank,
-                "steps": result.steps, "lr": p.config.lr, "images": len(p.images)},
+                "steps": result.steps, "lr": p.config.lr, "images": len(p.images),
+                "ensemble": p.members, "ensemble_gain": p.gain},
             duration_s=round(time.perf_counter() - started, 3))]
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoint is done with
     info = {"lora": p.name, "path": str(p.target), "trigger": p.config.trigger,
-            "steps": result.steps, "resumed_from": result.resumed_from,
+            "steps": result.steps, "resumed_from": result.resumed_from, "ensemble": p.members,
             "final_loss": round(sum(result.losses[-20:]) / max(1, len(result.losses[-20:])), 5),
             "seconds": round(time.perf_counter() - started, 1),
             "usage": f"<lora:{p.name}:1> {p.config.trigger}"}

@@ -33,7 +33,7 @@ def _save_uploads(ctx, files) -> list[int]:
 # The "Advanced" accordion's trainer options, in the handler's order (task params of the same
 # names; the task checks them and names a bad one).
 ADVANCED = ("target", "conv_rank", "snr_gamma", "snr_floor", "lr_schedule", "background_weight",
-            "warmup_steps")
+            "warmup_steps", "ensemble")
 
 
 def start_training(ctx, name, trigger, files, captions, rank, steps, lr, start_word="",
@@ -166,3 +166,9 @@ def _advanced(c: dict, recipe: dict) -> None:
             info="Loss weight outside each image's subject (the pixels that differ "
                  "from the border colour; 1 = off). Lower hurt on the embedded "
                  "benchmark.")
+        c["ensemble"] = gr.Slider(
+            1, 8, value=recipe["ensemble"], step=1, precision=0, label="Runs merged",
+            elem_id="lora-train-ensemble",
+            info="Trains this many runs from different seeds and merges them into one LoRA: on "
+                 "a few images one run's result depends on its seed (4 on the embedded model, "
+                 "4 x the time; docs/diffusion.md).")
