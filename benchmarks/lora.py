@@ -222,13 +222,13 @@ def generate_batched(prompts: list[str], lora: Path | None, steps: int, guidance
     if lora is not None:  # at the tag's weight (--lora-weight), as the engine applies it
         pipe.load_lora_weights(str(lora), adapter_name=TRIGGER)
         pipe.set_adapters([TRIGGER], adapter_weights=[weight])
+    from safetensors.torch import load_file
+
+    from engines.training.lora_text import encode, vector_table
+
     table = None
     if embedding is not None and embedding.exists():  # the trigger vectors, as A1111 puts them in
-        from safetensors.torch import load_file
-
-        ids = pipe.tokenizer(TRIGGER, add_special_tokens=False)["input_ids"]
-        table = {ids[0]: [(tuple(ids), load_file(str(embedding))["emb_params"])]}
-    from engines.training.lora_text import encode
+        table = vector_table(pipe, TRIGGER, load_file(str(embedding))["emb_params"])
 
     generators = [torch.Generator("cpu").manual_seed(100 + i) for i in range(len(prompts))]
     with torch.no_grad():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
-from engines.training import lora
+from engines.training import lora, lora_text
 from engines.training.lora import LoraTrainConfig, TrainResult, save_kohya
 
 RESULT = "result.safetensors"  # a finished member's LoRA (+ "trigger_vectors"), in its folder
@@ -79,7 +79,7 @@ def train_ensemble(load_pipe: Callable, images, captions, cfg: LoraTrainConfig, 
                 on_progress(Progress(k * cfg.steps + p.step, members * cfg.steps,
                                      f"run {k + 1}/{members}: {p.message}", p.preview))
             result = lora.train_lora(load_pipe(), images, captions, replace(cfg, seed=cfg.seed + k),
-                                folder, progress, cancel)
+                                     folder, progress, cancel)
             _keep(folder, result)
             if resumed_from is None:  # where this call started: earlier members were done
                 resumed_from = k * cfg.steps + result.resumed_from
@@ -101,10 +101,8 @@ def merged_samples(pipe, state: dict, vectors, cfg: LoraTrainConfig, captions: l
     """The sample grid of train_lora (same prompts, seeds and settings) from the merged LoRA,
     loaded as a user's file is, with the averaged trigger vectors put in."""
     pipe.load_lora_weights(dict(state), adapter_name="ensemble")
-    table = None
-    if vectors is not None:
-        ids = pipe.tokenizer(cfg.trigger, add_special_tokens=False)["input_ids"]
-        table = {ids[0]: [(tuple(ids), vectors.to(pipe.unet.device))]}  # lora_text.encode's
+    table = (None if vectors is None
+             else lora_text.vector_table(pipe, cfg.trigger, vectors.to(pipe.unet.device)))
     prompts = list(cfg.sample_prompts) or [cfg.trigger] + sorted(set(captions))[:3]
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     return lora.samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance, side, table)

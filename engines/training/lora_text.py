@@ -68,7 +68,14 @@ def trigger_table(pipe, trigger: str, count: int, init: str = "", seed: int = 0)
     start = weight[start_ids].mean(0, keepdim=True).detach().float().repeat(count, 1)
     noise = torch.randn(start.shape, generator=torch.Generator("cpu").manual_seed(seed))
     vectors = torch.nn.Parameter(start + 0.01 * noise.to(start.device))
-    return vectors, {ids[0]: [(tuple(ids), vectors)]}
+    return vectors, vector_table(pipe, trigger, vectors)
+
+
+def vector_table(pipe, trigger: str, vectors) -> dict:
+    """The lookup table `encode` puts trigger vectors in from: the trigger's first token ->
+    [(all its tokens, the vectors that replace them)]."""
+    ids = pipe.tokenizer(trigger, add_special_tokens=False)["input_ids"]
+    return {ids[0]: [(tuple(ids), vectors)]}
 
 
 def unet_kwargs(pipe, states, pooled, side: int) -> dict:
