@@ -110,6 +110,11 @@ def test_members_train_with_their_own_seeds_and_an_ensemble_resumes(tmp_path):
     assert again.resumed_from == 3 and again.losses == pytest.approx(whole.losses, abs=1e-5)
     assert all(torch.allclose(again.state_dict[k], expected[k], atol=1e-6) for k in expected)
 
+    # Started again with other settings, a finished member is not taken: it trains anew.
+    other = LoraTrainConfig(**{**cfg.__dict__, "lr": 2e-3})
+    changed = train_ensemble(load, images, captions, other, 2, 1.2, tmp_path / "cut")
+    assert changed.resumed_from == 0 and changed.losses != again.losses
+
     # One member: train_lora itself, in run_dir.
     single = train_ensemble(load, images, captions, cfg, 1, 1.0, tmp_path / "one")
     assert all(torch.equal(single.state_dict[k], alone[0].state_dict[k]) for k in alone[0].state_dict)

@@ -18,6 +18,7 @@ result there, so a cancelled or interrupted ensemble resumes at the member and s
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from typing import Callable
 from engines.base import CancelToken, ParamError, Progress, ProgressCallback, no_progress
 from engines.training import lora, lora_text
 from engines.training.lora import LoraTrainConfig, TrainResult, save_kohya
+from engines.training.lora_checkpoint import config_record
 
 RESULT = "result.safetensors"  # a finished member's LoRA (+ "trigger_vectors"), in its folder
 
@@ -72,15 +74,14 @@ def train_ensemble(load_pipe: Callable, images, captions, cfg: LoraTrainConfig, 
         return lora.train_lora(load_pipe(), images, captions, cfg, run_dir, on_progress, cancel)
     states, vectors, losses, seconds, resumed_from, preview = [], [], [], 0.0, None, None
     for k in range(members):
-        folder = Path(run_dir) / f"member-{k}"
-        result = _finished(folder)
+        folder, member = Path(run_dir) / f"member-{k}", replace(cfg, seed=cfg.seed + k)
+        result = _finished(folder, member)
         if result is None:
             def progress(p: Progress, k=k) -> None:  # one bar over all members
                 on_progress(Progress(k * cfg.steps + p.step, members * cfg.steps,
                                      f"run {k + 1}/{members}: {p.message}", p.preview))
-            result = lora.train_lora(load_pipe(), images, captions, replace(cfg, seed=cfg.seed + k),
-                                     folder, progress, cancel)
-            _keep(folder, result)
+            result = lora.train_lora(load_pipe(), images, captions, member, folder, progress, cancel)
+            _keep(folder, result, member)
             if resumed_from is None:  # where this call started: earlier members were done
                 resumed_from = k * cfg.steps + result.resumed_from
             preview = result.samples
@@ -108,26 +109,29 @@ def merged_samples(pipe, state: dict, vectors, cfg: LoraTrainConfig, captions: l
     return lora.samples(pipe, prompts, cfg.sample_steps, cfg.sample_guidance, side, table)
 
 
-def _keep(folder: Path, result: TrainResult) -> None:
+def _keep(folder: Path, result: TrainResult, cfg: LoraTrainConfig) -> None:
     state = dict(result.state_dict)
     if result.trigger_vectors is not None:
         state["trigger_vectors"] = result.trigger_vectors.contiguous()
-    save_kohya(state, folder / RESULT, {"seconds": result.seconds, "losses": result.losses})
+    save_kohya(state, folder / RESULT, {"seconds": result.seconds, "losses": json.dumps(result.losses),
+                                        "config": json.dumps(config_record(cfg))})
 
 
-def _finished(folder: Path) -> TrainResult | None:
-    """A member that finished before a restart: its saved result (no samples)."""
-    import json
-
+def _finished(folder: Path, cfg: LoraTrainConfig) -> TrainResult | None:
+    """A member that finished before a restart with these settings: its saved result (no
+    samples). Other settings (the job started again with the same name, changed) train anew,
+    as train_lora's checkpoint does."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = folder / RESULT
     if not path.exists():
         return None
-    state = load_file(str(path))
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
+    if json.loads(meta.get("config", "null")) != config_record(cfg):
+        return None
+    state = load_file(str(path))
     vectors = state.pop("trigger_vectors", None)
     losses = json.loads(meta.get("losses", "[]"))
     return TrainResult(state, len(losses), losses, float(meta.get("seconds", 0)), None, len(losses),
