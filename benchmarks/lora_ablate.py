@@ -78,6 +78,15 @@ def weight_at(points: list[tuple[int, float]], step: int) -> float:
     return [w for s, w in points if s <= step][-1]
 
 
+def weight_setter(points: list[tuple[int, float]]):
+    """diffusers' callback_on_step_end that gives the adapter, after step i, step i + 1's weight
+    (step 0's is the weight the LoRA is loaded at)."""
+    def next_weight(pipe, i, t, kwargs):
+        pipe.set_adapters([TRIGGER], adapter_weights=[weight_at(points, i + 1)])
+        return kwargs
+    return next_weight
+
+
 def judged(images, scenes, judge) -> dict:
     rings = [is_ring(i) for i in images]
     return {"ring": round(float(np.mean(rings)), 3),
@@ -117,12 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(name, report["scale"][name], flush=True)
     for name, text in schedules.items():
         points = parse_schedule(text)
-
-        def next_weight(pipe, i, t, kwargs, points=points):  # after step i: the weight of step i + 1
-            pipe.set_adapters([TRIGGER], adapter_weights=[weight_at(points, i + 1)])
-            return kwargs
         images = generate_batched(prompts, lora, args.steps, args.guidance, embedding,
-                                  weight_at(points, 0), on_step=next_weight)
+                                  weight_at(points, 0), on_step=weight_setter(points))
         report["schedule"][name] = {"weights": text, **judged(images, scenes, judge)}
         print(name, report["schedule"][name], flush=True)
     out = args.out or args.run / "ablate.json"

@@ -41,14 +41,14 @@ def merge_runs(folders: list[Path], gain: float, out: Path) -> Path:
     out/Lora and out/embeddings (a run folder benchmarks/lora.py's evaluation reads)."""
     from safetensors.torch import load_file, save_file
 
-    from engines.training.lora_ensemble import merge
+    from engines.training.lora_ensemble import average_vectors, merge
 
     state = merge([load_file(str(f / "Lora" / f"{TRIGGER}.safetensors")) for f in folders], gain)
     (out / "Lora").mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "Lora" / f"{TRIGGER}.safetensors"))
     embeddings = [f / "embeddings" / f"{TRIGGER}.safetensors" for f in folders]
     if all(e.exists() for e in embeddings):
-        mean = torch.stack([load_file(str(e))["emb_params"] for e in embeddings]).mean(0)
+        mean = average_vectors([load_file(str(e))["emb_params"] for e in embeddings])
         (out / "embeddings").mkdir(parents=True, exist_ok=True)
         save_file({"emb_params": mean.contiguous()}, str(out / "embeddings" / f"{TRIGGER}.safetensors"))
     return out

@@ -62,11 +62,8 @@ def test_ablation_remakes_the_benchmark_images_and_its_controls_act(tmp_path):
 
     def images(lora, schedule):
         points = module.parse_schedule(schedule)
-
-        def step(pipe, i, t, kwargs):
-            pipe.set_adapters(["gsring"], adapter_weights=[module.weight_at(points, i + 1)])
-            return kwargs
-        out = bench.generate_batched(prompts, lora, 2, 2.0, emb, module.weight_at(points, 0), on_step=step)
+        out = bench.generate_batched(prompts, lora, 2, 2.0, emb, module.weight_at(points, 0),
+                                     on_step=module.weight_setter(points))
         return np.stack([np.asarray(i) for i in out]).astype(int)
 
     on, zero, first_only = images(strong, "0:1"), images(strong, "0:0"), images(strong, "0:1,1:0")

@@ -63,6 +63,11 @@ def merge(states: list[dict], gain: float = 1.0) -> dict:
     return out
 
 
+def average_vectors(vectors: list):
+    """The members' trigger vectors (pivotal tuning) averaged; None when they have none."""
+    return None if vectors[0] is None else sum(vectors) / len(vectors)
+
+
 def train_ensemble(load_pipe: Callable, images, captions, cfg: LoraTrainConfig, members: int,
                    gain: float, run_dir: Path, on_progress: ProgressCallback = no_progress,
                    cancel: CancelToken | None = None) -> TrainResult:
@@ -89,8 +94,7 @@ def train_ensemble(load_pipe: Callable, images, captions, cfg: LoraTrainConfig, 
         vectors.append(result.trigger_vectors)
         losses += result.losses
         seconds += result.seconds
-    merged = merge(states, gain)
-    mean_vectors = None if vectors[0] is None else sum(vectors) / len(vectors)
+    merged, mean_vectors = merge(states, gain), average_vectors(vectors)
     if cfg.sample_every:  # what the user gets: the merged LoRA's samples
         preview = merged_samples(load_pipe(), merged, mean_vectors, cfg, captions)
     return TrainResult(merged, members * cfg.steps, losses, seconds, preview,
