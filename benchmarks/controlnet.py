@@ -37,11 +37,11 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.prompt_adherence import through_vae  # noqa: E402
 from engines.diffusion.control_modes import BALANCED, CONTROL_MODES, controlnet_for_modes  # noqa: E402
 from engines.training.controlnet import generate, score  # noqa: E402
 from engines.training.controlnet_data import follow_cases  # noqa: E402
 from engines.training.sd_judge import SHIPPED_JUDGE, load_judge  # noqa: E402
+from engines.training.sd_vae_decoder import through_vae  # noqa: E402
 
 COLUMNS = ("follow", "shape", "position", "colour", "background", "prompt_layout")
 

@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     from engines.diffusion.engine import DiffusionEngine
     from engines.training.lora import LoraTrainConfig, grid, save_kohya
     from engines.training.sd_judge import load_judge
+    from engines.training.sd_vae_decoder import through_vae
 
     args.out.mkdir(parents=True, exist_ok=True)
     lora_dir = args.out / "Lora"
@@ -322,11 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = DiffusionEngine("genstudio-tiny-sd", device=args.device, options=FP32)
     engine.load()
     vae = engine._pipes["txt2img"].vae
-    with torch.no_grad():
-        x = torch.from_numpy(np.stack([np.asarray(im) for im in rings])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        x = x.to(vae.device)
-        y = ((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) + 1) * 127.5).cpu()
-    through = [Image.fromarray(a) for a in y.round().byte().permute(0, 2, 3, 1).numpy()]
+    through = through_vae(vae, rings)
     # the judge's own accuracy on drawn held-out rings: the ceiling for the known attributes
     prompts, scenes = held_out_prompts(args.n)
     drawn = [draw("ring", s.colour, s.background, s.position, s.size, rng) for s in scenes]

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from engines.training.sd_data import eval_scenes, render  # noqa: E402
 from engines.training.sd_judge import SHIPPED_JUDGE, accuracy, load_judge  # noqa: E402
+from engines.training.sd_vae_decoder import through_vae  # noqa: E402
 
 COLUMNS = ("shape", "colour", "background", "position", "size", "all4")
 
@@ -57,14 +58,6 @@ def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, b
         images += pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance,
                        generator=gens, height=64, width=64).images
     return images
-
-
-@torch.no_grad()
-def through_vae(vae, images: list) -> list:
-    x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    y = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in y]
 
 
 def grid(images: list, captions: list[str], cols: int, cell: int = 128) -> Image.Image:

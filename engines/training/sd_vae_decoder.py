@@ -65,9 +65,21 @@ def finetune_decoder(vae, images, steps: int = 1000, batch: int = 32, lr: float 
     return vae
 
 
+@torch.no_grad()
+def through_vae(vae, images: list) -> list:
+    """Drawn images encoded and decoded (the latent's mode): what a VAE can give back at best."""
+    import numpy as np
+    from PIL import Image
+
+    x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+    x = (x.float() / 127.5 - 1).to(vae.device, vae.dtype)
+    y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().cpu()
+    y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in y]
+
+
 def reference_shape_rate(vae, n: int = 96) -> dict:
     """The ControlNet benchmark's reference row: its held-out drawings through this VAE, judged."""
-    from benchmarks.prompt_adherence import through_vae
     from engines.training.controlnet import score
     from engines.training.controlnet_data import follow_cases
     from engines.training.sd_judge import SHIPPED_JUDGE, load_judge
