@@ -39,14 +39,24 @@ from engines.training.sd_data import (BACKGROUNDS, CHOICES, COLOURS, POSITIONS, 
 
 TRIGGER = "gsring"
 FP32 = RuntimeOptions(half_precision=False)  # on CUDA too: the same numbers as on the CPU
-# What the LoRA sees in training, and what only the held-out prompts use.
-TRAIN = {"colour": ("red", "blue", "yellow", "white"), "background": ("black", "gray", "green"),
-         "position": ("at the top left", "in the centre", "at the bottom right")}
-HELD_OUT = {"colour": ("green", "purple", "orange", "black"),
-            "background": ("white", "blue", "pink"),
-            "position": ("at the top right", "at the bottom left")}
-# Held-out colours only: a hole shows its background, so every combination stays visible.
 DEVICE = "cpu"  # --device: where the batched evaluation runs (the engine gets it directly)
+
+
+def _split(train_backgrounds: tuple[str, ...], held_out_backgrounds: tuple[str, ...]) -> dict:
+    return {"train": {"colour": ("red", "blue", "yellow", "white"), "background": train_backgrounds,
+                      "position": ("at the top left", "in the centre", "at the bottom right")},
+            "held_out": {"colour": ("green", "purple", "orange", "black"),
+                         "background": held_out_backgrounds,
+                         "position": ("at the top right", "at the bottom left")}}
+
+
+# What the LoRA sees in training, and what only the held-out prompts use (--split). "dark": every
+# light background is held out, so a LoRA that learnt "a darker middle" misses there; "mixed":
+# each side has a dark and a light background, as a user's own photos would. Held-out colours
+# only: a hole shows its background, so every pair stays visible (purple on gray only just:
+# drawn rings of it through the VAE pass the detector 4 times in 10).
+SPLITS = {"dark": _split(("black", "gray", "green"), ("white", "blue", "pink")),
+          "mixed": _split(("black", "white", "green"), ("gray", "blue", "pink"))}
 
 
 def draw(shape: str, colour: str, background: str, position: str, size: str,
@@ -110,23 +120,23 @@ def judge_attributes(judge, images, scenes) -> dict[str, float]:
     return out
 
 
-def ring_by(rings: list[bool], scenes: list[Scene]) -> dict[str, dict[str, float]]:
+def ring_by(rings: list[bool], scenes: list[Scene], split: str = "dark") -> dict[str, dict[str, float]]:
     """Where the misses are: the ring rate per held-out colour and per held-out background."""
     out = {}
     for attr in ("colour", "background"):
-        hits = {v: [r for r, s in zip(rings, scenes) if getattr(s, attr) == v] for v in HELD_OUT[attr]}
+        hits = {v: [r for r, s in zip(rings, scenes) if getattr(s, attr) == v] for v in SPLITS[split]["held_out"][attr]}
         out[attr] = {v: round(float(np.mean(h)), 3) for v, h in hits.items() if h}
     return out
 
 
-def held_out_prompts(n: int, seed: int = 5) -> tuple[list[str], list[Scene]]:
-    rng = np.random.default_rng(seed)
+def held_out_prompts(n: int, seed: int = 5, split: str = "dark") -> tuple[list[str], list[Scene]]:
+    rng, pool = np.random.default_rng(seed), SPLITS[split]["held_out"]
     prompts, scenes = [], []
     while len(prompts) < n:
-        c, b = rng.choice(HELD_OUT["colour"]), rng.choice(HELD_OUT["background"])
+        c, b = rng.choice(pool["colour"]), rng.choice(pool["background"])
         if c == b:
             continue
-        p, size = rng.choice(HELD_OUT["position"]), "large"
+        p, size = rng.choice(pool["position"]), "large"
         prompts.append(caption(c, b, p, size))
         scenes.append(Scene("circle", c, b, p, size))  # the judge's labels (shape unused)
     return prompts, scenes
@@ -147,17 +157,18 @@ def known_shape_prompts(n: int, seed: int = 11,
     return tuple(out)
 
 
-def training_set(n: int, seed: int = 3, templates: int = 1) -> tuple[list[Image.Image], list[str]]:
+def training_set(n: int, seed: int = 3, templates: int = 1,
+                 split: str = "dark") -> tuple[list[Image.Image], list[str]]:
     """n ring images and their captions; with templates > 1 each image comes once per caption
     phrasing of the model's own training data (sd_data.Scene.caption), so the trigger is seen
     in more than one word order (the images are the same n)."""
-    rng = np.random.default_rng(seed)
+    rng, pool = np.random.default_rng(seed), SPLITS[split]["train"]
     images, captions = [], []
     while len(images) < n * templates:
-        c, b = rng.choice(TRAIN["colour"]), rng.choice(TRAIN["background"])
+        c, b = rng.choice(pool["colour"]), rng.choice(pool["background"])
         if c == b:
             continue
-        p, size = rng.choice(TRAIN["position"]), rng.choice(tuple(SIZES))
+        p, size = rng.choice(pool["position"]), rng.choice(tuple(SIZES))
         image = draw("ring", c, b, p, size, rng)
         for t in range(templates):
             images.append(image)
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--n", type=int, default=48, help="held-out prompts")
+    p.add_argument("--split", choices=sorted(SPLITS), default="dark",
+                   help="which backgrounds are trained and which held out (see SPLITS)")
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--also-guidance", type=float, nargs="*", default=[],
                    help="judge the LoRA's images at these guidance scales as well")
@@ -325,14 +338,14 @@ def main(argv: list[str] | None = None) -> dict:
     vae = engine._pipes["txt2img"].vae
     through = through_vae(vae, rings)
     # the judge's own accuracy on drawn held-out rings: the ceiling for the known attributes
-    prompts, scenes = held_out_prompts(args.n)
+    prompts, scenes = held_out_prompts(args.n, split=args.split)
     drawn = [draw("ring", s.colour, s.background, s.position, s.size, rng) for s in scenes]
     report["judge_on_drawn_held_out_rings"] = judge_attributes(load_judge(), drawn, scenes)
     report["detector"] = {k: np.mean([is_ring(i) for i in v]) for k, v in (
         ("drawn_rings", rings), ("drawn_other_shapes", others), ("rings_through_vae", through))}
     print("detector", report["detector"], flush=True)
     # 2. Train (resumes from runs/.../run if interrupted).
-    images, captions = training_set(args.images, templates=args.templates)
+    images, captions = training_set(args.images, templates=args.templates, split=args.split)
     grid(images[::args.templates][:8], 8).save(args.out / "training_images.png")
     cfg = LoraTrainConfig(trigger=TRIGGER, rank=args.rank, steps=args.steps, lr=args.lr,
                           batch=args.batch, seed=args.seed, trigger_lr=args.trigger_lr,
@@ -362,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         "base": {"concept": float(np.mean([is_ring(i) for i in base])),
                  **judge_attributes(load_judge(), base, scenes)},
         "lora": {"concept": float(np.mean(rings)), **judge_attributes(load_judge(), tuned, scenes),
-                 "ring_by": ring_by(rings, scenes),
+                 "ring_by": ring_by(rings, scenes, args.split),
                  "missed": [f"{i}: {q}" for i, (q, r) in enumerate(zip(prompts, rings)) if not r]}}
     if args.trigger_init:  # the ceiling for "known attributes stay": the Like word itself
         like = generate(engine, [q.replace(TRIGGER, args.trigger_init) for q in prompts], lora_dir,

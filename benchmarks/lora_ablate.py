@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         scales, schedules = SCALES, SCHEDULES
     lora, embedding = args.run / "Lora" / f"{TRIGGER}.safetensors", args.run / "embeddings" / f"{TRIGGER}.safetensors"
     state, judge = load_file(str(lora)), load_judge()
-    prompts, scenes = held_out_prompts(args.n)
+    run_args = json.loads((args.run / "report.json").read_text())["args"]
+    prompts, scenes = held_out_prompts(args.n, split=run_args.get("split", "dark"))
     report = {"run": str(args.run), "n": args.n, "scale": {}, "schedule": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in scales.items():

@@ -67,11 +67,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     from engines.training.sd_judge import load_judge
 
-    judge, (prompts, scenes) = load_judge(), held_out_prompts(args.n)
-    rows = []
+    def report(seed: int) -> dict:
+        return json.loads((args.prefix.with_name(f"{args.prefix.name}-s{seed}") / "report.json").read_text())
+
+    # the runs' own held-out prompts (benchmarks/lora.py --split; runs from before it: "dark")
+    split = report(args.seeds[0])["args"].get("split", "dark")
+    judge, (prompts, scenes), rows = load_judge(), held_out_prompts(args.n, split=split), []
     for group in groups(args.seeds, args.size):
         folders = [args.prefix.with_name(f"{args.prefix.name}-s{s}") for s in group]
-        members = [json.loads((f / "report.json").read_text())["held_out"]["lora"] for f in folders]
+        members = [report(s)["held_out"]["lora"] for s in group]
         with tempfile.TemporaryDirectory() as tmp:
             run = merge_runs(folders, args.gain, Path(tmp))
             images = generate_batched(prompts, run / "Lora" / f"{TRIGGER}.safetensors", args.sample_steps, 2.0,
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
         print(f"seeds {group}: ring {row['ring']:.2f} colour {row['colour']:.2f} "
               f"(runs: {row['members']})", flush=True)
-    table = {"size": args.size, "gain": args.gain, "n": args.n, "rows": rows,
+    table = {"size": args.size, "gain": args.gain, "n": args.n, "split": split, "rows": rows,
              "passing": sum(r["passes"] for r in rows), "merged": len(rows),
              "ring": round(sum(r["ring"] for r in rows) / max(1, len(rows)), 3),
              "colour": round(sum(r["colour"] for r in rows) / max(1, len(rows)), 3)}

@@ -21,7 +21,7 @@ def test_merged_runs_are_what_an_ensemble_run_trains(tmp_path):
 
     bench, merge = _load("lora"), _load("lora_merge")
     tiny = ["--batched-eval", "--steps", "3", "--n", "4", "--sample-steps", "2", "--images", "4",
-            "--lr", "2e-2", "--grid", str(tmp_path / "g.png")]
+            "--lr", "2e-2", "--split", "mixed", "--grid", str(tmp_path / "g.png")]
     for seed in (5, 6):
         bench.main(tiny + ["--seed", str(seed), "--out", str(tmp_path / f"T-s{seed}")])
     direct = bench.main(tiny + ["--seed", "5", "--ensemble", "2", "--ensemble-gain", "1.2",
@@ -38,4 +38,5 @@ def test_merged_runs_are_what_an_ensemble_run_trains(tmp_path):
     assert row["seeds"] == [5, 6] and direct["args"]["ensemble"] == "2"
     assert (row["ring"], row["colour"]) == (round(lora["concept"], 3), round(lora["colour"], 3))
     assert table["merged"] == 1 and table["passing"] == int(row["passes"])
+    assert table["split"] == "mixed"  # judged on the runs' own held-out prompts
     assert json.loads((tmp_path / "T-merged-2.json").read_text())["rows"][0]["seeds"] == [5, 6]

@@ -33,6 +33,27 @@ def test_ring_rate_by_colour_and_background():
     assert per == {"colour": {"green": 0.5, "orange": 1.0}, "background": {"white": 1.0, "pink": 0.0}}
 
 
+def test_every_split_holds_out_what_it_trains_on_and_the_prompts_follow_it():
+    from engines.training.sd_data import BACKGROUNDS
+
+    bench = _benchmark()
+    light = {name for name, rgb in BACKGROUNDS.items() if sum(rgb) / 3 > 150}
+    assert set(bench.SPLITS) == {"dark", "mixed"}
+    for name, split in bench.SPLITS.items():
+        for attr in ("colour", "background", "position"):  # never trained with a ring
+            assert not set(split["train"][attr]) & set(split["held_out"][attr]), (name, attr)
+        _, scenes = bench.held_out_prompts(24, split=name)
+        _, captions = bench.training_set(12, split=name)
+        assert {s.background for s in scenes} == set(split["held_out"]["background"])
+        assert {s.colour for s in scenes} <= set(split["held_out"]["colour"])
+        assert all(any(f"{b} background" in c for b in split["train"]["background"]) for c in captions)
+    # "dark" holds out every light background; "mixed" trains on one and holds out one
+    assert set(bench.SPLITS["dark"]["held_out"]["background"]) >= light
+    assert {side: bool(set(bench.SPLITS["mixed"][side]["background"]) & light)
+            for side in ("train", "held_out")} == {"train": True, "held_out": True}
+    assert bench.held_out_prompts(8) == bench.held_out_prompts(8, split="dark")  # the default
+
+
 def test_summary_counts_seeds_that_pass_both_targets():
     rows = [{"recipe": "a", "seed": 0, "ring": 0.85, "colour": 0.90, "missed": ["3: x", "10: y"]},
             {"recipe": "a", "seed": 1, "ring": 0.90, "colour": 0.80, "missed": ["10: y"]},  # colour misses
