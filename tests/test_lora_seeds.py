@@ -78,6 +78,7 @@ def test_a_tiny_sweep_runs_the_benchmark_and_skips_finished_runs(tmp_path, capsy
     assert report["args"]["steps"] == "3" and report["args"]["seed"] == "0"
     assert report["args"]["images"] == "4" and report["args"]["batched_eval"] == "True"
     assert table["tiny"]["seeds"] == 1
+    assert 0 <= report["detector"]["held_out_rings_through_vae"] <= 1  # the reachable ring rate
     lora = report["held_out"]["lora"]
     assert table["tiny"]["rings"] == [round(lora["concept"], 2)]
     # the ring rate per held-out colour and per background: weighted by their prompts, the whole

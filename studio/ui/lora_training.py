@@ -80,7 +80,9 @@ def build(ctx) -> dict:
 
     with gr.Accordion("Train a LoRA", open=False, elem_id="lora-train"):
         gr.Markdown("5–30 pictures of one subject or style (more is better: 30 taught the "
-                    "embedded model a new shape far more often than 16), a trigger word that is not an "
+                    "embedded model a new shape far more often than 16), on light and dark "
+                    "backgrounds (a shape seen only on dark ones came out with a murky middle on "
+                    "white), a trigger word that is not an "
                     "ordinary word, optional captions (one line per picture, in order). The "
                     "LoRA lands in `models/Lora`; use it as `<lora:name:1> trigger`. Runs as a "
                     "job on the queue's training lane; Cancel keeps a checkpoint, and starting "
