@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
         return json.loads((args.prefix.with_name(f"{args.prefix.name}-s{seed}") / "report.json").read_text())
 
     # the runs' own held-out prompts (benchmarks/lora.py --split; runs from before it: "dark")
-    split = report(args.seeds[0])["args"].get("split", "dark")
+    splits = {report(s)["args"].get("split", "dark") for s in args.seeds}
+    if len(splits) != 1:
+        raise SystemExit(f"the runs were trained on different splits: {sorted(splits)}")
+    split = splits.pop()
     judge, (prompts, scenes), rows = load_judge(), held_out_prompts(args.n, split=split), []
     for group in groups(args.seeds, args.size):
         folders = [args.prefix.with_name(f"{args.prefix.name}-s{s}") for s in group]

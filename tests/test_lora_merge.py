@@ -40,3 +40,11 @@ def test_merged_runs_are_what_an_ensemble_run_trains(tmp_path):
     assert table["merged"] == 1 and table["passing"] == int(row["passes"])
     assert table["split"] == "mixed"  # judged on the runs' own held-out prompts
     assert json.loads((tmp_path / "T-merged-2.json").read_text())["rows"][0]["seeds"] == [5, 6]
+
+
+def test_runs_of_different_splits_are_not_merged(tmp_path):
+    for seed, split in ((0, "dark"), (1, "mixed")):
+        (tmp_path / f"R-s{seed}").mkdir()
+        (tmp_path / f"R-s{seed}" / "report.json").write_text(json.dumps({"args": {"split": split}}))
+    with pytest.raises(SystemExit, match="different splits"):
+        _load("lora_merge").main([str(tmp_path / "R"), "--seeds", "0", "1", "--size", "2"])
