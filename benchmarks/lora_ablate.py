@@ -31,8 +31,8 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.lora import (TRIGGER, generate_batched, held_out_prompts, is_ring,  # noqa: E402
-                             judge_attributes)
+from benchmarks.lora import generate_batched  # noqa: E402
+from benchmarks.lora_scenes import TRIGGER, held_out_prompts, is_ring, judge_attributes  # noqa: E402
 
 LEVELS = ("down_blocks_0", "down_blocks_1", "down_blocks_2", "mid_block",
           "up_blocks_0", "up_blocks_1", "up_blocks_2")

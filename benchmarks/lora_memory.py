@@ -34,7 +34,7 @@ def _rss_mib() -> float:
 def one_run(folder: str, device: str, size: int, batch: int, steps: int, checkpointing: bool) -> dict:
     import torch
 
-    from benchmarks.lora import TRIGGER, training_set
+    from benchmarks.lora_scenes import TRIGGER, training_set
     from engines.diffusion.loading import RuntimeOptions, load_pipeline, resolve_model
     from engines.training.lora import LoraTrainConfig, train_lora
 

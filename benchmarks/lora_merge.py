@@ -26,7 +26,8 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import torch  # noqa: E402
 
-from benchmarks.lora import TRIGGER, generate_batched, held_out_prompts  # noqa: E402
+from benchmarks.lora import generate_batched  # noqa: E402
+from benchmarks.lora_scenes import TRIGGER, held_out_prompts  # noqa: E402
 from benchmarks.lora_ablate import judged  # noqa: E402
 from benchmarks.lora_seeds import COLOUR, RING  # noqa: E402
 

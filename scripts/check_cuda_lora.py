@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from ldm_checkpoint import family_parts, ldm_state_dict
     from safetensors.torch import save_file
 
-    from benchmarks.lora import TRIGGER, training_set
+    from benchmarks.lora_scenes import TRIGGER, training_set
     from engines.base import CancelToken, Cancelled
     from engines.diffusion.engine import DiffusionEngine
     from engines.diffusion.loading import RuntimeOptions, load_pipeline, resolve_model

@@ -29,14 +29,14 @@ def test_ring_rate_by_colour_and_background():
 
     scenes = [Scene("circle", c, b, "at the top right", "large")
               for c, b in (("green", "white"), ("green", "pink"), ("orange", "white"))]
-    per = _benchmark().ring_by([True, False, True], scenes)
+    per = _load("lora_scenes").ring_by([True, False, True], scenes)
     assert per == {"colour": {"green": 0.5, "orange": 1.0}, "background": {"white": 1.0, "pink": 0.0}}
 
 
 def test_every_split_holds_out_what_it_trains_on_and_the_prompts_follow_it():
     from engines.training.sd_data import BACKGROUNDS
 
-    bench = _benchmark()
+    bench = _load("lora_scenes")
     light = {name for name, rgb in BACKGROUNDS.items() if sum(rgb) / 3 > 150}
     assert set(bench.SPLITS) == {"dark", "mixed"}
     for name, split in bench.SPLITS.items():
