@@ -28,11 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.lora import generate_batched  # noqa: E402
-from benchmarks.lora_scenes import TRIGGER, held_out_prompts, is_ring, judge_attributes  # noqa: E402
+from benchmarks.lora_scenes import TRIGGER, held_out_prompts, judged, run_split  # noqa: E402
 
 LEVELS = ("down_blocks_0", "down_blocks_1", "down_blocks_2", "mid_block",
           "up_blocks_0", "up_blocks_1", "up_blocks_2")
@@ -87,13 +86,6 @@ def weight_setter(points: list[tuple[int, float]]):
     return next_weight
 
 
-def judged(images, scenes, judge) -> dict:
-    rings = [is_ring(i) for i in images]
-    return {"ring": round(float(np.mean(rings)), 3),
-            **{k: (round(v, 3) if isinstance(v, float) else v)
-               for k, v in judge_attributes(judge, images, scenes).items() if k != "position"}}
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a benchmarks/lora.py --out folder")
@@ -115,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         scales, schedules = SCALES, SCHEDULES
     lora, embedding = args.run / "Lora" / f"{TRIGGER}.safetensors", args.run / "embeddings" / f"{TRIGGER}.safetensors"
     state, judge = load_file(str(lora)), load_judge()
-    run_args = json.loads((args.run / "report.json").read_text())["args"]
-    prompts, scenes = held_out_prompts(args.n, split=run_args.get("split", "dark"))
+    prompts, scenes = held_out_prompts(args.n, split=run_split(args.run))
     report = {"run": str(args.run), "n": args.n, "scale": {}, "schedule": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in scales.items():

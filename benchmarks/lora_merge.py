@@ -27,8 +27,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import torch  # noqa: E402
 
 from benchmarks.lora import generate_batched  # noqa: E402
-from benchmarks.lora_scenes import TRIGGER, held_out_prompts  # noqa: E402
-from benchmarks.lora_ablate import judged  # noqa: E402
+from benchmarks.lora_scenes import TRIGGER, held_out_prompts, judged, run_split  # noqa: E402
 from benchmarks.lora_seeds import COLOUR, RING  # noqa: E402
 
 
@@ -68,18 +67,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     from engines.training.sd_judge import load_judge
 
-    def report(seed: int) -> dict:
-        return json.loads((args.prefix.with_name(f"{args.prefix.name}-s{seed}") / "report.json").read_text())
+    def folder(seed: int) -> Path:
+        return args.prefix.with_name(f"{args.prefix.name}-s{seed}")
 
-    # the runs' own held-out prompts (benchmarks/lora.py --split; runs from before it: "dark")
-    splits = {report(s)["args"].get("split", "dark") for s in args.seeds}
+    # the runs' own held-out prompts (benchmarks/lora.py --split)
+    splits = {run_split(folder(s)) for s in args.seeds}
     if len(splits) != 1:
         raise SystemExit(f"the runs were trained on different splits: {sorted(splits)}")
     split = splits.pop()
     judge, (prompts, scenes), rows = load_judge(), held_out_prompts(args.n, split=split), []
     for group in groups(args.seeds, args.size):
-        folders = [args.prefix.with_name(f"{args.prefix.name}-s{s}") for s in group]
-        members = [report(s)["held_out"]["lora"] for s in group]
+        folders = [folder(s) for s in group]
+        members = [json.loads((f / "report.json").read_text())["held_out"]["lora"] for f in folders]
         with tempfile.TemporaryDirectory() as tmp:
             run = merge_runs(folders, args.gain, Path(tmp))
             images = generate_batched(prompts, run / "Lora" / f"{TRIGGER}.safetensors", args.sample_steps, 2.0,

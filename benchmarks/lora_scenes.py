@@ -3,6 +3,9 @@ captions, the held-out prompts of each split, and the ring detector (benchmarks/
 benchmarks/lora_merge.py, lora_ablate.py and lora_memory.py use the same pieces)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -143,3 +146,17 @@ def training_set(n: int, seed: int = 3, templates: int = 1,
             images.append(image)
             captions.append(Scene(TRIGGER, c, b, p, size).caption(t))
     return images, captions
+
+
+def judged(images, scenes, judge) -> dict:
+    """A remade run's images judged as the benchmark judges a run (ring rate, colour, background)."""
+    rings = [is_ring(i) for i in images]
+    return {"ring": round(float(np.mean(rings)), 3),
+            **{k: (round(v, 3) if isinstance(v, float) else v)
+               for k, v in judge_attributes(judge, images, scenes).items() if k != "position"}}
+
+
+def run_split(run: Path) -> str:
+    """The split a benchmarks/lora.py run (its --out folder) was trained on; runs from before
+    --split existed were all "dark"."""
+    return json.loads((Path(run) / "report.json").read_text())["args"].get("split", "dark")
